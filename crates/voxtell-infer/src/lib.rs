@@ -1,0 +1,5 @@
+//! The VoxTell inference pipeline.
+//!
+//! This crate will own the order of steps of one prediction, exactly as the official predictor
+//! runs them: crop to the non-zero box, z-score, pad, sliding window with Gaussian blending and
+//! f16 accumulation, thresholding, un-cropping, and writing masks back in the scan's geometry.
