@@ -6,7 +6,7 @@
 //! differs from nibabel's.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
@@ -122,16 +122,22 @@ pub fn read_nifti(path: impl AsRef<Path>) -> Result<Volume> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| IoError::os(path, e))?;
     let file_len = file.metadata().map_err(|e| IoError::os(path, e))?.len();
-    let mut buffered = BufReader::new(file);
-    let mut magic = [0u8; 2];
+    read_nifti_from(BufReader::new(file), file_len, path)
+}
+
+/// Read a NIfTI-1 image held in memory (for example an uploaded `.nii.gz`), exactly as
+/// [`read_nifti`] reads a file; `name` is used in error messages and as the volume's path.
+pub fn read_nifti_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Volume> {
+    read_nifti_from(bytes, bytes.len() as u64, name.as_ref())
+}
+
+fn read_nifti_from(mut buffered: impl BufRead, stored_len: u64, path: &Path) -> Result<Volume> {
+    let file_len = stored_len;
     let compressed = {
-        let peek = std::io::BufRead::fill_buf(&mut buffered).map_err(|e| IoError::os(path, e))?;
-        if peek.len() >= 2 {
-            magic.copy_from_slice(&peek[..2]);
-        }
-        magic == [0x1f, 0x8b]
+        let peek = buffered.fill_buf().map_err(|e| IoError::os(path, e))?;
+        peek.len() >= 2 && peek[..2] == [0x1f, 0x8b]
     };
-    let mut reader: Box<dyn Read> =
+    let mut reader: Box<dyn Read + '_> =
         if compressed { Box::new(MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
 
     let mut raw_header = [0u8; HEADER_SIZE];

@@ -254,3 +254,17 @@ fn writes_are_atomic_and_never_clobber_by_default() {
     let back = read_nifti(&plain).unwrap().to_ras().unwrap();
     assert_eq!(back.data, labels.mapv(f32::from));
 }
+
+#[test]
+fn probabilities_round_trip_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = read_nifti(fixture("orient/o21.nii.gz")).unwrap();
+    let ras = vol.to_ras().unwrap();
+    let probs = ras.data.mapv(|v| 1.0 / (1.0 + (-v / 100.0).exp()));
+    let out = dir.path().join("probs.nii.gz");
+    voxtell_io::write_ras_f32(&out, probs.view(), &ras.geometry, WriteOptions::default()).unwrap();
+    let back = read_nifti(&out).unwrap();
+    assert!(matches!(back.source.format, voxtell_io::SourceFormat::Nifti { datatype: "float32", .. }));
+    assert_eq!(back.axcodes(), vol.axcodes());
+    assert_eq!(back.to_ras().unwrap().data, probs, "bit-exact f32 round trip");
+}

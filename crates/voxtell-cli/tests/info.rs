@@ -1,0 +1,60 @@
+//! `voxtell info` end to end: good inputs print their geometry, bad ones fail with the file named.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/io")
+}
+
+fn voxtell(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn info_prints_geometry_of_nifti_and_dicom() {
+    let nii = fixtures().join("nifti/orient/o13.nii.gz");
+    let dcm = fixtures().join("dicom/mr_oblique");
+    let (ok, out, err) = voxtell(&[&"info".as_ref(), &"--ras".as_ref(), nii.as_os_str(), dcm.as_os_str()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("orientation: LSP"), "{out}");
+    assert!(out.contains("shape:       5 × 6 × 7"), "{out}");
+    assert!(out.contains("network layout (S, A, R): 6 × 7 × 5"), "{out}");
+    assert!(out.contains("DICOM series") && out.contains("6 slices, MR"), "{out}");
+}
+
+#[test]
+fn info_continues_past_a_bad_input_and_fails_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.nii.gz");
+    std::fs::write(&bad, b"not a nifti").unwrap();
+    let good = fixtures().join("nifti/orient/o00.nii.gz");
+    let (ok, out, err) = voxtell(&[&"info".as_ref(), bad.as_os_str(), good.as_os_str()]);
+    assert!(!ok);
+    assert!(err.contains("broken.nii.gz"), "{err}");
+    assert!(err.contains("1 of 2 inputs failed"), "{err}");
+    assert!(out.contains("o00.nii.gz"), "the good input is still reported: {out}");
+}
+
+#[test]
+fn info_names_the_series_when_a_folder_holds_two() {
+    let folder = fixtures().join("dicom/two_series");
+    let (ok, _, err) = voxtell(&[&"info".as_ref(), folder.as_os_str()]);
+    assert!(!ok);
+    assert!(err.contains("2 DICOM series") && err.contains("1.2.826.0.1.3680043.8.498.2.5"), "{err}");
+    let (ok, out, err) = voxtell(&[
+        &"info".as_ref(),
+        &"--series".as_ref(),
+        &"1.2.826.0.1.3680043.8.498.2.6".as_ref(),
+        folder.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("9 × 8 × 3"), "{out}");
+}
