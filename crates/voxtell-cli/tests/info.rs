@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,7 +10,7 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/io")
 }
 
-fn voxtell(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+fn voxtell(args: &[&OsStr]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(args).output().unwrap();
     (
         out.status.success(),
@@ -22,7 +23,8 @@ fn voxtell(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
 fn info_prints_geometry_of_nifti_and_dicom() {
     let nii = fixtures().join("nifti/orient/o13.nii.gz");
     let dcm = fixtures().join("dicom/mr_oblique");
-    let (ok, out, err) = voxtell(&[&"info".as_ref(), &"--ras".as_ref(), nii.as_os_str(), dcm.as_os_str()]);
+    let (ok, out, err) =
+        voxtell(&[OsStr::new("info"), OsStr::new("--ras"), nii.as_os_str(), dcm.as_os_str()]);
     assert!(ok, "{err}");
     assert!(out.contains("orientation: LSP"), "{out}");
     assert!(out.contains("shape:       5 × 6 × 7"), "{out}");
@@ -36,7 +38,7 @@ fn info_continues_past_a_bad_input_and_fails_at_the_end() {
     let bad = dir.path().join("broken.nii.gz");
     std::fs::write(&bad, b"not a nifti").unwrap();
     let good = fixtures().join("nifti/orient/o00.nii.gz");
-    let (ok, out, err) = voxtell(&[&"info".as_ref(), bad.as_os_str(), good.as_os_str()]);
+    let (ok, out, err) = voxtell(&[OsStr::new("info"), bad.as_os_str(), good.as_os_str()]);
     assert!(!ok);
     assert!(err.contains("broken.nii.gz"), "{err}");
     assert!(err.contains("1 of 2 inputs failed"), "{err}");
@@ -46,13 +48,13 @@ fn info_continues_past_a_bad_input_and_fails_at_the_end() {
 #[test]
 fn info_names_the_series_when_a_folder_holds_two() {
     let folder = fixtures().join("dicom/two_series");
-    let (ok, _, err) = voxtell(&[&"info".as_ref(), folder.as_os_str()]);
+    let (ok, _, err) = voxtell(&[OsStr::new("info"), folder.as_os_str()]);
     assert!(!ok);
     assert!(err.contains("2 DICOM series") && err.contains("1.2.826.0.1.3680043.8.498.2.5"), "{err}");
     let (ok, out, err) = voxtell(&[
-        &"info".as_ref(),
-        &"--series".as_ref(),
-        &"1.2.826.0.1.3680043.8.498.2.6".as_ref(),
+        OsStr::new("info"),
+        OsStr::new("--series"),
+        OsStr::new("1.2.826.0.1.3680043.8.498.2.6"),
         folder.as_os_str(),
     ]);
     assert!(ok, "{err}");
