@@ -19,6 +19,8 @@ Layout produced:
   file SimpleITK writes), ``<case>_affine.npy`` (float64 4x4, RAS+, i.e.
   nibabel's ``img.affine``) and ``<case>_sitk.json`` (SimpleITK's origin,
   spacing, direction, size and sorted file list);
+* the same three files for ``ct_jpegls`` too, although the Rust reader must
+  reject it (``unsupported_transfer_syntax``): SimpleITK/GDCM decodes JPEG-LS;
 * for ``two_series`` the same three files for each series read alone, named
   ``two_series_<last UID component>_*``;
 * ``manifest.json`` describing every case.
@@ -26,6 +28,14 @@ Layout produced:
 Expected outputs are computed with SimpleITK's ImageSeriesReader (float64 output
 pixel type, i.e. rescale slope/intercept applied in f64), written to a temporary
 NIfTI file and read back with nibabel.
+
+Compressed cases (``ct_j2k``, ``ct_jpeg_lossless``, ``ct_jpegls``) encode every
+frame with ``imagecodecs`` and store it encapsulated (``pydicom.encaps.encapsulate``,
+basic offset table present, undefined-length OB PixelData). Each frame is
+decoded again with ``imagecodecs`` and must equal the stored integers exactly.
+``imagecodecs.ljpeg_encode`` (liblj92) always writes predictor (selection value)
+6, so ``ct_jpeg_lossless`` is labelled JPEG Lossless Process 14
+(1.2.840.10008.1.2.4.57), not the SV1-only syntax 1.2.840.10008.1.2.4.70.
 
 A short summary of how SimpleITK behaves on every case (including the ones the
 Rust reader must reject) is printed to stdout; it is informational only and not
@@ -42,16 +52,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+import imagecodecs
 import nibabel
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
     MRImageStorage,
     RLELossless,
 )
@@ -211,6 +227,63 @@ class SeriesSpec:
         self.orientation_override = orientation_override or {}
 
 
+def _jpeg_segment(stream: bytes, marker: bytes) -> bytes:
+    """Payload (length field included) of the first JPEG segment ``marker``."""
+    i = stream.find(marker)
+    assert i >= 0, marker
+    length = int.from_bytes(stream[i + 2 : i + 4], "big")
+    return stream[i + 2 : i + 2 + length]
+
+
+def encode_j2k(arr: np.ndarray, bits_stored: int) -> bytes:
+    out = bytes(
+        imagecodecs.jpeg2k_encode(
+            arr,
+            level=0,
+            codecformat="j2k",
+            reversible=True,
+            bitspersample=bits_stored,
+        )
+    )
+    assert out[:4] == b"\xff\x4f\xff\x51"  # SOC + SIZ: raw codestream
+    back = imagecodecs.jpeg2k_decode(out)
+    assert np.array_equal(back, arr), "JPEG 2000 encoding is not lossless"
+    return out
+
+
+def encode_ljpeg(arr: np.ndarray, bits_stored: int) -> bytes:
+    out = bytes(imagecodecs.ljpeg_encode(arr, bitspersample=bits_stored))
+    sof3 = _jpeg_segment(out, b"\xff\xc3")
+    assert sof3[2] == bits_stored, sof3.hex()
+    back = imagecodecs.ljpeg_decode(out)
+    assert np.array_equal(back, arr), "lossless JPEG encoding is not lossless"
+    return out
+
+
+def encode_jpegls(arr: np.ndarray, bits_stored: int) -> bytes:
+    del bits_stored  # charls (via imagecodecs) always writes P = 16 for uint16
+    out = bytes(imagecodecs.jpegls_encode(arr, level=0))
+    _jpeg_segment(out, b"\xff\xf7")  # SOF55 present
+    back = imagecodecs.jpegls_decode(out)
+    assert np.array_equal(back, arr), "JPEG-LS encoding is not lossless"
+    return out
+
+
+def ljpeg_predictor(stream: bytes) -> int:
+    """Selection value (Ss) of the first SOS segment of a lossless JPEG."""
+    sos = _jpeg_segment(stream, b"\xff\xda")
+    ns = sos[2]
+    return sos[3 + 2 * ns]
+
+
+ENCAPSULATED_ENCODERS = {
+    JPEG2000Lossless: encode_j2k,
+    JPEGLossless: encode_ljpeg,
+    JPEGLosslessSV1: encode_ljpeg,
+    JPEGLSLossless: encode_jpegls,
+}
+
+
 def write_series(
     folder: Path,
     spec: SeriesSpec,
@@ -298,7 +371,18 @@ def write_series(
         dtype = "<i2" if spec.signed else "<u2"
         arr = px.astype(dtype)
         assert np.array_equal(arr.astype(np.int64), px)
-        ds.PixelData = arr.tobytes()
+        encoder = ENCAPSULATED_ENCODERS.get(spec.transfer_syntax)
+        frame = None
+        if encoder is None:
+            ds.PixelData = arr.tobytes()
+        else:
+            frame = encoder(arr, spec.bits_stored)
+            if spec.transfer_syntax == JPEGLosslessSV1:
+                assert ljpeg_predictor(frame) == 1, "SV1 syntax needs predictor 1"
+            ds.LossyImageCompression = "00"
+            ds.PixelData = encapsulate([frame])
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
 
         if spec.transfer_syntax == RLELossless:
             ds.compress(RLELossless, generate_instance_uid=False)
@@ -312,7 +396,28 @@ def write_series(
         back = pydicom.dcmread(path)
         assert back.file_meta.TransferSyntaxUID == spec.transfer_syntax
         assert back.file_meta.MediaStorageSOPInstanceUID == sop_uid
-        assert np.array_equal(back.pixel_array.astype(np.int64), px), path
+        if encoder is None:
+            assert np.array_equal(back.pixel_array.astype(np.int64), px), path
+        else:
+            assert back["PixelData"].is_undefined_length
+            frames = list(generate_frames(back.PixelData, number_of_frames=1))
+            assert len(frames) == 1
+            # encapsulate() pads odd-length frames with one zero byte.
+            assert frames[0].rstrip(b"\x00") == frame.rstrip(b"\x00"), path
+            # Decode with pydicom where this environment has a decoder for
+            # the syntax (JPEG 2000 via Pillow); otherwise imagecodecs.
+            decoder = pydicom.pixels.get_decoder(spec.transfer_syntax)
+            if decoder.is_available:
+                got = back.pixel_array
+            else:
+                decode = {
+                    JPEG2000Lossless: imagecodecs.jpeg2k_decode,
+                    JPEGLossless: imagecodecs.ljpeg_decode,
+                    JPEGLosslessSV1: imagecodecs.ljpeg_decode,
+                    JPEGLSLossless: imagecodecs.jpegls_decode,
+                }[spec.transfer_syntax]
+                got = decode(frames[0])
+            assert np.array_equal(np.asarray(got).astype(np.int64), px), path
         written.append(
             {"file": spec.file_names[idx], "sop_uid": sop_uid, "pixels": px}
         )
@@ -665,6 +770,64 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             ],
         }
     )
+    # 10-12. compressed (encapsulated) CT series -------------------------
+    rows, cols = 12, 10
+
+    def compressed_ct(name, ts, orientation, origin, step, count, offset,
+                      series_number, description, readable, expect_error):
+        _, _, normal = cosines(orientation)
+        spec = SeriesSpec(
+            modality="CT",
+            transfer_syntax=ts,
+            rows=rows,
+            cols=cols,
+            positions=stack_positions(origin, step * normal, count),
+            orientation=orientation,
+            pixel_spacing=["0.8", "0.7"],
+            slice_thickness=ds_str(abs(step), 6),
+            signed=False,
+            bits_stored=12,
+            rescale_slope="1",
+            rescale_intercept="-1024",
+            pixels=ct_pixels(rng, rows, cols, count, offset=offset),
+            file_names=shuffled_names(rng, count),
+            series_number=series_number,
+            series_description=description,
+        )
+        return {
+            "name": name,
+            "readable": readable,
+            "expect_error": expect_error,
+            # SimpleITK reference is written even for the unreadable case.
+            "reference": True,
+            "series": [spec],
+        }
+
+    # ct_j2k: axial plane rotated 30 deg in-plane (about z).
+    rot = rotation_matrix([0.0, 0.0, 1.0], 30.0)
+    axial_rot = ds_list(rot @ np.array([1.0, 0.0, 0.0]), 10) + ds_list(
+        rot @ np.array([0.0, 1.0, 0.0]), 10
+    )
+    cases.append(
+        compressed_ct("ct_j2k", JPEG2000Lossless, axial_rot, [-10.5, 7.25, -80.0],
+                      2.0, 5, 3, 11, "CT JPEG 2000 lossless", True, None)
+    )
+    # ct_jpeg_lossless: coronal tilted 25 deg about x, stepping against the normal.
+    rot = rotation_matrix([1.0, 0.0, 0.0], 25.0)
+    coronal_tilt = ds_list(rot @ np.array([1.0, 0.0, 0.0]), 10) + ds_list(
+        rot @ np.array([0.0, 0.0, -1.0]), 10
+    )
+    cases.append(
+        compressed_ct("ct_jpeg_lossless", JPEGLossless, coronal_tilt,
+                      [12.0, -33.5, 18.75], -3.0, 6, 4, 12,
+                      "CT JPEG lossless P14", True, None)
+    )
+    # ct_jpegls: sagittal.
+    cases.append(
+        compressed_ct("ct_jpegls", JPEGLSLossless, SAGITTAL, [-22.0, 5.5, 40.0],
+                      2.5, 5, 5, 13, "CT JPEG-LS lossless", False,
+                      "unsupported_transfer_syntax")
+    )
     return cases
 
 
@@ -836,9 +999,9 @@ def main() -> int:
                 assert sorted(info["files"]) == sorted(by_file), info["files"]
                 return {**save_reference(prefix, data32, affine, info), "shape": list(data32.shape)}
 
-            if case["readable"]:
+            if case["readable"] or case.get("reference"):
                 entry.update(reference_for(0, "", name))
-                if name == "ct_axial":
+                if name == "ct_axial" or case.get("reference"):
                     # Values must be the stored integers - 1024, slice by slice.
                     data = np.load(OUT_DIR / f"{name}_expected.npy")
                     info = json.loads((OUT_DIR / f"{name}_sitk.json").read_text())

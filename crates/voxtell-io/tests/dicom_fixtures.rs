@@ -71,7 +71,7 @@ fn series_match_simpleitk() {
         assert_matches_sitk(&vol, case.expected.as_ref().unwrap(), case.affine.as_ref().unwrap(), &case.name);
         checked += 1;
     }
-    assert_eq!(checked, 4, "ct_axial, mr_oblique, ct_rle, ct_deflate");
+    assert_eq!(checked, 6, "ct_axial, mr_oblique, ct_rle, ct_deflate, ct_j2k, ct_jpeg_lossless");
 }
 
 #[test]
@@ -110,6 +110,12 @@ fn inconsistent_series_are_rejected_with_the_reason() {
                 assert!(text.contains("IM9999.dcm") && text.contains("not a readable DICOM file"), "{text}")
             }
             Some("inconsistent_orientation") => assert!(text.contains("ImageOrientationPatient"), "{text}"),
+            Some("unsupported_transfer_syntax") => {
+                assert!(
+                    text.contains("cannot decode pixel data") && text.contains("1.2.840.10008.1.2.4.80"),
+                    "{text}"
+                )
+            }
             other => panic!("{}: unknown expectation {other:?}", case.name),
         }
     }
