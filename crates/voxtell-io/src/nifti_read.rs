@@ -131,8 +131,8 @@ pub fn read_nifti_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Volume> 
     read_nifti_from(bytes, bytes.len() as u64, name.as_ref())
 }
 
-fn read_nifti_from(mut buffered: impl BufRead, stored_len: u64, path: &Path) -> Result<Volume> {
-    let file_len = stored_len;
+/// `file_len` is the stored (possibly compressed) size, used to reject impossible headers early.
+fn read_nifti_from(mut buffered: impl BufRead, file_len: u64, path: &Path) -> Result<Volume> {
     let compressed = {
         let peek = buffered.fill_buf().map_err(|e| IoError::os(path, e))?;
         peek.len() >= 2 && peek[..2] == [0x1f, 0x8b]
