@@ -100,22 +100,9 @@ impl Volume {
             reason: format!("affine is degenerate, no voxel orientation: {:?}", self.affine),
         })?;
         let shape = self.shape();
-        let (ras_data, reoriented_affine) = if ornt.is_identity() {
-            (self.data.view(), self.affine)
-        } else {
-            let affine = orientation::matmul(&self.affine, &ornt.inverse_affine(shape));
-            let mut view = self.data.view();
-            for (i, a) in ornt.0.iter().enumerate() {
-                if a.flipped {
-                    view.invert_axis(Axis(i));
-                }
-            }
-            let mut perm = [0; 3];
-            for (i, a) in ornt.0.iter().enumerate() {
-                perm[a.world_axis] = i;
-            }
-            (view.permuted_axes(perm), affine)
-        };
+        // nibabel returns the image itself for the identity; the product is then exact too.
+        let reoriented_affine = orientation::matmul(&self.affine, &ornt.inverse_affine(shape));
+        let ras_data = apply_orientation(self.data.view(), &ornt);
         let data = ras_data.reversed_axes().as_standard_layout().into_owned();
         Ok(RasVolume {
             data,
