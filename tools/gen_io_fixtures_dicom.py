@@ -482,6 +482,47 @@ def ct_pixels(rng, rows, cols, count, offset=0):
     ]
 
 
+def ct_spec(
+    *,
+    positions: list[np.ndarray],
+    pixels: list[np.ndarray],
+    file_names: list[str],
+    series_number: int,
+    series_description: str,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    rows: int = 12,
+    cols: int = 10,
+    orientation: list[str] = AXIAL,
+    pixel_spacing: list[str] | None = None,
+    slice_thickness: str = "2.5",
+    orientation_override: dict[int, list[str]] | None = None,
+) -> SeriesSpec:
+    """CT series spec with the shared defaults (unsigned 12-bit, HU rescale).
+
+    ``pixels`` and ``file_names`` are evaluated by the caller, so the order of
+    RNG draws stays visible (and fixed) at the call site: pixels first.
+    """
+    return SeriesSpec(
+        modality="CT",
+        transfer_syntax=transfer_syntax,
+        rows=rows,
+        cols=cols,
+        positions=positions,
+        orientation=orientation,
+        orientation_override=orientation_override,
+        pixel_spacing=["0.8", "0.7"] if pixel_spacing is None else pixel_spacing,
+        slice_thickness=slice_thickness,
+        signed=False,
+        bits_stored=12,
+        rescale_slope="1",
+        rescale_intercept="-1024",
+        pixels=pixels,
+        file_names=file_names,
+        series_number=series_number,
+        series_description=series_description,
+    )
+
+
 def build_cases(rng: np.random.Generator) -> list[dict]:
     """Return the list of case descriptions (specs not yet written)."""
     cases: list[dict] = []
@@ -495,19 +536,8 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": True,
             "expect_error": None,
             "series": [
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
+                ct_spec(
                     positions=stack_positions([-4.2, -3.85, -120.0], 2.5 * normal, count),
-                    orientation=AXIAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, rows, cols, count),
                     file_names=shuffled_names(rng, count),
                     series_number=2,
@@ -568,19 +598,10 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": True,
             "expect_error": None,
             "series": [
-                SeriesSpec(
-                    modality="CT",
+                ct_spec(
                     transfer_syntax=RLELossless,
-                    rows=rows,
-                    cols=cols,
                     positions=stack_positions([15.0, -40.6, 55.3], 2.5 * normal, count),
                     orientation=SAGITTAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, rows, cols, count, offset=1),
                     file_names=hex_names(rng, count),
                     series_number=4,
@@ -599,19 +620,10 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": True,
             "expect_error": None,
             "series": [
-                SeriesSpec(
-                    modality="CT",
+                ct_spec(
                     transfer_syntax=DeflatedExplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
                     positions=stack_positions([-3.5, 20.0, 44.0], -2.5 * normal, count),
                     orientation=CORONAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, rows, cols, count, offset=2),
                     file_names=shuffled_names(rng, count),
                     series_number=5,
@@ -630,37 +642,19 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": False,
             "expect_error": "multiple_series",
             "series": [
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    rows=12,
-                    cols=10,
+                ct_spec(
                     positions=stack_positions([0.0, 0.0, -10.0], 2.5 * normal, 3),
-                    orientation=AXIAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, 12, 10, 3),
                     file_names=[names[0], names[2], names[4]],
                     series_number=6,
                     series_description="two_series A",
                 ),
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
+                ct_spec(
                     rows=8,
                     cols=9,
                     positions=stack_positions([5.0, 6.0, -12.0], 3.0 * normal, 3),
-                    orientation=AXIAL,
                     pixel_spacing=["1.0", "0.9"],
                     slice_thickness="3",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, 8, 9, 3, offset=5),
                     file_names=[names[1], names[3], names[5]],
                     series_number=7,
@@ -683,19 +677,8 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": False,
             "expect_error": "uneven_spacing",
             "series": [
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
+                ct_spec(
                     positions=[positions[k] for k in keep],
-                    orientation=AXIAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=[pixels[k] for k in keep],
                     file_names=[names[k] for k in keep],
                     series_number=8,
@@ -714,19 +697,8 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "expect_error": "not_dicom",
             "garbage_file": "IM9999.dcm",
             "series": [
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
+                ct_spec(
                     positions=stack_positions([0.0, 0.0, 0.0], 2.5 * normal, count),
-                    orientation=AXIAL,
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, rows, cols, count),
                     file_names=shuffled_names(rng, count),
                     series_number=9,
@@ -748,20 +720,9 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
             "readable": False,
             "expect_error": "inconsistent_orientation",
             "series": [
-                SeriesSpec(
-                    modality="CT",
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
+                ct_spec(
                     positions=stack_positions([0.0, 0.0, 10.0], 2.5 * normal, count),
-                    orientation=AXIAL,
                     orientation_override={2: tilted},
-                    pixel_spacing=["0.8", "0.7"],
-                    slice_thickness="2.5",
-                    signed=False,
-                    bits_stored=12,
-                    rescale_slope="1",
-                    rescale_intercept="-1024",
                     pixels=ct_pixels(rng, rows, cols, count),
                     file_names=shuffled_names(rng, count),
                     series_number=10,
@@ -776,19 +737,11 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
     def compressed_ct(name, ts, orientation, origin, step, count, offset,
                       series_number, description, readable, expect_error):
         _, _, normal = cosines(orientation)
-        spec = SeriesSpec(
-            modality="CT",
+        spec = ct_spec(
             transfer_syntax=ts,
-            rows=rows,
-            cols=cols,
             positions=stack_positions(origin, step * normal, count),
             orientation=orientation,
-            pixel_spacing=["0.8", "0.7"],
             slice_thickness=ds_str(abs(step), 6),
-            signed=False,
-            bits_stored=12,
-            rescale_slope="1",
-            rescale_intercept="-1024",
             pixels=ct_pixels(rng, rows, cols, count, offset=offset),
             file_names=shuffled_names(rng, count),
             series_number=series_number,
