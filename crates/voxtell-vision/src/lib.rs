@@ -1,6 +1,27 @@
 //! The vision side of VoxTell.
 //!
-//! This crate will own the 3-D operations the network is built from (convolution, transposed
-//! convolution, instance normalisation, leaky ReLU, average pooling), their fast CPU kernels and
-//! their scalar reference implementations, autograd for training, and the residual encoder
-//! (ResEncL) and decoder convolution blocks. It knows nothing about text.
+//! - [`ops`]: the 3-D operations the network is built from — convolution, transposed convolution
+//!   (kernel == stride), instance normalisation, leaky ReLU, average pooling — as candle tensors
+//!   in and out (NCDHW), with gradients for training. On the CPU they run this crate's kernels: a
+//!   direct AVX-512 convolution for stride 1 and a tiled im2col + GEMM path for everything else,
+//!   with a bounded workspace.
+//! - [`reference`]: plain scalar implementations of every op and its backward pass, generic over
+//!   f32 and f64, that the fast kernels are tested against.
+//! - [`encoder`]: the residual encoder (ResEncL) and the decoder's conv blocks, built from a
+//!   plans file and loaded by the official state-dict keys.
+//!
+//! It knows nothing about text.
+
+#![allow(unsafe_code)] // SIMD kernels and GEMM calls; every unsafe block states its invariants.
+
+pub mod encoder;
+mod error;
+mod kernels;
+pub mod ops;
+pub mod reference;
+
+pub use encoder::{
+    ArchKwargs, BasicBlockD, BlockSettings, ConvNormAct, NormKwargs, ResidualEncoder, StackedConvBlocks,
+};
+pub use error::{Result, VisionError};
+pub use ops::{avg_pool3d, conv_transpose3d, conv3d, instance_norm3d, leaky_relu};

@@ -1,0 +1,358 @@
+//! The general convolution path: tiled im2col + GEMM, for any kernel size, stride and padding,
+//! in f32 and f64, forward and both backward passes.
+//!
+//! The im2col matrix is never built for the whole volume: output rows (pairs `(od, oh)`) are
+//! processed in tiles whose column matrix holds at most [`TILE_ELEMS`] elements, so the
+//! workspace is bounded whatever the volume size.
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use super::{ConvGeom, Elem, threads};
+
+/// Upper bound on the elements of one im2col tile (64 MiB in f32).
+pub(crate) const TILE_ELEMS: usize = 16 << 20;
+
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    if m * n * k >= 1 << 18 { Parallelism::Rayon(threads()) } else { Parallelism::None }
+}
+
+/// Output rows per tile so that `k × rows × ow` stays within [`TILE_ELEMS`].
+fn rows_per_tile(g: &ConvGeom) -> usize {
+    let [_, _, ow] = g.output();
+    (TILE_ELEMS / (g.k() * ow).max(1)).max(1)
+}
+
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0]
+}
+
+/// Fill `cols` (`k × n`, row-major, `n = (r1 − r0) · ow`) with the input patches of output rows
+/// `r0..r1` of one batch item `x` (`c_in × D × H × W`).
+fn im2col<T: Elem>(x: &[T], g: &ConvGeom, r0: usize, r1: usize, cols: &mut [T]) {
+    let [d, h, w] = g.input;
+    let [_, oh, ow] = g.output();
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [pd, ph, pw] = g.padding;
+    let taps = g.taps();
+    let n = (r1 - r0) * ow;
+    cols.par_chunks_mut(n).enumerate().for_each(|(k, row)| {
+        let ci = k / taps;
+        let t = k % taps;
+        let (a, b, c) = (t / (kh * kw), (t / kw) % kh, t % kw);
+        debug_assert!(a < kd);
+        let plane = &x[ci * d * h * w..(ci + 1) * d * h * w];
+        for (ri, r) in (r0..r1).enumerate() {
+            let (zo, yo) = (r / oh, r % oh);
+            let zi = (zo * sd + a) as isize - pd as isize;
+            let yi = (yo * sh + b) as isize - ph as isize;
+            let dst = &mut row[ri * ow..(ri + 1) * ow];
+            if zi < 0 || zi >= d as isize || yi < 0 || yi >= h as isize {
+                dst.fill(T::ZERO);
+                continue;
+            }
+            let src = &plane[(zi as usize * h + yi as usize) * w..][..w];
+            if sw == 1 {
+                // Shifted copy with zero borders: xi = xo + c − pw.
+                let shift = c as isize - pw as isize;
+                let lo = (-shift).clamp(0, ow as isize) as usize;
+                let hi = (w as isize - shift).clamp(lo as isize, ow as isize) as usize;
+                dst[..lo].fill(T::ZERO);
+                dst[lo..hi]
+                    .copy_from_slice(&src[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
+                dst[hi..].fill(T::ZERO);
+            } else {
+                for (xo, v) in dst.iter_mut().enumerate() {
+                    let xi = (xo * sw + c) as isize - pw as isize;
+                    *v = if xi >= 0 && xi < w as isize { src[xi as usize] } else { T::ZERO };
+                }
+            }
+        }
+    });
+}
+
+/// Add the columns `cols` (`k × n`) of output rows `r0..r1` back onto their input positions of
+/// one batch item `gx` (`c_in × D × H × W`): the adjoint of [`im2col`]. Channels are independent,
+/// so they are processed in parallel without atomics.
+fn col2im_add<T: Elem>(cols: &[T], g: &ConvGeom, r0: usize, r1: usize, gx: &mut [T]) {
+    let [d, h, w] = g.input;
+    let [_, oh, ow] = g.output();
+    let [_, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [pd, ph, pw] = g.padding;
+    let taps = g.taps();
+    let n = (r1 - r0) * ow;
+    gx.par_chunks_mut(d * h * w).enumerate().for_each(|(ci, plane)| {
+        for t in 0..taps {
+            let row = &cols[(ci * taps + t) * n..][..n];
+            let (a, b, c) = (t / (kh * kw), (t / kw) % kh, t % kw);
+            for (ri, r) in (r0..r1).enumerate() {
+                let (zo, yo) = (r / oh, r % oh);
+                let zi = (zo * sd + a) as isize - pd as isize;
+                let yi = (yo * sh + b) as isize - ph as isize;
+                if zi < 0 || zi >= d as isize || yi < 0 || yi >= h as isize {
+                    continue;
+                }
+                let dst = &mut plane[(zi as usize * h + yi as usize) * w..][..w];
+                let src = &row[ri * ow..(ri + 1) * ow];
+                for (xo, &v) in src.iter().enumerate() {
+                    let xi = (xo * sw + c) as isize - pw as isize;
+                    if xi >= 0 && xi < w as isize {
+                        dst[xi as usize] += v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Forward convolution. `x`: `batch × c_in × D × H × W`; `w`: `c_out × c_in × kd × kh × kw`;
+/// returns `batch × c_out × Do × Ho × Wo`.
+pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
+    let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
+    let [od, oh, ow] = g.output();
+    let mut out = vec![T::ZERO; g.batch * g.c_out * out_vox];
+    if let Some(b) = bias {
+        out.par_chunks_mut(out_vox).enumerate().for_each(|(i, plane)| plane.fill(b[i % g.c_out]));
+    }
+    let rows = od * oh;
+    let tile_rows = rows_per_tile(g);
+    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    for bi in 0..g.batch {
+        let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
+        let ob = &mut out[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
+        if is_pointwise(g) {
+            // SAFETY: all pointers address live slices of the sizes described by m, n, k and the
+            // strides; dst does not overlap lhs or rhs.
+            unsafe {
+                gemm(
+                    g.c_out,
+                    out_vox,
+                    k,
+                    ob.as_mut_ptr(),
+                    1,
+                    out_vox as isize,
+                    true,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    xb.as_ptr(),
+                    1,
+                    in_vox as isize,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(g.c_out, out_vox, k),
+                );
+            }
+            continue;
+        }
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tile_rows).min(rows);
+            let n = (r1 - r0) * ow;
+            let cols = &mut cols[..k * n];
+            im2col(xb, g, r0, r1, cols);
+            // SAFETY: dst addresses c_out rows of n elements at stride out_vox inside `ob`;
+            // lhs is the c_out × k weight matrix, rhs the k × n column tile.
+            unsafe {
+                gemm(
+                    g.c_out,
+                    n,
+                    k,
+                    ob.as_mut_ptr().add(r0 * ow),
+                    1,
+                    out_vox as isize,
+                    true,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    cols.as_ptr(),
+                    1,
+                    n as isize,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(g.c_out, n, k),
+                );
+            }
+            r0 = r1;
+        }
+    }
+    out
+}
+
+/// Gradient with respect to the input: `Wᵀ · grad_out`, scattered back (col2im).
+pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<T> {
+    let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
+    let [od, oh, ow] = g.output();
+    let mut gx = vec![T::ZERO; g.batch * g.c_in * in_vox];
+    let rows = od * oh;
+    let tile_rows = rows_per_tile(g);
+    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    for bi in 0..g.batch {
+        let gb = &gout[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
+        let xb = &mut gx[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
+        if is_pointwise(g) {
+            // SAFETY: dst is the c_in × in_vox gradient of this batch item; lhs is Wᵀ read with
+            // swapped strides; rhs the c_out × out_vox output gradient.
+            unsafe {
+                gemm(
+                    g.c_in,
+                    in_vox,
+                    g.c_out,
+                    xb.as_mut_ptr(),
+                    1,
+                    in_vox as isize,
+                    false,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    gb.as_ptr(),
+                    1,
+                    out_vox as isize,
+                    T::ZERO,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(g.c_in, in_vox, g.c_out),
+                );
+            }
+            continue;
+        }
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tile_rows).min(rows);
+            let n = (r1 - r0) * ow;
+            let cols = &mut cols[..k * n];
+            // SAFETY: dst is the k × n column tile; lhs is Wᵀ (k × c_out) read with swapped
+            // strides; rhs the c_out × n slice of the output gradient at stride out_vox.
+            unsafe {
+                gemm(
+                    k,
+                    n,
+                    g.c_out,
+                    cols.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    gb.as_ptr().add(r0 * ow),
+                    1,
+                    out_vox as isize,
+                    T::ZERO,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(k, n, g.c_out),
+                );
+            }
+            col2im_add(cols, g, r0, r1, xb);
+            r0 = r1;
+        }
+    }
+    gx
+}
+
+/// Gradients with respect to the weight (`c_out × c_in × taps`) and, when asked, the bias.
+pub(crate) fn backward_weight<T: Elem>(
+    x: &[T],
+    gout: &[T],
+    g: &ConvGeom,
+    with_bias: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
+    let [od, oh, ow] = g.output();
+    let mut gw = vec![T::ZERO; g.c_out * k];
+    let rows = od * oh;
+    let tile_rows = rows_per_tile(g);
+    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    for bi in 0..g.batch {
+        let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
+        let gb = &gout[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
+        if is_pointwise(g) {
+            // SAFETY: dst is the c_out × c_in weight gradient; lhs the output gradient
+            // (c_out × out_vox); rhs the input read transposed (in_vox × c_in).
+            unsafe {
+                gemm(
+                    g.c_out,
+                    k,
+                    out_vox,
+                    gw.as_mut_ptr(),
+                    1,
+                    k as isize,
+                    true,
+                    gb.as_ptr(),
+                    1,
+                    out_vox as isize,
+                    xb.as_ptr(),
+                    in_vox as isize,
+                    1,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(g.c_out, k, out_vox),
+                );
+            }
+            continue;
+        }
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tile_rows).min(rows);
+            let n = (r1 - r0) * ow;
+            let cols = &mut cols[..k * n];
+            im2col(xb, g, r0, r1, cols);
+            // SAFETY: dst is the c_out × k weight gradient; lhs the c_out × n output-gradient
+            // tile at stride out_vox; rhs the column tile read transposed (n × k).
+            unsafe {
+                gemm(
+                    g.c_out,
+                    k,
+                    n,
+                    gw.as_mut_ptr(),
+                    1,
+                    k as isize,
+                    true,
+                    gb.as_ptr().add(r0 * ow),
+                    1,
+                    out_vox as isize,
+                    cols.as_ptr(),
+                    n as isize,
+                    1,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism(g.c_out, k, n),
+                );
+            }
+            r0 = r1;
+        }
+    }
+    let gbias = with_bias.then(|| {
+        (0..g.c_out)
+            .into_par_iter()
+            .map(|co| {
+                let mut s = T::ZERO;
+                for bi in 0..g.batch {
+                    let plane = &gout[(bi * g.c_out + co) * out_vox..][..out_vox];
+                    s += plane.iter().fold(T::ZERO, |acc, &v| acc + v);
+                }
+                s
+            })
+            .collect()
+    });
+    (gw, gbias)
+}

@@ -1,0 +1,91 @@
+//! CPU kernels on plain slices (NCDHW, row-major). The candle operations in [`crate::ops`] are
+//! thin drivers around these; the scalar oracles they are tested against live in
+//! [`crate::reference`].
+
+pub(crate) mod conv_gemm;
+pub(crate) mod direct;
+pub(crate) mod pointwise;
+
+/// An element type the kernels run on: f32 (fast paths) or f64 (parity runs).
+pub(crate) trait Elem:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Geometry of one 3-D convolution: shapes, stride and zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Input spatial size (D, H, W).
+    pub input: [usize; 3],
+    /// Kernel size (kd, kh, kw).
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+impl ConvGeom {
+    /// Output spatial size: `(n + 2p − k) / s + 1` per axis.
+    pub fn output(&self) -> [usize; 3] {
+        std::array::from_fn(|a| (self.input[a] + 2 * self.padding[a] - self.kernel[a]) / self.stride[a] + 1)
+    }
+
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// Rows of the im2col matrix (and columns of the weight matrix): `c_in · taps`.
+    pub fn k(&self) -> usize {
+        self.c_in * self.taps()
+    }
+
+    pub fn in_voxels(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    pub fn out_voxels(&self) -> usize {
+        self.output().iter().product()
+    }
+}
+
+/// Number of worker threads the kernels split work into (rayon's pool).
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}

@@ -1,0 +1,352 @@
+//! Kernels that are memory-bound rather than compute-bound: instance normalisation, leaky ReLU,
+//! average pooling, and the transposed convolution with kernel == stride (a GEMM followed by a
+//! pixel shuffle).
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use super::{Elem, threads};
+
+/// Per-plane statistics with f64 accumulation: mean and biased variance.
+fn mean_var<T: Elem>(plane: &[T]) -> (f64, f64) {
+    let n = plane.len() as f64;
+    let mean = plane.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = plane.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    (mean, var)
+}
+
+/// Instance normalisation of `planes` planes of `vox` voxels (plane `p` is channel `p % c`):
+/// `(x − mean) / sqrt(var + eps) · w + b`, biased variance, optionally fused with a leaky ReLU.
+pub(crate) fn instance_norm<T: Elem>(
+    x: &[T],
+    c: usize,
+    vox: usize,
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+) -> Vec<T> {
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(vox).zip(x.par_chunks(vox)).enumerate().for_each(|(p, (o, xp))| {
+        let ch = p % c;
+        let (mean, var) = mean_var(xp);
+        let r = 1.0 / (var + eps).sqrt();
+        let w = weight.map_or(1.0, |w| w[ch].to_f64());
+        let b = bias.map_or(0.0, |b| b[ch].to_f64());
+        // y = x·scale + shift, with the affine folded in.
+        let scale = T::from_f64(r * w);
+        let shift = T::from_f64(b - mean * r * w);
+        for (y, &v) in o.iter_mut().zip(xp) {
+            *y = v * scale + shift;
+        }
+    });
+    out
+}
+
+/// Gradients of the affine parameters (weight, bias) of an instance norm, when it has them.
+pub(crate) type AffineGrads<T> = Option<(Vec<T>, Vec<T>)>;
+
+/// Gradients of [`instance_norm`]: input, and weight and bias when the norm is affine.
+pub(crate) fn instance_norm_backward<T: Elem>(
+    x: &[T],
+    c: usize,
+    vox: usize,
+    weight: Option<&[T]>,
+    eps: f64,
+    gout: &[T],
+) -> (Vec<T>, AffineGrads<T>) {
+    let mut gx = vec![T::ZERO; x.len()];
+    // Per plane: (Σ g·x̂, Σ g) for the affine gradients.
+    let sums: Vec<(f64, f64)> = gx
+        .par_chunks_mut(vox)
+        .zip(x.par_chunks(vox).zip(gout.par_chunks(vox)))
+        .enumerate()
+        .map(|(p, (gxp, (xp, gp)))| {
+            let ch = p % c;
+            let (mean, var) = mean_var(xp);
+            let r = 1.0 / (var + eps).sqrt();
+            let w = weight.map_or(1.0, |w| w[ch].to_f64());
+            let n = vox as f64;
+            let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+            for (&g, &v) in gp.iter().zip(xp) {
+                let g = g.to_f64();
+                sum_g += g;
+                sum_gx += g * (v.to_f64() - mean) * r;
+            }
+            // grad_x = r·w·(g − mean(g) − x̂·mean(g·x̂))
+            let (mg, mgx) = (sum_g / n, sum_gx / n);
+            for ((o, &g), &v) in gxp.iter_mut().zip(gp).zip(xp) {
+                let xh = (v.to_f64() - mean) * r;
+                *o = T::from_f64(r * w * (g.to_f64() - mg - xh * mgx));
+            }
+            (sum_gx, sum_g)
+        })
+        .collect();
+    let affine = weight.map(|_| {
+        let mut gw = vec![T::ZERO; c];
+        let mut gb = vec![T::ZERO; c];
+        let mut acc = vec![(0.0f64, 0.0f64); c];
+        for (p, (sgx, sg)) in sums.iter().enumerate() {
+            acc[p % c].0 += sgx;
+            acc[p % c].1 += sg;
+        }
+        for ch in 0..c {
+            gw[ch] = T::from_f64(acc[ch].0);
+            gb[ch] = T::from_f64(acc[ch].1);
+        }
+        (gw, gb)
+    });
+    (gx, affine)
+}
+
+/// Leaky ReLU: `x` where `x > 0`, else `slope · x`.
+pub(crate) fn leaky_relu<T: Elem>(x: &[T], slope: f64) -> Vec<T> {
+    let s = T::from_f64(slope);
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16)).for_each(|(o, xs)| {
+        for (y, &v) in o.iter_mut().zip(xs) {
+            *y = if v > T::ZERO { v } else { v * s };
+        }
+    });
+    out
+}
+
+/// Gradient of [`leaky_relu`] (slope at 0, as PyTorch).
+pub(crate) fn leaky_relu_backward<T: Elem>(x: &[T], slope: f64, gout: &[T]) -> Vec<T> {
+    let s = T::from_f64(slope);
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16).zip(gout.par_chunks(1 << 16))).for_each(
+        |(o, (xs, gs))| {
+            for ((y, &v), &g) in o.iter_mut().zip(xs).zip(gs) {
+                *y = if v > T::ZERO { g } else { g * s };
+            }
+        },
+    );
+    out
+}
+
+/// Output spatial size of a pooling with kernel == stride (floor).
+pub(crate) fn pooled(input: [usize; 3], k: [usize; 3]) -> [usize; 3] {
+    [input[0] / k[0], input[1] / k[1], input[2] / k[2]]
+}
+
+/// Average pooling with kernel == stride, no padding, floor mode, over `planes` planes.
+pub(crate) fn avg_pool<T: Elem>(x: &[T], planes: usize, input: [usize; 3], k: [usize; 3]) -> Vec<T> {
+    let [d, h, w] = input;
+    let [od, oh, ow] = pooled(input, k);
+    let inv = T::from_f64(1.0 / (k[0] * k[1] * k[2]) as f64);
+    let mut out = vec![T::ZERO; planes * od * oh * ow];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(od * oh * ow).enumerate().for_each(|(p, o)| {
+        let xp = &x[p * d * h * w..(p + 1) * d * h * w];
+        for z in 0..od {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut s = T::ZERO;
+                    for a in 0..k[0] {
+                        for b in 0..k[1] {
+                            let row = &xp[((z * k[0] + a) * h + y * k[1] + b) * w + xo * k[2]..][..k[2]];
+                            for &v in row {
+                                s += v;
+                            }
+                        }
+                    }
+                    o[(z * oh + y) * ow + xo] = s * inv;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Gradient of [`avg_pool`]: each pooled voxel spreads `g / |k|`; voxels cut off by the floor
+/// get zero.
+pub(crate) fn avg_pool_backward<T: Elem>(
+    gout: &[T],
+    planes: usize,
+    input: [usize; 3],
+    k: [usize; 3],
+) -> Vec<T> {
+    let [d, h, w] = input;
+    let [od, oh, ow] = pooled(input, k);
+    let inv = T::from_f64(1.0 / (k[0] * k[1] * k[2]) as f64);
+    let mut gx = vec![T::ZERO; planes * d * h * w];
+    if od * oh * ow == 0 {
+        return gx;
+    }
+    gx.par_chunks_mut(d * h * w).enumerate().for_each(|(p, gp)| {
+        let go = &gout[p * od * oh * ow..(p + 1) * od * oh * ow];
+        for z in 0..od * k[0] {
+            for y in 0..oh * k[1] {
+                for xi in 0..ow * k[2] {
+                    gp[(z * h + y) * w + xi] = go[((z / k[0]) * oh + y / k[1]) * ow + xi / k[2]] * inv;
+                }
+            }
+        }
+    });
+    gx
+}
+
+fn par(m: usize, n: usize, k: usize) -> Parallelism {
+    if m * n * k >= 1 << 18 { Parallelism::Rayon(threads()) } else { Parallelism::None }
+}
+
+/// Geometry of a transposed convolution with kernel == stride.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransposeGeom {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Input spatial size (D, H, W).
+    pub input: [usize; 3],
+    /// Kernel size and stride per axis.
+    pub stride: [usize; 3],
+}
+
+/// Transposed convolution with kernel == stride `s`: `x` is `batch × c_in × D × H × W`, `w` is
+/// `c_in × c_out × s0 × s1 × s2` (PyTorch's layout); the output is
+/// `batch × c_out × D·s0 × H·s1 × W·s2`. One GEMM per batch item, then a pixel shuffle.
+pub(crate) fn conv_transpose<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &TransposeGeom) -> Vec<T> {
+    let TransposeGeom { batch, c_in, c_out, input, stride: s } = *g;
+    let vox: usize = input.iter().product();
+    let taps: usize = s.iter().product();
+    let rows = c_out * taps;
+    let [d, h, wd] = input;
+    let (oh, ow) = (h * s[1], wd * s[2]);
+    let mut out = vec![T::ZERO; batch * c_out * vox * taps];
+    let mut y = vec![T::ZERO; rows * vox];
+    for bi in 0..batch {
+        let xb = &x[bi * c_in * vox..(bi + 1) * c_in * vox];
+        // y[(o, t), v] = Σ_in w[in, (o, t)] · x[in, v]: lhs is wᵀ read with swapped strides.
+        // SAFETY: dst is rows × vox; lhs reads the c_in × rows weight transposed; rhs is c_in × vox.
+        unsafe {
+            gemm(
+                rows,
+                vox,
+                c_in,
+                y.as_mut_ptr(),
+                1,
+                vox as isize,
+                false,
+                w.as_ptr(),
+                rows as isize,
+                1,
+                xb.as_ptr(),
+                1,
+                vox as isize,
+                T::ZERO,
+                T::ONE,
+                false,
+                false,
+                false,
+                par(rows, vox, c_in),
+            );
+        }
+        let ob = &mut out[bi * c_out * vox * taps..(bi + 1) * c_out * vox * taps];
+        ob.par_chunks_mut(vox * taps).enumerate().for_each(|(o, plane)| {
+            let b = bias.map_or(T::ZERO, |b| b[o]);
+            for t in 0..taps {
+                let (a, bb, cc) = (t / (s[1] * s[2]), (t / s[2]) % s[1], t % s[2]);
+                let src = &y[(o * taps + t) * vox..][..vox];
+                for z in 0..d {
+                    for yy in 0..h {
+                        let row = &src[(z * h + yy) * wd..][..wd];
+                        let base = ((z * s[0] + a) * oh + yy * s[1] + bb) * ow + cc;
+                        for (xx, &v) in row.iter().enumerate() {
+                            plane[base + xx * s[2]] = v + b;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Gradients of [`conv_transpose`] with respect to the input and the weight (the bias gradient is
+/// the sum of `gout` over batch and space, taken by the caller).
+pub(crate) fn conv_transpose_backward<T: Elem>(
+    x: &[T],
+    w: &[T],
+    gout: &[T],
+    g: &TransposeGeom,
+) -> (Vec<T>, Vec<T>) {
+    let TransposeGeom { batch, c_in, c_out, input, stride: s } = *g;
+    let vox: usize = input.iter().product();
+    let taps: usize = s.iter().product();
+    let rows = c_out * taps;
+    let [d, h, wd] = input;
+    let (oh, ow) = (h * s[1], wd * s[2]);
+    let mut gx = vec![T::ZERO; batch * c_in * vox];
+    let mut gw = vec![T::ZERO; c_in * rows];
+    let mut gy = vec![T::ZERO; rows * vox];
+    for bi in 0..batch {
+        let gb = &gout[bi * c_out * vox * taps..(bi + 1) * c_out * vox * taps];
+        // Inverse pixel shuffle: gy[(o, t), v].
+        gy.par_chunks_mut(taps * vox).enumerate().for_each(|(o, rows_o)| {
+            let plane = &gb[o * vox * taps..(o + 1) * vox * taps];
+            for t in 0..taps {
+                let (a, bb, cc) = (t / (s[1] * s[2]), (t / s[2]) % s[1], t % s[2]);
+                let dst = &mut rows_o[t * vox..(t + 1) * vox];
+                for z in 0..d {
+                    for yy in 0..h {
+                        let base = ((z * s[0] + a) * oh + yy * s[1] + bb) * ow + cc;
+                        for xx in 0..wd {
+                            dst[(z * h + yy) * wd + xx] = plane[base + xx * s[2]];
+                        }
+                    }
+                }
+            }
+        });
+        let xb = &x[bi * c_in * vox..(bi + 1) * c_in * vox];
+        let gxb = &mut gx[bi * c_in * vox..(bi + 1) * c_in * vox];
+        // SAFETY: gx[in, v] = Σ_(o,t) w[in, (o,t)] · gy[(o,t), v]; all slices sized accordingly.
+        unsafe {
+            gemm(
+                c_in,
+                vox,
+                rows,
+                gxb.as_mut_ptr(),
+                1,
+                vox as isize,
+                false,
+                w.as_ptr(),
+                1,
+                rows as isize,
+                gy.as_ptr(),
+                1,
+                vox as isize,
+                T::ZERO,
+                T::ONE,
+                false,
+                false,
+                false,
+                par(c_in, vox, rows),
+            );
+            // gw[in, (o,t)] += Σ_v x[in, v] · gy[(o,t), v]: rhs is gy read transposed.
+            gemm(
+                c_in,
+                rows,
+                vox,
+                gw.as_mut_ptr(),
+                1,
+                rows as isize,
+                true,
+                xb.as_ptr(),
+                1,
+                vox as isize,
+                gy.as_ptr(),
+                vox as isize,
+                1,
+                T::ONE,
+                T::ONE,
+                false,
+                false,
+                false,
+                par(c_in, rows, vox),
+            );
+        }
+    }
+    (gx, gw)
+}

@@ -1,0 +1,714 @@
+//! The 3-D operations as candle tensors in and out (NCDHW), with gradients.
+//!
+//! Each operation is a candle custom op whose CPU forward runs the kernels of
+//! [`crate::kernels`] and whose backward is built from further custom ops, so candle's
+//! `backward()` trains through them. f32 and f64 are supported.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
+
+use crate::kernels::pointwise::{self, TransposeGeom};
+use crate::kernels::{ConvGeom, Elem, conv_gemm, direct};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Borrow the contiguous data of a storage as a slice of `T`.
+fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn dims5(shape: &[usize], what: &str) -> Result<[usize; 5]> {
+    match shape {
+        &[n, c, d, h, w] => Ok([n, c, d, h, w]),
+        _ => bail!("{what}: expected a 5-D (N, C, D, H, W) tensor, got shape {shape:?}"),
+    }
+}
+
+/// Run `f` on f32 or f64 data and wrap the result.
+macro_rules! dispatch {
+    ($storage:expr, $name:expr, |$t:ident| $body:expr) => {
+        match $storage.dtype() {
+            DType::F32 => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            DType::F64 => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            other => bail!("{}: unsupported dtype {other:?} (f32 and f64 are supported)", $name),
+        }
+    };
+}
+
+/// `a` followed by `b`, reusing `a`'s allocation.
+fn concat<T>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    a.extend(b);
+    a
+}
+
+fn out_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// conv3d
+
+/// 3-D convolution with zero padding `(k − 1) / 2`, dilation 1, groups 1. `x`: (N, Cin, D, H, W);
+/// `weight`: (Cout, Cin, kd, kh, kw) with odd kernel sizes; `bias`: (Cout); `stride` per axis.
+pub fn conv3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: [usize; 3]) -> Result<Tensor> {
+    let geom = conv_geom(x.dims(), weight.dims(), bias.map(|b| b.dims()), stride)?;
+    let op = Conv3d { geom };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
+    }
+}
+
+fn conv_geom(x: &[usize], w: &[usize], b: Option<&[usize]>, stride: [usize; 3]) -> Result<ConvGeom> {
+    let [n, ci, d, h, wd] = dims5(x, "conv3d input")?;
+    let [co, wci, kd, kh, kw] = dims5(w, "conv3d weight")?;
+    if wci != ci {
+        bail!("conv3d: weight {w:?} expects {wci} input channels, input {x:?} has {ci}");
+    }
+    let kernel = [kd, kh, kw];
+    if kernel.iter().any(|&k| k % 2 == 0) {
+        bail!("conv3d: kernel {kernel:?} must be odd (padding is (k - 1) / 2)");
+    }
+    if stride.contains(&0) {
+        bail!("conv3d: stride {stride:?} must be positive");
+    }
+    if let Some(b) = b
+        && b != [co]
+    {
+        bail!("conv3d: bias of shape {b:?} does not match {co} output channels");
+    }
+    if n == 0 || ci == 0 || co == 0 || d == 0 || h == 0 || wd == 0 {
+        bail!("conv3d: empty tensor (input {x:?}, weight {w:?})");
+    }
+    Ok(ConvGeom {
+        batch: n,
+        c_in: ci,
+        c_out: co,
+        input: [d, h, wd],
+        kernel,
+        stride,
+        padding: [(kd - 1) / 2, (kh - 1) / 2, (kw - 1) / 2],
+    })
+}
+
+fn conv_forward<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
+    if let Some(out) = direct::forward(x, w, b, g) {
+        return out;
+    }
+    conv_gemm::forward(x, w, b, g)
+}
+
+fn out_shape(g: &ConvGeom) -> Shape {
+    let [d, h, w] = g.output();
+    Shape::from((g.batch, g.c_out, d, h, w))
+}
+
+struct Conv3d {
+    geom: ConvGeom,
+}
+
+impl Conv3d {
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let grad = grad.contiguous()?;
+        let gx = w.apply_op2_no_bwd(&grad, &Conv3dGradInput { geom: self.geom })?;
+        let gw = x.apply_op2_no_bwd(&grad, &Conv3dGradWeight { geom: self.geom })?;
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for Conv3d {
+    fn name(&self) -> &'static str {
+        "voxtell-conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let out = dispatch!(s1, CustomOp2::name(self), |T| conv_forward::<T>(
+            slice(s1, l1, "conv3d input")?,
+            slice(s2, l2, "conv3d weight")?,
+            None,
+            g
+        ));
+        Ok((out, out_shape(g)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp3 for Conv3d {
+    fn name(&self) -> &'static str {
+        "voxtell-conv3d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let out = dispatch!(s1, CustomOp3::name(self), |T| conv_forward::<T>(
+            slice(s1, l1, "conv3d input")?,
+            slice(s2, l2, "conv3d weight")?,
+            Some(slice(s3, l3, "conv3d bias")?),
+            g
+        ));
+        Ok((out, out_shape(g)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
+        let gb = grad.sum((0, 2, 3, 4))?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+}
+
+struct Conv3dGradInput {
+    geom: ConvGeom,
+}
+
+impl CustomOp2 for Conv3dGradInput {
+    fn name(&self) -> &'static str {
+        "voxtell-conv3d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let out = dispatch!(s1, self.name(), |T| {
+            let (w, gout) = (slice::<T>(s1, l1, "weight")?, slice::<T>(s2, l2, "grad")?);
+            direct::backward_input(w, gout, g).unwrap_or_else(|| conv_gemm::backward_input(w, gout, g))
+        });
+        let [d, h, w] = g.input;
+        Ok((out, Shape::from((g.batch, g.c_in, d, h, w))))
+    }
+}
+
+struct Conv3dGradWeight {
+    geom: ConvGeom,
+}
+
+impl CustomOp2 for Conv3dGradWeight {
+    fn name(&self) -> &'static str {
+        "voxtell-conv3d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let out = dispatch!(s1, self.name(), |T| conv_gemm::backward_weight::<T>(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "grad")?,
+            g,
+            false
+        )
+        .0);
+        let [kd, kh, kw] = g.kernel;
+        Ok((out, Shape::from((g.c_out, g.c_in, kd, kh, kw))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// conv_transpose3d
+
+/// Transposed 3-D convolution with kernel == stride. `x`: (N, Cin, D, H, W); `weight`:
+/// (Cin, Cout, s0, s1, s2) as PyTorch stores it; output (N, Cout, D·s0, H·s1, W·s2).
+pub fn conv_transpose3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: [usize; 3],
+) -> Result<Tensor> {
+    let [n, ci, d, h, w] = dims5(x.dims(), "conv_transpose3d input")?;
+    let [wci, co, kd, kh, kw] = dims5(weight.dims(), "conv_transpose3d weight")?;
+    if wci != ci {
+        bail!("conv_transpose3d: weight {:?} expects {wci} input channels, input has {ci}", weight.dims());
+    }
+    if [kd, kh, kw] != stride {
+        bail!(
+            "conv_transpose3d: only kernel == stride is supported, got kernel {:?} and stride {stride:?}",
+            [kd, kh, kw]
+        );
+    }
+    if let Some(b) = bias
+        && b.dims() != [co]
+    {
+        bail!("conv_transpose3d: bias of shape {:?} does not match {co} output channels", b.dims());
+    }
+    let op = ConvTranspose(TransposeGeom { batch: n, c_in: ci, c_out: co, input: [d, h, w], stride });
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ConvTranspose(TransposeGeom);
+
+impl ConvTranspose {
+    fn shape(&self) -> Shape {
+        let g = &self.0;
+        let ([d, h, w], s) = (g.input, g.stride);
+        Shape::from((g.batch, g.c_out, d * s[0], h * s[1], w * s[2]))
+    }
+
+    fn run<T: Elem>(&self, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+        pointwise::conv_transpose(x, w, b, &self.0)
+    }
+
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let grad = grad.contiguous()?;
+        let both = x.apply_op3_no_bwd(w, &grad, &ConvTransposeGrad { op: *self })?;
+        let gx = both.narrow(0, 0, x.elem_count())?.reshape(x.shape())?;
+        let gw = both.narrow(0, x.elem_count(), w.elem_count())?.reshape(w.shape())?;
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for ConvTranspose {
+    fn name(&self) -> &'static str {
+        "voxtell-conv-transpose3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s1, CustomOp2::name(self), |T| self.run::<T>(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "weight")?,
+            None
+        ));
+        Ok((out, self.shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp3 for ConvTranspose {
+    fn name(&self) -> &'static str {
+        "voxtell-conv-transpose3d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s1, CustomOp3::name(self), |T| self.run::<T>(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "weight")?,
+            Some(slice(s3, l3, "bias")?)
+        ));
+        Ok((out, self.shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
+        Ok((Some(gx), Some(gw), Some(grad.sum((0, 2, 3, 4))?)))
+    }
+}
+
+/// Both gradients of the transposed convolution in one pass, concatenated flat:
+/// `[grad_input…, grad_weight…]`.
+struct ConvTransposeGrad {
+    op: ConvTranspose,
+}
+
+impl CustomOp3 for ConvTransposeGrad {
+    fn name(&self) -> &'static str {
+        "voxtell-conv-transpose3d-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let o = self.op.0;
+        let out = dispatch!(s1, self.name(), |T| {
+            let (gx, gw) = pointwise::conv_transpose_backward::<T>(
+                slice(s1, l1, "input")?,
+                slice(s2, l2, "weight")?,
+                slice(s3, l3, "grad")?,
+                &o,
+            );
+            concat(gx, gw)
+        });
+        let len = out_len(&out);
+        Ok((out, Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// instance_norm3d
+
+/// Instance normalisation per sample and channel over (D, H, W), biased variance:
+/// `(x − mean) / sqrt(var + eps) · weight + bias`. `weight` and `bias` are (C) or absent.
+pub fn instance_norm3d(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let [_, c, ..] = dims5(x.dims(), "instance_norm3d input")?;
+    for (t, what) in [(weight, "weight"), (bias, "bias")] {
+        if let Some(t) = t
+            && t.dims() != [c]
+        {
+            bail!("instance_norm3d: {what} of shape {:?} does not match {c} channels", t.dims());
+        }
+    }
+    if eps.is_nan() || eps < 0.0 {
+        bail!("instance_norm3d: eps {eps} must be non-negative");
+    }
+    let x = x.contiguous()?;
+    let op = InstanceNorm { eps };
+    match (weight, bias) {
+        (Some(w), Some(b)) => x.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        (None, None) => x.apply_op1(op),
+        _ => bail!("instance_norm3d: give both weight and bias, or neither"),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct InstanceNorm {
+    eps: f64,
+}
+
+fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
+    let [_, c, d, h, w] = dims5(l.dims(), "instance_norm3d input")?;
+    Ok((c, d * h * w))
+}
+
+impl CustomOp1 for InstanceNorm {
+    fn name(&self) -> &'static str {
+        "voxtell-instance-norm3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (c, vox) = plane_dims(l)?;
+        let out = dispatch!(s, CustomOp1::name(self), |T| pointwise::instance_norm::<T>(
+            slice(s, l, "input")?,
+            c,
+            vox,
+            None,
+            None,
+            self.eps
+        ));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad, &InstanceNormGrad { eps: self.eps })?))
+    }
+}
+
+impl CustomOp3 for InstanceNorm {
+    fn name(&self) -> &'static str {
+        "voxtell-instance-norm3d-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, vox) = plane_dims(l1)?;
+        let out = dispatch!(s1, CustomOp3::name(self), |T| pointwise::instance_norm::<T>(
+            slice(s1, l1, "input")?,
+            c,
+            vox,
+            Some(slice(s2, l2, "weight")?),
+            Some(slice(s3, l3, "bias")?),
+            self.eps
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let all = x.apply_op3_no_bwd(w, &grad, &InstanceNormAffineGrad { eps: self.eps })?;
+        let (n, c) = (x.elem_count(), w.elem_count());
+        let gx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        Ok((Some(gx), Some(all.narrow(0, n, c)?), Some(all.narrow(0, n + c, c)?)))
+    }
+}
+
+/// Gradient of the non-affine instance norm with respect to its input.
+struct InstanceNormGrad {
+    eps: f64,
+}
+
+impl CustomOp2 for InstanceNormGrad {
+    fn name(&self) -> &'static str {
+        "voxtell-instance-norm3d-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, vox) = plane_dims(l1)?;
+        let out = dispatch!(s1, self.name(), |T| pointwise::instance_norm_backward::<T>(
+            slice(s1, l1, "input")?,
+            c,
+            vox,
+            None,
+            self.eps,
+            slice(s2, l2, "grad")?
+        )
+        .0);
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// All gradients of the affine instance norm in one pass, concatenated flat:
+/// `[grad_input…, grad_weight…, grad_bias…]`.
+struct InstanceNormAffineGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for InstanceNormAffineGrad {
+    fn name(&self) -> &'static str {
+        "voxtell-instance-norm3d-affine-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, vox) = plane_dims(l1)?;
+        let out = dispatch!(s1, self.name(), |T| {
+            let (gx, affine) = pointwise::instance_norm_backward::<T>(
+                slice(s1, l1, "input")?,
+                c,
+                vox,
+                Some(slice(s2, l2, "weight")?),
+                self.eps,
+                slice(s3, l3, "grad")?,
+            );
+            let Some((gw, gb)) = affine else { bail!("instance norm gradient: affine parameters missing") };
+            let mut all = concat(gx, gw);
+            all.extend(gb);
+            all
+        });
+        let shape = Shape::from(out_len(&out));
+        Ok((out, shape))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// leaky_relu, avg_pool3d
+
+/// Leaky ReLU in one pass: `x` where `x > 0`, else `slope · x` (the gradient at 0 is `slope`).
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(LeakyRelu { slope })
+}
+
+struct LeakyRelu {
+    slope: f64,
+}
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "voxtell-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out =
+            dispatch!(s, self.name(), |T| pointwise::leaky_relu::<T>(slice(s, l, "input")?, self.slope));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &LeakyReluGrad { slope: self.slope })?))
+    }
+}
+
+struct LeakyReluGrad {
+    slope: f64,
+}
+
+impl CustomOp2 for LeakyReluGrad {
+    fn name(&self) -> &'static str {
+        "voxtell-leaky-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s1, self.name(), |T| pointwise::leaky_relu_backward::<T>(
+            slice(s1, l1, "input")?,
+            self.slope,
+            slice(s2, l2, "grad")?
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Average pooling with kernel == stride, no padding, floor mode.
+pub fn avg_pool3d(x: &Tensor, kernel: [usize; 3]) -> Result<Tensor> {
+    let [n, c, d, h, w] = dims5(x.dims(), "avg_pool3d input")?;
+    if kernel.contains(&0) {
+        bail!("avg_pool3d: kernel {kernel:?} must be positive");
+    }
+    if d < kernel[0] || h < kernel[1] || w < kernel[2] {
+        bail!("avg_pool3d: input {:?} is smaller than the kernel {kernel:?}", [d, h, w]);
+    }
+    x.contiguous()?.apply_op1(AvgPool { planes: n * c, input: [d, h, w], kernel })
+}
+
+#[derive(Clone, Copy)]
+struct AvgPool {
+    planes: usize,
+    input: [usize; 3],
+    kernel: [usize; 3],
+}
+
+impl CustomOp1 for AvgPool {
+    fn name(&self) -> &'static str {
+        "voxtell-avg-pool3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s, self.name(), |T| pointwise::avg_pool::<T>(
+            slice(s, l, "input")?,
+            self.planes,
+            self.input,
+            self.kernel
+        ));
+        let dims = l.dims();
+        let [od, oh, ow] = pointwise::pooled(self.input, self.kernel);
+        Ok((out, Shape::from((dims[0], dims[1], od, oh, ow))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&AvgPoolGrad { pool: *self })?))
+    }
+}
+
+struct AvgPoolGrad {
+    pool: AvgPool,
+}
+
+impl CustomOp1 for AvgPoolGrad {
+    fn name(&self) -> &'static str {
+        "voxtell-avg-pool3d-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = self.pool;
+        let out = dispatch!(s, self.name(), |T| pointwise::avg_pool_backward::<T>(
+            slice(s, l, "grad")?,
+            p.planes,
+            p.input,
+            p.kernel
+        ));
+        let dims = l.dims();
+        let [d, h, w] = p.input;
+        Ok((out, Shape::from((dims[0], dims[1], d, h, w))))
+    }
+}

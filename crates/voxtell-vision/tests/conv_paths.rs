@@ -1,0 +1,107 @@
+//! The fast convolution paths (direct AVX-512 kernel for stride 1, tiled im2col + GEMM for the
+//! rest) against the scalar f64 reference, forward and backward, on shapes that reach each path:
+//! W ≥ 16 for the direct kernel, channel counts that are not multiples of its block, batch 2,
+//! kernel 5, and strides.
+
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{DType, Device, Tensor, Var};
+use voxtell_vision::{ops, reference};
+
+/// A small deterministic generator (SplitMix64) for test data.
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+fn assert_close(ours: &Tensor, reference: &[f64], what: &str) {
+    let ours: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(ours.len(), reference.len(), "{what}: length");
+    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = ours.iter().zip(reference).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 2e-5 * scale, "{what}: max |diff| {worst:e} vs max |ref| {scale:e}");
+}
+
+fn check(n: usize, ci: usize, co: usize, dims: [usize; 3], k: usize, stride: [usize; 3], bias: bool) {
+    let what = format!("n{n} {ci}->{co} {dims:?} k{k} s{stride:?}");
+    let dev = Device::Cpu;
+    let in_shape = [n, ci, dims[0], dims[1], dims[2]];
+    let w_shape = [co, ci, k, k, k];
+    let xv = data(in_shape.iter().product(), 1);
+    let wv: Vec<f32> = data(w_shape.iter().product(), 2).iter().map(|v| v * 0.2).collect();
+    let bv = data(co, 3);
+    let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), in_shape.to_vec(), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::from_vec(wv.clone(), w_shape.to_vec(), &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::from_vec(bv.clone(), co, &dev).unwrap()).unwrap();
+    let out = ops::conv3d(&x, &w, bias.then_some(b.as_tensor()), stride).unwrap();
+    let pad = [(k - 1) / 2; 3];
+    let b64 = to64(&bv);
+    let (r, out_shape) =
+        reference::conv3d(&to64(&xv), in_shape, &to64(&wv), w_shape, bias.then_some(&b64[..]), stride, pad)
+            .unwrap();
+    assert_eq!(out.dims(), out_shape, "{what}");
+    assert_close(&out, &r, &format!("{what} forward"));
+
+    let gv = data(out.elem_count(), 4);
+    let g = Tensor::from_vec(gv.clone(), out.shape(), &dev).unwrap();
+    let grads = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let rg = reference::conv3d_backward(
+        &to64(&xv),
+        in_shape,
+        &to64(&wv),
+        w_shape,
+        &to64(&gv),
+        out_shape,
+        stride,
+        pad,
+    )
+    .unwrap();
+    assert_close(grads.get(&x).unwrap(), &rg.grad_input, &format!("{what} grad input"));
+    assert_close(grads.get(&w).unwrap(), &rg.grad_weight, &format!("{what} grad weight"));
+    if bias {
+        assert_close(grads.get(&b).unwrap(), &rg.grad_bias, &format!("{what} grad bias"));
+    }
+}
+
+#[test]
+fn direct_path_shapes() {
+    check(1, 3, 8, [5, 6, 17], 3, [1, 1, 1], true);
+    check(2, 5, 11, [4, 3, 33], 3, [1, 1, 1], true);
+    check(1, 1, 13, [3, 4, 50], 3, [1, 1, 1], false);
+    check(1, 4, 6, [6, 5, 20], 5, [1, 1, 1], true);
+    check(1, 16, 16, [4, 4, 48], 3, [1, 1, 1], true);
+}
+
+#[test]
+fn gemm_path_shapes() {
+    check(2, 6, 7, [7, 5, 9], 3, [2, 2, 2], true);
+    check(1, 5, 9, [6, 9, 20], 3, [2, 1, 2], false);
+    check(1, 7, 5, [5, 6, 7], 1, [1, 1, 1], true);
+    check(1, 8, 24, [3, 4, 12], 3, [1, 1, 1], true);
+}
+
+#[test]
+fn f64_takes_the_gemm_path_with_the_same_result() {
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(data(2 * 3 * 4 * 5 * 20, 7), (2, 3, 4, 5, 20), &dev).unwrap();
+    let w = Tensor::from_vec(data(4 * 3 * 27, 8), (4, 3, 3, 3, 3), &dev).unwrap();
+    let y32 = ops::conv3d(&x, &w, None, [1, 1, 1]).unwrap();
+    let y64 =
+        ops::conv3d(&x.to_dtype(DType::F64).unwrap(), &w.to_dtype(DType::F64).unwrap(), None, [1, 1, 1])
+            .unwrap();
+    let diff = (y32.to_dtype(DType::F64).unwrap() - y64).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f64>().unwrap() < 1e-5);
+}
