@@ -79,6 +79,17 @@ pub struct BlockSettings {
     pub slope: f64,
 }
 
+impl std::str::FromStr for ArchKwargs {
+    type Err = VisionError;
+
+    /// Parse `arch_kwargs` given as JSON text.
+    fn from_str(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| VisionError::Plan(format!("arch_kwargs: {e}")))?;
+        Self::from_json(&value)
+    }
+}
+
 fn class_is(path: &str, name: &str) -> bool {
     path.rsplit('.').next() == Some(name)
 }
@@ -204,15 +215,13 @@ impl ConvNormAct {
 
     /// Apply the unit.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The conv output is dropped as soon as the fused norm + activation has read it.
         let y = ops::conv3d(x, &self.weight, self.bias.as_ref(), self.stride)?;
-        let y = match &self.norm {
-            Some((w, b)) => ops::instance_norm3d(&y, Some(w), Some(b), self.eps)?,
-            None => ops::instance_norm3d(&y, None, None, self.eps)?,
+        let (w, b) = match &self.norm {
+            Some((w, b)) => (Some(w), Some(b)),
+            None => (None, None),
         };
-        Ok(match self.slope {
-            Some(s) => ops::leaky_relu(&y, s)?,
-            None => y,
-        })
+        Ok(ops::instance_norm3d_act(&y, w, b, self.eps, self.slope)?)
     }
 
     /// Output channels.
@@ -305,7 +314,10 @@ impl BasicBlockD {
 
     /// Apply the block.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let residual = self.conv2.forward(&self.conv1.forward(x)?)?;
+        let residual = {
+            let h = self.conv1.forward(x)?;
+            self.conv2.forward(&h)?
+        };
         let mut skip = match self.pool {
             Some(k) => ops::avg_pool3d(x, k)?,
             None => x.clone(),

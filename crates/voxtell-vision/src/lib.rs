@@ -14,6 +14,7 @@
 
 #![allow(unsafe_code)] // SIMD kernels and GEMM calls; every unsafe block states its invariants.
 
+pub mod composed;
 pub mod encoder;
 mod error;
 mod kernels;
@@ -24,4 +25,4 @@ pub use encoder::{
     ArchKwargs, BasicBlockD, BlockSettings, ConvNormAct, NormKwargs, ResidualEncoder, StackedConvBlocks,
 };
 pub use error::{Result, VisionError};
-pub use ops::{avg_pool3d, conv_transpose3d, conv3d, instance_norm3d, leaky_relu};
+pub use ops::{avg_pool3d, conv_transpose3d, conv3d, instance_norm3d, instance_norm3d_act, leaky_relu};

@@ -1,12 +1,14 @@
 //! The 3-D operations as candle tensors in and out (NCDHW), with gradients.
 //!
-//! Each operation is a candle custom op whose CPU forward runs the kernels of
+//! On the CPU each operation is a candle custom op whose forward runs the kernels of
 //! [`crate::kernels`] and whose backward is built from further custom ops, so candle's
-//! `backward()` trains through them. f32 and f64 are supported.
+//! `backward()` trains through them; f32 and f64 are supported. On other devices (CUDA, Metal)
+//! the same functions run [`crate::composed`], built from candle's own ops.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
 
+use crate::composed;
 use crate::kernels::pointwise::{self, TransposeGeom};
 use crate::kernels::{ConvGeom, Elem, conv_gemm, direct};
 
@@ -66,6 +68,9 @@ fn out_len(s: &CpuStorage) -> usize {
 /// `weight`: (Cout, Cin, kd, kh, kw) with odd kernel sizes; `bias`: (Cout); `stride` per axis.
 pub fn conv3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: [usize; 3]) -> Result<Tensor> {
     let geom = conv_geom(x.dims(), weight.dims(), bias.map(|b| b.dims()), stride)?;
+    if !x.device().is_cpu() {
+        return composed::conv3d(x, weight, bias, stride);
+    }
     let op = Conv3d { geom };
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
@@ -285,6 +290,9 @@ pub fn conv_transpose3d(
     {
         bail!("conv_transpose3d: bias of shape {:?} does not match {co} output channels", b.dims());
     }
+    if !x.device().is_cpu() {
+        return composed::conv_transpose3d(x, weight, bias, stride);
+    }
     let op = ConvTranspose(TransposeGeom { batch: n, c_in: ci, c_out: co, input: [d, h, w], stride });
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
@@ -429,6 +437,18 @@ pub fn instance_norm3d(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
+    instance_norm3d_act(x, weight, bias, eps, None)
+}
+
+/// [`instance_norm3d`] followed, when `slope` is given, by a leaky ReLU with that slope, in one
+/// pass and one output tensor (the norm's output is never materialised).
+pub fn instance_norm3d_act(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    slope: Option<f64>,
+) -> Result<Tensor> {
     let [_, c, ..] = dims5(x.dims(), "instance_norm3d input")?;
     for (t, what) in [(weight, "weight"), (bias, "bias")] {
         if let Some(t) = t
@@ -440,8 +460,11 @@ pub fn instance_norm3d(
     if eps.is_nan() || eps < 0.0 {
         bail!("instance_norm3d: eps {eps} must be non-negative");
     }
+    if !x.device().is_cpu() {
+        return composed::instance_norm3d_act(x, weight, bias, eps, slope);
+    }
     let x = x.contiguous()?;
-    let op = InstanceNorm { eps };
+    let op = InstanceNorm { eps, slope };
     match (weight, bias) {
         (Some(w), Some(b)) => x.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
         (None, None) => x.apply_op1(op),
@@ -452,6 +475,19 @@ pub fn instance_norm3d(
 #[derive(Clone, Copy)]
 struct InstanceNorm {
     eps: f64,
+    slope: Option<f64>,
+}
+
+impl InstanceNorm {
+    /// The gradient with respect to the norm's output: through the leaky ReLU when fused. The
+    /// activation keeps signs, so the op's own output tells where it was active.
+    fn norm_grad(&self, res: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        match self.slope {
+            Some(slope) => res.apply_op2_no_bwd(&grad, &LeakyReluGrad { slope }),
+            None => Ok(grad),
+        }
+    }
 }
 
 fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
@@ -472,13 +508,14 @@ impl CustomOp1 for InstanceNorm {
             vox,
             None,
             None,
-            self.eps
+            self.eps,
+            self.slope
         ));
         Ok((out, l.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = self.norm_grad(res, grad)?;
         Ok(Some(x.apply_op2_no_bwd(&grad, &InstanceNormGrad { eps: self.eps })?))
     }
 }
@@ -504,7 +541,8 @@ impl CustomOp3 for InstanceNorm {
             vox,
             Some(slice(s2, l2, "weight")?),
             Some(slice(s3, l3, "bias")?),
-            self.eps
+            self.eps,
+            self.slope
         ));
         Ok((out, l1.shape().clone()))
     }
@@ -514,10 +552,10 @@ impl CustomOp3 for InstanceNorm {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = self.norm_grad(res, grad)?;
         let all = x.apply_op3_no_bwd(w, &grad, &InstanceNormAffineGrad { eps: self.eps })?;
         let (n, c) = (x.elem_count(), w.elem_count());
         let gx = all.narrow(0, 0, n)?.reshape(x.shape())?;
@@ -601,6 +639,9 @@ impl CustomOp3 for InstanceNormAffineGrad {
 
 /// Leaky ReLU in one pass: `x` where `x > 0`, else `slope · x` (the gradient at 0 is `slope`).
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::leaky_relu(x, slope);
+    }
     x.contiguous()?.apply_op1(LeakyRelu { slope })
 }
 
@@ -657,6 +698,9 @@ pub fn avg_pool3d(x: &Tensor, kernel: [usize; 3]) -> Result<Tensor> {
     }
     if d < kernel[0] || h < kernel[1] || w < kernel[2] {
         bail!("avg_pool3d: input {:?} is smaller than the kernel {kernel:?}", [d, h, w]);
+    }
+    if !x.device().is_cpu() {
+        return composed::avg_pool3d(x, kernel);
     }
     x.contiguous()?.apply_op1(AvgPool { planes: n * c, input: [d, h, w], kernel })
 }

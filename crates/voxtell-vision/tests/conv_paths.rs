@@ -1,7 +1,8 @@
-//! The fast convolution paths (direct AVX-512 kernel for stride 1, tiled im2col + GEMM for the
-//! rest) against the scalar f64 reference, forward and backward, on shapes that reach each path:
-//! W ≥ 16 for the direct kernel, channel counts that are not multiples of its block, batch 2,
-//! kernel 5, and strides.
+//! The fast convolution paths (two direct AVX-512 kernels for stride 1 — W-vectorised NCDHW and
+//! channels-last — and tiled im2col + GEMM for the rest) against the scalar f64 reference, forward
+//! and backward, on shapes that reach each path: channel counts that are not multiples of the
+//! kernels' blocks, batch 2, kernel 5, strides. On a CPU without AVX-512 every case runs the GEMM
+//! path and is checked just the same.
 
 #![allow(clippy::unwrap_used)]
 
@@ -83,6 +84,16 @@ fn direct_path_shapes() {
     check(1, 1, 13, [3, 4, 50], 3, [1, 1, 1], false);
     check(1, 4, 6, [6, 5, 20], 5, [1, 1, 1], true);
     check(1, 16, 16, [4, 4, 48], 3, [1, 1, 1], true);
+}
+
+/// Channels-last direct kernel: both channel counts ≥ 64, or a volume narrower than 16 along W;
+/// channel counts that are not multiples of its 32-channel tile, and W not a multiple of 14.
+#[test]
+fn channels_last_path_shapes() {
+    check(1, 64, 70, [3, 4, 18], 3, [1, 1, 1], true);
+    check(2, 3, 40, [4, 5, 9], 3, [1, 1, 1], true);
+    check(1, 66, 64, [3, 3, 15], 3, [1, 1, 1], false);
+    check(1, 5, 7, [5, 6, 3], 5, [1, 1, 1], true);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
-use voxtell_vision::ops;
+use voxtell_vision::{composed, ops};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision")
@@ -44,35 +44,42 @@ fn arr3(v: &[usize]) -> [usize; 3] {
     [v[0], v[1], v[2]]
 }
 
+/// Which implementation to run: the CPU kernels, or the device-generic composition of candle ops.
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    Kernels,
+    Composed,
+}
+
 /// Run one case in `dtype`; returns (output, grads by name) computed through candle's backprop.
-fn run(case: &Case, t: &HashMap<String, Tensor>, dtype: DType) -> (Tensor, HashMap<&'static str, Tensor>) {
+fn run(
+    case: &Case,
+    t: &HashMap<String, Tensor>,
+    dtype: DType,
+    path: Impl,
+) -> (Tensor, HashMap<&'static str, Tensor>) {
     let get = |k: &str| t.get(&format!("{}/{k}", case.name)).map(|x| x.to_dtype(dtype).unwrap());
     let x = Var::from_tensor(&get("input").unwrap()).unwrap();
     let w = get("weight").map(|w| Var::from_tensor(&w).unwrap());
     let b = get("bias").map(|b| Var::from_tensor(&b).unwrap());
-    let out = match case.op.as_str() {
-        "conv3d" => {
-            ops::conv3d(&x, w.as_ref().unwrap(), b.as_ref().map(|b| b.as_tensor()), arr3(&case.stride))
-                .unwrap()
+    let (wt, bt) = (w.as_ref().map(|w| w.as_tensor()), b.as_ref().map(|b| b.as_tensor()));
+    let stride = || arr3(&case.stride);
+    let out = match (case.op.as_str(), path) {
+        ("conv3d", Impl::Kernels) => ops::conv3d(&x, wt.unwrap(), bt, stride()),
+        ("conv3d", Impl::Composed) => composed::conv3d(&x, wt.unwrap(), bt, stride()),
+        ("conv_transpose3d", Impl::Kernels) => ops::conv_transpose3d(&x, wt.unwrap(), bt, stride()),
+        ("conv_transpose3d", Impl::Composed) => composed::conv_transpose3d(&x, wt.unwrap(), bt, stride()),
+        ("instance_norm3d", Impl::Kernels) => ops::instance_norm3d(&x, wt, bt, case.eps.unwrap()),
+        ("instance_norm3d", Impl::Composed) => {
+            composed::instance_norm3d_act(&x, wt, bt, case.eps.unwrap(), None)
         }
-        "conv_transpose3d" => ops::conv_transpose3d(
-            &x,
-            w.as_ref().unwrap(),
-            b.as_ref().map(|b| b.as_tensor()),
-            arr3(&case.stride),
-        )
-        .unwrap(),
-        "instance_norm3d" => ops::instance_norm3d(
-            &x,
-            w.as_ref().map(|w| w.as_tensor()),
-            b.as_ref().map(|b| b.as_tensor()),
-            case.eps.unwrap(),
-        )
-        .unwrap(),
-        "leaky_relu" => ops::leaky_relu(&x, case.slope.unwrap()).unwrap(),
-        "avg_pool3d" => ops::avg_pool3d(&x, arr3(&case.kernel)).unwrap(),
-        other => panic!("unknown op {other}"),
-    };
+        ("leaky_relu", Impl::Kernels) => ops::leaky_relu(&x, case.slope.unwrap()),
+        ("leaky_relu", Impl::Composed) => composed::leaky_relu(&x, case.slope.unwrap()),
+        ("avg_pool3d", Impl::Kernels) => ops::avg_pool3d(&x, arr3(&case.kernel)),
+        ("avg_pool3d", Impl::Composed) => composed::avg_pool3d(&x, arr3(&case.kernel)),
+        (other, _) => panic!("unknown op {other}"),
+    }
+    .unwrap();
     let loss = (&out * get("grad_output").unwrap()).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     let mut g = HashMap::new();
@@ -106,11 +113,11 @@ fn assert_close(ours: &Tensor, theirs: &Tensor, rel: f64, what: &str) {
     assert!(diff <= rel * scale, "{what}: max |diff| {diff:e} > {rel:e} · max|ref| {scale:e}");
 }
 
-fn check(dtype: DType, rel: f64) {
+fn check(dtype: DType, rel: f64, path: Impl) {
     let (cases, t) = load();
     assert!(cases.len() >= 20);
     for case in &cases {
-        let (out, grads) = run(case, &t, dtype);
+        let (out, grads) = run(case, &t, dtype, path);
         let name = &case.name;
         assert_close(&out, &t[&format!("{name}/output")], rel, &format!("{name} output ({dtype:?})"));
         for (k, g) in &grads {
@@ -125,12 +132,18 @@ fn check(dtype: DType, rel: f64) {
 
 #[test]
 fn ops_match_pytorch_in_f64() {
-    check(DType::F64, 1e-10);
+    check(DType::F64, 1e-10, Impl::Kernels);
+}
+
+/// The device-generic path (what CUDA and Metal run), checked here on the CPU.
+#[test]
+fn composed_ops_match_pytorch_in_f64() {
+    check(DType::F64, 1e-10, Impl::Composed);
 }
 
 #[test]
 fn ops_match_pytorch_in_f32() {
-    check(DType::F32, 1e-4);
+    check(DType::F32, 1e-4, Impl::Kernels);
 }
 
 #[test]
@@ -159,4 +172,33 @@ fn bad_shapes_are_errors() {
     assert!(
         ops::instance_norm3d(&x, Some(&wn), Some(&wn), 1e-5).unwrap_err().to_string().contains("channels")
     );
+}
+
+#[test]
+fn fused_norm_and_activation_equal_the_composition_with_gradients() {
+    let (_, t) = load();
+    let x0 = t["inorm_affine_const/input"].clone();
+    let w0 = t["inorm_affine_const/weight"].clone();
+    let b0 = t["inorm_affine_const/bias"].clone();
+    let g = t["inorm_affine_const/grad_output"].clone();
+    let mut results = Vec::new();
+    for fused in [true, false] {
+        let (x, w, b) =
+            (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap(), Var::from_tensor(&b0).unwrap());
+        let y = if fused {
+            ops::instance_norm3d_act(&x, Some(&w), Some(&b), 1e-5, Some(0.01)).unwrap()
+        } else {
+            ops::leaky_relu(&ops::instance_norm3d(&x, Some(&w), Some(&b), 1e-5).unwrap(), 0.01).unwrap()
+        };
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        results.push([
+            y,
+            grads.get(&x).unwrap().clone(),
+            grads.get(&w).unwrap().clone(),
+            grads.get(&b).unwrap().clone(),
+        ]);
+    }
+    for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        assert_close(a, b, 1e-12, &format!("fused vs composed, tensor {i}"));
+    }
 }

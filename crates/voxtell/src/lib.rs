@@ -18,6 +18,10 @@
 //! # }
 //! ```
 
+/// The tensor library the network runs on (re-exported so users need no separate dependency).
+pub use candle_core as candle;
+/// candle's neural-network helpers (`VarBuilder`, …).
+pub use candle_nn;
 pub use voxtell_fusion as fusion;
 pub use voxtell_infer as infer;
 pub use voxtell_io as io;

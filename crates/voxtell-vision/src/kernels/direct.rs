@@ -14,7 +14,7 @@ use std::any::TypeId;
 
 use rayon::prelude::*;
 
-use super::{ConvGeom, Elem};
+use super::{ConvGeom, Elem, direct_cl};
 
 /// Output channels per micro-kernel tile.
 const CO_BLK: usize = 8;
@@ -23,14 +23,19 @@ const X_VECS: usize = 3;
 /// Voxels along W per tile.
 const X_TILE: usize = 16 * X_VECS;
 
-/// Whether the direct path handles this geometry on this CPU for element type `T`.
+/// Whether a direct kernel handles this geometry on this CPU for element type `T`.
 pub(crate) fn applies<T: Elem>(g: &ConvGeom) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
         && g.stride == [1, 1, 1]
         && g.kernel.iter().all(|k| k % 2 == 1)
         && g.kernel != [1, 1, 1]
-        && g.input[2] >= 16
         && avx512()
+}
+
+/// Which of the two direct kernels to use: the channels-last one when both channel counts are
+/// large or the volume is too narrow to fill 16-lane vectors along W.
+fn channels_last(g: &ConvGeom) -> bool {
+    g.input[2] < 16 || std::env::var_os("VOXTELL_CONV_CL").map_or(g.c_in >= 64 && g.c_out >= 64, |v| v == "1")
 }
 
 fn avx512() -> bool {
@@ -62,6 +67,9 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) 
     if !applies::<T>(g) {
         return None;
     }
+    if channels_last(g) {
+        return Some(into_t(direct_cl::run(as_f32(x), as_f32(w), b.map(as_f32), g, g.c_out, g.c_in, false)));
+    }
     let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), false);
     Some(into_t(run(as_f32(x), &packed, b.map(as_f32), g)))
 }
@@ -74,6 +82,9 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Opti
         return None;
     }
     let flipped = ConvGeom { c_in: g.c_out, c_out: g.c_in, ..*g };
+    if channels_last(&flipped) {
+        return Some(into_t(direct_cl::run(as_f32(gout), as_f32(w), None, &flipped, g.c_out, g.c_in, true)));
+    }
     let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), true);
     Some(into_t(run(as_f32(gout), &packed, None, &flipped)))
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod conv_gemm;
 pub(crate) mod direct;
+pub(crate) mod direct_cl;
 pub(crate) mod pointwise;
 
 /// An element type the kernels run on: f32 (fast paths) or f64 (parity runs).

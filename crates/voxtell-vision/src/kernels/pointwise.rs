@@ -24,6 +24,7 @@ pub(crate) fn instance_norm<T: Elem>(
     weight: Option<&[T]>,
     bias: Option<&[T]>,
     eps: f64,
+    slope: Option<f64>,
 ) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     out.par_chunks_mut(vox).zip(x.par_chunks(vox)).enumerate().for_each(|(p, (o, xp))| {
@@ -35,8 +36,19 @@ pub(crate) fn instance_norm<T: Elem>(
         // y = x·scale + shift, with the affine folded in.
         let scale = T::from_f64(r * w);
         let shift = T::from_f64(b - mean * r * w);
-        for (y, &v) in o.iter_mut().zip(xp) {
-            *y = v * scale + shift;
+        match slope {
+            None => {
+                for (y, &v) in o.iter_mut().zip(xp) {
+                    *y = v * scale + shift;
+                }
+            }
+            Some(s) => {
+                let s = T::from_f64(s);
+                for (y, &v) in o.iter_mut().zip(xp) {
+                    let z = v * scale + shift;
+                    *y = if z > T::ZERO { z } else { z * s };
+                }
+            }
         }
     });
     out
