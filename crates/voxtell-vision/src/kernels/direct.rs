@@ -8,7 +8,9 @@
 //! of the output.
 //!
 //! Applies to f32, stride 1, odd kernels, on CPUs with AVX-512F; [`forward`] returns `None`
-//! otherwise and the caller falls back to the GEMM path.
+//! otherwise and the caller falls back to the GEMM path. Layers with ≥ 64 input and output
+//! channels, and volumes narrower than 16 voxels along W, go to the channels-last kernel of
+//! [`super::direct_cl`] instead (`VOXTELL_CONV_CL=0|1` forces the choice, for benchmarking).
 
 use std::any::TypeId;
 
