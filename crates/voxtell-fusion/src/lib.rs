@@ -1,6 +1,23 @@
 //! The VoxTell network.
 //!
-//! This crate will own the parts that join text and image: the transformer prompt decoder, the
-//! MLP adapters, the 3-D positional encoding, the fusion decoder that mixes prompt embeddings into
-//! the U-Net decoder at five scales, and `VoxTellModel`, built from `plans.json` and loaded from
-//! the published checkpoint without conversion.
+//! - [`checkpoint`]: reads `checkpoint_final.pth` (nnU-Net's pickled dict, weights under
+//!   `network_weights`) or `model.safetensors`, by canonical key, skipping the state dict's
+//!   aliases.
+//! - [`transformer`]: the prompt decoder (pre-norm cross-attention + feed-forward layers), the
+//!   LayerNorm and the Linear–GELU–Linear adapters.
+//! - [`posenc`]: the 3-D sinusoidal positional encoding of the memory tokens, for models
+//!   without a stored `pos_embed`.
+//! - [`decoder`]: the fusion decoder, which mixes the prompts' mask embeddings into the U-Net
+//!   decoder at five scales, all prompts of a group in one batch.
+//! - [`model`]: `VoxTellModel`, built from `plans.json` and the checkpoint's tensor shapes.
+
+pub mod checkpoint;
+pub mod decoder;
+mod error;
+pub mod model;
+pub mod posenc;
+pub mod transformer;
+
+pub use checkpoint::Checkpoint;
+pub use error::{FusionError, Result};
+pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};

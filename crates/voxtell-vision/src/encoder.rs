@@ -257,6 +257,14 @@ impl StackedConvBlocks {
         Ok(StackedConvBlocks { convs })
     }
 
+    /// Build from already loaded units (applied in order). Empty stacks are refused.
+    pub fn from_units(convs: Vec<ConvNormAct>) -> Result<Self> {
+        if convs.is_empty() {
+            return Err(VisionError::Plan("a conv stack needs at least one unit".into()));
+        }
+        Ok(StackedConvBlocks { convs })
+    }
+
     /// Apply the blocks in order.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = self.convs[0].forward(x)?;

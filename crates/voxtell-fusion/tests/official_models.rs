@@ -1,0 +1,127 @@
+//! Small VoxTell models built and saved by the official classes (`tools/gen_fusion_fixtures.py`:
+//! `plans.json` + `fold_0/checkpoint_final.pth` with every alias and nnU-Net's other pickle
+//! entries) load unchanged and give the official memory, mask embeddings, logits and
+//! deep-supervision maps: within 1e-4·max|ref| in f32 and 1e-6·max|ref| in f64.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use voxtell_fusion::{Checkpoint, VoxTellModel};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/fusion")
+}
+
+fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("plans.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn rel_err(ours: &Tensor, theirs: &Tensor) -> f64 {
+    let (a, b) = (ours.to_dtype(DType::F64).unwrap(), theirs.to_dtype(DType::F64).unwrap());
+    assert_eq!(a.dims(), b.dims());
+    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    diff / b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn official_checkpoints_give_official_outputs() {
+    let dirs = model_dirs();
+    assert!(dirs.len() >= 2, "fixtures missing: {dirs:?}");
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        for (dtype, suffix, tol) in [(DType::F32, "", 1e-4), (DType::F64, "_f64", 1e-6)] {
+            let get = |k: &str| expected.get(&format!("{k}{suffix}")).or_else(|| expected.get(k)).cloned();
+            let model = VoxTellModel::from_dir(&dir, dtype, &Device::Cpu).unwrap();
+            let image = get("image").unwrap().to_dtype(dtype).unwrap();
+            let text = get("text").unwrap().to_dtype(dtype).unwrap();
+            let out = model.forward(&image, &text).unwrap();
+            let mut checked = 0;
+            // memory: official (T, B, E); ours (B, T, E).
+            if let Some(m) = expected.get(&format!("memory{suffix}")) {
+                let err = rel_err(&out.memory.transpose(0, 1).unwrap(), m);
+                assert!(err <= tol, "{name} {dtype:?} memory: {err:e}");
+                checked += 1;
+            }
+            if let Some(m) = expected.get(&format!("mask_embeddings{suffix}")) {
+                let err = rel_err(&out.mask_embeddings, m);
+                assert!(err <= tol, "{name} {dtype:?} mask embeddings: {err:e}");
+                checked += 1;
+            }
+            if let Some(l) = expected.get(&format!("logits{suffix}")) {
+                let err = rel_err(&out.outputs[0], l);
+                assert!(err <= tol, "{name} {dtype:?} logits: {err:e}");
+                checked += 1;
+            }
+            for i in 0..out.outputs.len() {
+                if let Some(ds) = expected.get(&format!("ds.{i}{suffix}")) {
+                    let err = rel_err(&out.outputs[i], ds);
+                    assert!(err <= tol, "{name} {dtype:?} deep supervision {i}: {err:e}");
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 3 || dtype == DType::F64, "{name} {dtype:?}: only {checked} tensors compared");
+        }
+    }
+}
+
+#[test]
+fn prompt_groups_equal_one_batch() {
+    let dir = model_dirs().into_iter().next().unwrap();
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let model = VoxTellModel::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let (image, text) = (&expected["image"], &expected["text"]);
+    let all = model.forward(image, text).unwrap();
+    for group in [1, 2] {
+        let grouped = model.forward_grouped(image, text, group).unwrap();
+        for (a, b) in all.outputs.iter().zip(&grouped.outputs) {
+            assert!(rel_err(b, a) <= 1e-6, "group {group}");
+        }
+    }
+}
+
+#[test]
+fn checkpoint_skips_aliases_and_names_missing_keys() {
+    let dir = model_dirs().into_iter().next().unwrap();
+    let ckpt = Checkpoint::open(dir.join("fold_0/checkpoint_final.pth")).unwrap();
+    assert!(ckpt.keys().iter().all(|k| !k.starts_with("decoder.encoder.") && !k.contains(".all_modules.")));
+    assert!(ckpt.shape("encoder.stem.convs.0.conv.weight").is_some());
+    let err = ckpt.require("encoder.nope").unwrap_err().to_string();
+    assert!(err.contains("encoder.nope") && err.contains("checkpoint_final.pth"), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.pth");
+    std::fs::write(&bad, b"PK\x03\x04 definitely not a zip archive").unwrap();
+    let err = Checkpoint::open(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.pth"), "{err}");
+    let short = tmp.path().join("short.pth");
+    std::fs::write(&short, b"PK").unwrap();
+    assert!(Checkpoint::open(&short).unwrap_err().to_string().contains("short.pth"));
+}
+
+#[test]
+fn computed_positional_encoding_equals_the_stored_buffer() {
+    for dir in model_dirs() {
+        let plans: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("plans.json")).unwrap()).unwrap();
+        let ckpt = Checkpoint::open(dir.join("fold_0/checkpoint_final.pth")).unwrap();
+        let config = voxtell_fusion::VoxTellConfig::infer(&plans, &ckpt).unwrap();
+        let grid = config.stage_sizes()[config.decoder_layer];
+        let ours =
+            voxtell_fusion::posenc::positional_encoding_3d(grid, config.query_dim, DType::F32, &Device::Cpu)
+                .unwrap();
+        let stored = ckpt.tensor("pos_embed", DType::F32, &Device::Cpu).unwrap().transpose(0, 1).unwrap();
+        let err = rel_err(&ours, &stored);
+        assert!(err <= 1e-6, "{}: grid {grid:?}: {err:e}", dir.display());
+    }
+}
