@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Time the official PyTorch (CPU) implementation of VoxTell's vision ops and ResEncL encoder.
+"""Time the official PyTorch (CPU) implementation of VoxTell's vision ops, ResEncL encoder and full model.
 
 Gives the reference numbers that Rust timings are divided by (Rust/PyTorch ratios in
 docs/performance.md). Run with the project venv:
 
     tools/.venv/bin/python benches/pytorch_bench.py --threads 2 --json /tmp/pytorch_bench.json
 
---only ops|encoder|all   which part to run (default all); the encoder always runs in a fresh
-                         subprocess so that its peak RSS is not polluted by the op benchmarks.
---quick                  skip the 192^3 conv shape and the encoder.
---warmup                 do one untimed encoder forward before the timed one.
+--only ops|encoder|model|all
+                         which part to run (default all); the encoder and each full-model run
+                         always run in a fresh subprocess so that their peak RSS is their own.
+--prompts 1,4,13         prompt counts N for the full-model benchmark (one subprocess per N).
+--quick                  skip the 192^3 conv shape, the encoder and the full model.
+--warmup                 do one untimed encoder / model forward before the timed one
+                         (without it: a single cold forward).
 --json PATH              write results as a list of {name, ms_best, ms_median, gflops[, peak_rss_mb]}.
 """
 import argparse
@@ -184,13 +187,64 @@ def bench_encoder(warmup, size=192):
     return [result(name, [ms], flops, peak_rss_mb=rss_mb, total_gflop=flops / 1e9)]
 
 
+def build_voxtell_model():
+    """Full VoxTellModel exactly as voxtell.inference.predictor builds it from the released plans
+    (arch_kwargs of plans.json, class names resolved with pydoc.locate); random (default) init."""
+    import pydoc
+    from voxtell.model.voxtell_model import VoxTellModel
+    arch_kwargs = {
+        "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
+        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 6,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "n_blocks_per_stage": [1, 3, 4, 6, 6, 6], "n_conv_per_stage_decoder": [1, 1, 1, 1, 1],
+        "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+    }
+    for key in ["conv_op", "norm_op", "dropout_op", "nonlin"]:
+        if arch_kwargs[key] is not None:
+            arch_kwargs[key] = pydoc.locate(arch_kwargs[key])
+            assert arch_kwargs[key] is not None, key
+    return VoxTellModel(input_channels=1, **arch_kwargs, decoder_layer=4, text_embedding_dim=2560,
+                        num_maskformer_stages=5, num_heads=32, query_dim=2048,
+                        project_to_decoder_hidden_dim=2048, deep_supervision=False)
+
+
+def bench_model(n_prompts, warmup, size=192):
+    torch.manual_seed(0)
+    net = build_voxtell_model().eval()
+    n_params = sum(p.numel() for p in net.parameters())
+    x = torch.randn(1, 1, size, size, size, dtype=torch.float32)
+    text = torch.randn(1, n_prompts, 2560, dtype=torch.float32)
+    with torch.inference_mode():
+        if warmup:
+            net(x, text)
+        t0 = time.perf_counter()
+        out = net(x, text)
+        ms = (time.perf_counter() - t0) * 1e3
+    assert tuple(out.shape) == (1, n_prompts, size, size, size), tuple(out.shape)
+    del out
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    name = f"VoxTell full model fwd @{size}^3, {n_prompts} prompt(s)" + (" (warm)" if warmup else " (cold)")
+    return [result(name, [ms], None, peak_rss_mb=rss_mb, n_prompts=n_prompts, n_params=n_params)]
+
+
+def run_child(threads, warmup, extra=()):
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(threads), *extra]
+    if warmup:
+        cmd.append("--warmup")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def print_table(results):
-    print(f"\n{'benchmark':<44} {'best ms':>11} {'median ms':>11} {'GFLOP/s':>9} {'reps':>5} {'peak RSS MB':>12}")
-    print("-" * 97)
+    w = max([44] + [len(r["name"]) for r in results])
+    print(f"\n{'benchmark':<{w}} {'best ms':>11} {'median ms':>11} {'GFLOP/s':>9} {'reps':>5} {'peak RSS MB':>12}")
+    print("-" * (w + 53))
     for r in results:
         gf = f"{r['gflops']:.1f}" if r["gflops"] else "-"
         rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else ""
-        print(f"{r['name']:<44} {r['ms_best']:>11.2f} {r['ms_median']:>11.2f} {gf:>9} {r['reps']:>5} {rss:>12}")
+        print(f"{r['name']:<{w}} {r['ms_best']:>11.2f} {r['ms_median']:>11.2f} {gf:>9} {r['reps']:>5} {rss:>12}")
         if "total_gflop" in r:
             print(f"  (encoder conv FLOPs: {r['total_gflop']:.1f} GFLOP)")
 
@@ -198,13 +252,22 @@ def print_table(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["ops", "encoder", "all"], default="all")
+    ap.add_argument("--only", choices=["ops", "encoder", "model", "all"], default="all")
+    ap.add_argument("--prompts", default="1,4,13", help="prompt counts for the full-model benchmark")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--warmup", action="store_true", help="warm-up encoder forward before timing")
+    ap.add_argument("--warmup", action="store_true", help="warm-up encoder/model forward before timing")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-model", type=int, metavar="N", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    prompt_counts = [int(p) for p in args.prompts.split(",") if p.strip()]
+    if any(n < 1 for n in prompt_counts):
+        ap.error("--prompts: counts must be >= 1")
+
+    if args.child_model is not None:  # fresh process for one full-model run: emit JSON only
+        print(json.dumps(bench_model(args.child_model, args.warmup)))
+        return
 
     if args.child:  # fresh process for the encoder: emit JSON only
         print(json.dumps(bench_encoder(args.warmup)))
@@ -216,11 +279,13 @@ def main():
     if args.only in ("ops", "all"):
         results += bench_ops(args.quick)
     if args.only in ("encoder", "all") and not args.quick:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--threads", str(args.threads)]
-        if args.warmup:
-            cmd.append("--warmup")
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results += json.loads(out.strip().splitlines()[-1])
+        results += run_child(args.threads, args.warmup, ["--child"])
+    if args.only in ("model", "all") and not args.quick:
+        for n in prompt_counts:
+            r = run_child(args.threads, args.warmup, ["--child-model", str(n)])
+            print(f"{r[0]['name']}: {r[0]['ms_best']:.0f} ms, peak RSS {r[0]['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            results += r
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

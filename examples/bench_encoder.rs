@@ -8,39 +8,9 @@
 
 use std::time::Instant;
 
-use voxtell::candle::{DType, Device, Shape, Tensor};
-use voxtell::candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
+use voxtell::candle::{DType, Device, Tensor};
+use voxtell::fusion::FreshWeights;
 use voxtell::vision::{ArchKwargs, ResidualEncoder};
-
-/// Hands out a fresh random tensor (scaled by 1/sqrt(fan-in)) for every weight requested.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> voxtell::candle::Result<Tensor> {
-        let dims = s.dims();
-        let (mean, std) = match (name, dims.len()) {
-            ("weight", 5) => (0.0, 1.0 / ((dims[1] * dims[2] * dims[3] * dims[4]) as f64).sqrt()),
-            ("weight", _) => (1.0, 0.1),
-            _ => (0.0, 0.1),
-        };
-        Tensor::randn(mean, std, s, dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> voxtell::candle::Result<Tensor> {
-        voxtell::candle::bail!("{name}: shape unknown")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> Option<f64> {
@@ -55,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let patch = args.first().copied().unwrap_or(192);
     let repeats = args.get(1).copied().unwrap_or(1);
     let kw: ArchKwargs = PLAN.parse()?;
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, Device::Cpu);
+    let vb = FreshWeights::var_builder(DType::F32, &Device::Cpu);
     let encoder = ResidualEncoder::load(vb, &kw, 1)?;
     let x = Tensor::randn(0f32, 1.0, (1, 1, patch, patch, patch), &Device::Cpu)?;
     println!("ResEncL encoder, patch {patch}³, f32, {} threads", rayon_threads());

@@ -29,12 +29,34 @@ enum Command {
         #[arg(long)]
         ras: bool,
     },
+    /// Convert a model folder (plans.json + fold_0/checkpoint_final.pth) into one that loads
+    /// without the pickle reader: plans.json, model.safetensors (canonical keys) and voxtell.json.
+    Convert {
+        /// The model folder to read.
+        model: PathBuf,
+        /// The folder to write (created if missing).
+        out: PathBuf,
+        /// Replace an existing model.safetensors in the output folder.
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { paths, series, ras } => info(&paths, series, ras),
+        Command::Convert { model, out, overwrite } => match voxtell::fusion::convert(&model, &out, overwrite)
+        {
+            Ok(()) => {
+                println!("wrote {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -60,3 +60,16 @@ fn info_names_the_series_when_a_folder_holds_two() {
     assert!(ok, "{err}");
     assert!(out.contains("9 × 8 × 3"), "{out}");
 }
+
+#[test]
+fn convert_writes_a_safetensors_folder_and_reports_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("../fusion/cfg_b");
+    let out = tmp.path().join("converted");
+    let (ok, stdout, err) = voxtell(&[OsStr::new("convert"), model.as_os_str(), out.as_os_str()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("wrote"));
+    assert!(out.join("model.safetensors").exists());
+    let (ok, _, err) = voxtell(&[OsStr::new("convert"), tmp.path().as_os_str(), out.as_os_str()]);
+    assert!(!ok && err.contains("plans.json"), "{err}");
+}

@@ -128,6 +128,28 @@ impl Checkpoint {
         Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
+    /// Write every canonical tensor (no aliases) to a safetensors file, atomically (temporary
+    /// file in the same folder, then rename).
+    pub fn save_safetensors(&self, out: impl AsRef<Path>) -> Result<()> {
+        let out = out.as_ref();
+        let mut tensors = HashMap::new();
+        for key in self.keys() {
+            let dtype = match &self.0.store {
+                Store::Pth(p) => p.tensor_infos()[key].dtype,
+                Store::Tensors(t) => t[key].dtype(),
+            };
+            tensors.insert(key.to_string(), self.tensor(key, dtype, &Device::Cpu)?);
+        }
+        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let io_err = |e: String| FusionError::File { path: out.to_path_buf(), reason: e };
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| io_err(e.to_string()))?;
+        std::fs::rename(&tmp, out).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(e.to_string())
+        })
+    }
+
     /// A `VarBuilder` over these weights: every request is checked against the file's shape,
     /// and errors name the file, the key and both shapes.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {

@@ -10,14 +10,21 @@
 //! - [`decoder`]: the fusion decoder, which mixes the prompts' mask embeddings into the U-Net
 //!   decoder at five scales, all prompts of a group in one batch.
 //! - [`model`]: `VoxTellModel`, built from `plans.json` and the checkpoint's tensor shapes.
+//! - [`meta`]: `voxtell.json` (memory stage, attention heads, expected text encoder) and
+//!   [`convert`], which writes a folder that loads from safetensors.
+//! - [`init`]: fresh weights for new models, initialised as the official classes do.
 
 pub mod checkpoint;
 pub mod decoder;
 mod error;
+pub mod init;
+pub mod meta;
 pub mod model;
 pub mod posenc;
 pub mod transformer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{FusionError, Result};
+pub use init::FreshWeights;
+pub use meta::{ModelMeta, TextEncoderSpec, convert};
 pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};

@@ -151,7 +151,8 @@ pub struct VoxTellModel {
 
 impl VoxTellModel {
     /// Load a model folder: `plans.json` and `fold_0/checkpoint_final.pth` (or a
-    /// `model.safetensors` beside `plans.json`, preferred when present).
+    /// `model.safetensors` beside `plans.json`, preferred when present), with `voxtell.json`
+    /// when the folder has one.
     pub fn from_dir(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         let plans_path = dir.join("plans.json");
@@ -165,13 +166,35 @@ impl VoxTellModel {
         let weights =
             if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
         let ckpt = Checkpoint::open(&weights)?;
-        let config = VoxTellConfig::infer(&plans, &ckpt)?;
+        let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
+        if let Some(meta) = crate::meta::ModelMeta::from_dir(dir)? {
+            config.decoder_layer = meta.decoder_layer;
+            config.attention_heads = meta.attention_heads;
+            if meta.text_encoder.dim != config.text_dim {
+                return Err(FusionError::Config(format!(
+                    "{}: voxtell.json names text encoder {} of width {}, but the model takes {}-wide vectors",
+                    dir.display(),
+                    meta.text_encoder.id,
+                    meta.text_encoder.dim,
+                    config.text_dim
+                )));
+            }
+        }
         Self::load(config, &ckpt, dtype, device)
     }
 
     /// Build the network for `config` from `ckpt`.
     pub fn load(config: VoxTellConfig, ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
-        let vb = ckpt.var_builder(dtype, device);
+        let stored_pos_embed = ckpt.shape("pos_embed").is_some();
+        Self::build(config, ckpt.var_builder(dtype, device), stored_pos_embed)
+    }
+
+    /// Build the network for `config` from any `VarBuilder` whose paths are VoxTell's state-dict
+    /// keys (a checkpoint, or fresh weights for training). Without a stored `pos_embed` the
+    /// positional encoding is computed.
+    pub fn build(config: VoxTellConfig, vb: candle_nn::VarBuilder, stored_pos_embed: bool) -> Result<Self> {
+        let (dtype, device) = (vb.dtype(), vb.device().clone());
+        let device = &device;
         let arch = &config.arch;
         let settings = arch.settings()?;
         if config.decoder_layer >= arch.n_stages {
@@ -206,9 +229,10 @@ impl VoxTellModel {
             .collect::<Result<Vec<_>>>()?;
         let grid = config.stage_sizes()[config.decoder_layer];
         let tokens = grid.iter().product::<usize>();
-        let pos_embed = match ckpt.shape("pos_embed") {
-            Some(_) => vb.get((tokens, 1, q), "pos_embed")?.reshape((1, tokens, q))?,
-            None => positional_encoding_3d(grid, q, dtype, device)?,
+        let pos_embed = if stored_pos_embed {
+            vb.get((tokens, 1, q), "pos_embed")?.reshape((1, tokens, q))?
+        } else {
+            positional_encoding_3d(grid, q, dtype, device)?
         };
         let prompt_decoder = PromptDecoder::load(
             vb.pp("transformer_decoder"),
@@ -232,6 +256,24 @@ impl VoxTellModel {
     /// The model's sizes.
     pub fn config(&self) -> &VoxTellConfig {
         &self.config
+    }
+
+    /// Bytes of activations the prompt-dependent decoder holds per prompt at its peak (the
+    /// full-resolution stage: the upsampled features, the prompt's half of the first conv and its
+    /// normalised output, plus the lower stage's output and the logits), for elements of
+    /// `elem_bytes` bytes.
+    pub fn decoder_bytes_per_prompt(&self, elem_bytes: usize) -> u64 {
+        let sizes = self.config.stage_sizes();
+        let f = &self.config.arch.features_per_stage;
+        let vox = |s: usize| sizes[s].iter().product::<usize>() as u64;
+        let (c0, c1) = (f[0] as u64, (f[1] + self.config.fusion_heads) as u64);
+        (3 * c0 * vox(0) + c1 * vox(1) + vox(0)) * elem_bytes as u64
+    }
+
+    /// How many prompts to run through the decoder at once so that their activations fit in
+    /// `budget_bytes` (at least 1).
+    pub fn prompt_group_for_budget(&self, budget_bytes: u64, elem_bytes: usize) -> usize {
+        (budget_bytes / self.decoder_bytes_per_prompt(elem_bytes).max(1)).max(1) as usize
     }
 
     /// Run the network on a patch `image` (B, 1, D, H, W) with prompt embeddings `text`

@@ -125,3 +125,73 @@ fn computed_positional_encoding_equals_the_stored_buffer() {
         assert!(err <= 1e-6, "{}: grid {grid:?}: {err:e}", dir.display());
     }
 }
+
+#[test]
+fn converted_folders_load_from_safetensors_with_the_same_outputs() {
+    let dir = model_dirs().into_iter().last().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("converted");
+    voxtell_fusion::convert(&dir, &out, false).unwrap();
+    assert!(out.join("model.safetensors").exists() && out.join("voxtell.json").exists());
+    let saved = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(saved.keys().all(|k| !voxtell_fusion::checkpoint::is_alias(k)));
+    // Refuses to overwrite unless asked.
+    let err = voxtell_fusion::convert(&dir, &out, false).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    voxtell_fusion::convert(&dir, &out, true).unwrap();
+
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let a = VoxTellModel::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let b = VoxTellModel::from_dir(&out, DType::F32, &Device::Cpu).unwrap();
+    let (image, text) = (&expected["image"], &expected["text"]);
+    let (oa, ob) = (a.forward(image, text).unwrap(), b.forward(image, text).unwrap());
+    assert_eq!(rel_err(&ob.outputs[0], &oa.outputs[0]), 0.0);
+
+    // voxtell.json that names a text encoder of another width is refused.
+    let mut meta = voxtell_fusion::ModelMeta::from_dir(&out).unwrap().unwrap();
+    meta.text_encoder.dim += 1;
+    meta.write(&out).unwrap();
+    let err = VoxTellModel::from_dir(&out, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("voxtell.json") && err.contains("wide"), "{err}");
+}
+
+#[test]
+fn broken_model_folders_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = VoxTellModel::from_dir(tmp.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("plans.json"), "{err}");
+    let src = model_dirs().into_iter().next().unwrap();
+    std::fs::copy(src.join("plans.json"), tmp.path().join("plans.json")).unwrap();
+    let err = VoxTellModel::from_dir(tmp.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("checkpoint_final.pth"), "{err}");
+    // A checkpoint that does not fit the plan: the error names the weight at fault.
+    let other = model_dirs().into_iter().last().unwrap();
+    std::fs::create_dir_all(tmp.path().join("fold_0")).unwrap();
+    std::fs::copy(other.join("fold_0/checkpoint_final.pth"), tmp.path().join("fold_0/checkpoint_final.pth"))
+        .unwrap();
+    let err = VoxTellModel::from_dir(tmp.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("project_to_decoder_channels.1.2.weight"), "{err}");
+    std::fs::write(tmp.path().join("plans.json"), "{not json").unwrap();
+    let err = VoxTellModel::from_dir(tmp.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("not valid JSON"), "{err}");
+}
+
+#[test]
+fn a_misshapen_weight_names_the_key_and_both_shapes() {
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert(
+        "encoder.stem.convs.0.conv.weight".to_string(),
+        Tensor::zeros((4, 1, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let ckpt = Checkpoint::from_tensors(tensors);
+    let vb = ckpt.var_builder(DType::F32, &Device::Cpu);
+    let err = vb.pp("encoder.stem.convs.0.conv").get((4, 1, 3, 3, 3), "weight").unwrap_err().to_string();
+    assert!(
+        err.contains("encoder.stem.convs.0.conv.weight")
+            && err.contains("[4, 1, 3, 3]")
+            && err.contains("[4, 1, 3, 3, 3]"),
+        "{err}"
+    );
+    let err = vb.get(3, "missing.bias").unwrap_err().to_string();
+    assert!(err.contains("missing weight missing.bias"), "{err}");
+}
