@@ -3,8 +3,10 @@
 //! report the peak resident memory.
 //!
 //! ```text
-//! cargo run --release -p voxtell --example bench_model -- [prompts=1] [patch=192] [budget_gib=8]
+//! cargo run --release -p voxtell --example bench_model -- [prompts=1] [patch=192] [budget_gib=8] [share=1]
 //! ```
+//! `share=0` runs the decoder the official way (skip repeated per prompt) to measure what
+//! sharing the skip half of the first convolutions saves.
 //! Run one prompt count per process so that each peak RSS is its own. Compare with
 //! `tools/.venv/bin/python benches/pytorch_bench.py --only model --prompts 1,4,13`.
 
@@ -34,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompts = args.first().copied().unwrap_or(1);
     let patch = args.get(1).copied().unwrap_or(192);
     let budget_gib = args.get(2).copied().unwrap_or(8);
+    let share = args.get(3).copied().unwrap_or(1) != 0;
     let config = VoxTellConfig {
         arch: PLAN.parse()?,
         patch_size: [patch; 3],
@@ -48,7 +51,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         attention_heads: 8,
     };
     let t = Instant::now();
-    let model = VoxTellModel::build(config, FreshWeights::var_builder(DType::F32, &Device::Cpu), false)?;
+    let mut model = VoxTellModel::build(config, FreshWeights::var_builder(DType::F32, &Device::Cpu), false)?;
+    model.set_share_skip_half(share);
     println!("built the full-size model in {:.1} s", t.elapsed().as_secs_f64());
     let group = model.prompt_group_for_budget((budget_gib as u64) << 30, 4);
     let image = Tensor::randn(0f32, 1.0, (1, 1, patch, patch, patch), &Device::Cpu)?;
@@ -57,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = model.forward_grouped(&image, &text, group)?;
     let dt = t.elapsed().as_secs_f64();
     println!(
-        "patch {patch}³, {prompts} prompt(s) in groups of {group}: {dt:.2} s; logits {:?}",
+        "patch {patch}³, {prompts} prompt(s) in groups of {group}, skip half shared: {share}: {dt:.2} s; logits {:?}",
         out.outputs[0].dims()
     );
     if let Some(p) = peak_rss_mib() {

@@ -24,6 +24,7 @@ struct Stage {
     /// the half that sees the skip (with the bias).
     first_up: Tensor,
     first_skip: Tensor,
+    first_full: Tensor,
     first_bias: Option<Tensor>,
     first_norm: Option<(Tensor, Tensor)>,
     rest: Option<StackedConvBlocks>,
@@ -53,6 +54,7 @@ pub struct FusionDecoder {
     heads: usize,
     eps: f64,
     slope: f64,
+    share_skip_half: bool,
 }
 
 impl FusionDecoder {
@@ -103,6 +105,7 @@ impl FusionDecoder {
                 up_stride: st,
                 first_up: w.narrow(1, 0, c)?.contiguous()?,
                 first_skip: w.narrow(1, c, c)?.contiguous()?,
+                first_full: w,
                 first_bias,
                 first_norm,
                 rest,
@@ -110,7 +113,15 @@ impl FusionDecoder {
                 channels: c,
             });
         }
-        Ok(FusionDecoder { stages, heads: spec.heads, eps: s.eps, slope: s.slope })
+        Ok(FusionDecoder { stages, heads: spec.heads, eps: s.eps, slope: s.slope, share_skip_half: true })
+    }
+
+    /// Whether the skip half of each stage's first convolution is computed once and shared by
+    /// the prompts (the default), or the official way: the skip repeated per prompt and the whole
+    /// convolution run on the concatenation. Both give the same result up to rounding; the
+    /// switch exists to measure the saving.
+    pub fn set_share_skip_half(&mut self, share: bool) {
+        self.share_skip_half = share;
     }
 
     /// Run the decoder for `p` prompts at once. `skips` are the encoder outputs (batch B);
@@ -134,15 +145,21 @@ impl FusionDecoder {
         for (i, st) in self.stages.iter().enumerate() {
             let skip = &skips[n_st - 1 - i];
             let up = ops::conv_transpose3d(&lres, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
-            // First conv: the upsampled half per prompt, plus the shared skip half.
-            let shared = ops::conv3d(skip, &st.first_skip, st.first_bias.as_ref(), [1, 1, 1])?;
-            let own = ops::conv3d(&up, &st.first_up, None, [1, 1, 1])?;
-            drop(up);
-            let dims = own.dims().to_vec();
-            let pre = own
-                .reshape((b, p, dims[1], dims[2], dims[3], dims[4]))?
-                .broadcast_add(&shared.unsqueeze(1)?)?;
-            let pre = pre.reshape(dims)?;
+            let pre = if self.share_skip_half {
+                // First conv: the upsampled half per prompt, plus the shared skip half.
+                let shared = ops::conv3d(skip, &st.first_skip, st.first_bias.as_ref(), [1, 1, 1])?;
+                let own = ops::conv3d(&up, &st.first_up, None, [1, 1, 1])?;
+                drop(up);
+                let dims = own.dims().to_vec();
+                let pre = own
+                    .reshape((b, p, dims[1], dims[2], dims[3], dims[4]))?
+                    .broadcast_add(&shared.unsqueeze(1)?)?;
+                pre.reshape(dims)?
+            } else {
+                let both = Tensor::cat(&[&up, &repeat_prompts(skip, p)?], 1)?;
+                drop(up);
+                ops::conv3d(&both, &st.first_full, st.first_bias.as_ref(), [1, 1, 1])?
+            };
             let (w, bb) = match &st.first_norm {
                 Some((w, bb)) => (Some(w), Some(bb)),
                 None => (None, None),

@@ -258,6 +258,11 @@ impl VoxTellModel {
         &self.config
     }
 
+    /// See [`FusionDecoder::set_share_skip_half`].
+    pub fn set_share_skip_half(&mut self, share: bool) {
+        self.decoder.set_share_skip_half(share);
+    }
+
     /// Bytes of activations the prompt-dependent decoder holds per prompt at its peak (the
     /// full-resolution stage: the upsampled features, the prompt's half of the first conv and its
     /// normalised output, plus the lower stage's output and the logits), for elements of

@@ -88,6 +88,13 @@ fn prompt_groups_equal_one_batch() {
             assert!(rel_err(b, a) <= 1e-6, "group {group}");
         }
     }
+    // Sharing the skip half of the first convolutions changes nothing but rounding.
+    let mut unshared = model.clone();
+    unshared.set_share_skip_half(false);
+    let plain = unshared.forward(image, text).unwrap();
+    for (a, b) in all.outputs.iter().zip(&plain.outputs) {
+        assert!(rel_err(b, a) <= 1e-5, "shared vs unshared skip half");
+    }
 }
 
 #[test]
