@@ -64,13 +64,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     # Heavy imports after argument parsing so that --help is instant.
-    import numpy as np
+    import importlib.metadata
+
     import torch
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
     from safetensors.torch import save_file
 
-    import voxtell
     from voxtell.inference.predictor import VoxTellPredictor
 
     for path, what in ((args.model / "plans.json", "plans"),
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
         device=device,
         text_encoding_model=args.text_model,
         embedding_bank=str(args.embeddings) if args.embeddings is not None else None,
-        # Without an explicit bank, do not try to download the published one: embed with the
-        # text model, as the brief of this check says.
+        # Without an explicit bank, do not try to download the published one (no network is
+        # assumed): the prompts are embedded with the text model instead.
         use_precomputed_embeddings=False,
     )
     network = predictor.network.to(device).float().eval()
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     # Read as predict_from_jobs does, preprocess as predict_single_image does.
     img, _props = NibabelIOWithReorient().read_images([str(args.image)])
-    data, bbox, orig_shape = predictor.preprocess(img)
+    data, bbox, _orig_shape = predictor.preprocess(img)
     print(f"image {tuple(img.shape)} (C, X, Y, Z, RAS); non-zero crop {bbox}; "
           f"preprocessed {tuple(data.shape)}")
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         "image": str(args.image),
         "model": str(args.model),
         "tile": json.dumps([[s.start, s.stop] for s in first[1:]]),
-        "voxtell": getattr(voxtell, "__version__", "unknown"),
+        "voxtell": importlib.metadata.version("voxtell"),
         "torch": torch.__version__,
     }
     save_file({"patch": patch.cpu().contiguous(), "text": text.cpu(), "logits": logits},
@@ -153,7 +153,6 @@ def main(argv=None) -> int:
         frac = (li > 0).double().mean().item()
         print(f"  {prompt!r}: positive fraction {frac:.6f} ({int((li > 0).sum())} voxels), "
               f"max |logit| {li.abs().max().item():.4g}")
-    _ = np  # numpy is imported for the reader's arrays; keep linters quiet
     return 0
 
 

@@ -129,6 +129,36 @@ impl FusionDecoder {
     /// highest resolution. Returns, per prompt, the logits and the deep-supervision maps in the
     /// official order `[full resolution, …, lowest]`, each (B, P, …).
     pub fn forward(&self, skips: &[Tensor], embeddings: &[Tensor]) -> Result<Vec<Tensor>> {
+        let shared = self.shared_halves(skips)?;
+        self.forward_shared(skips, shared.as_deref(), embeddings)
+    }
+
+    /// The prompt-independent part of every stage's first convolution — the skip half plus the
+    /// bias — computed once per patch, or `None` when sharing is off. Pass it to
+    /// [`FusionDecoder::forward_shared`] for every group of prompts of that patch.
+    pub fn shared_halves(&self, skips: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+        let n_st = self.stages.len();
+        if !self.share_skip_half || skips.len() != n_st + 1 {
+            return Ok(None);
+        }
+        let halves = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                ops::conv3d(&skips[n_st - 1 - i], &st.first_skip, st.first_bias.as_ref(), [1, 1, 1])
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Some(halves))
+    }
+
+    /// [`FusionDecoder::forward`] with the shared halves already computed.
+    pub fn forward_shared(
+        &self,
+        skips: &[Tensor],
+        shared: Option<&[Tensor]>,
+        embeddings: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
         let n_st = self.stages.len();
         if skips.len() != n_st + 1 || embeddings.len() != n_st {
             return Err(FusionError::Config(format!(
@@ -145,9 +175,8 @@ impl FusionDecoder {
         for (i, st) in self.stages.iter().enumerate() {
             let skip = &skips[n_st - 1 - i];
             let up = ops::conv_transpose3d(&lres, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
-            let pre = if self.share_skip_half {
+            let pre = if let Some(shared) = shared.map(|h| &h[i]) {
                 // First conv: the upsampled half per prompt, plus the shared skip half.
-                let shared = ops::conv3d(skip, &st.first_skip, st.first_bias.as_ref(), [1, 1, 1])?;
                 let own = ops::conv3d(&up, &st.first_up, None, [1, 1, 1])?;
                 drop(up);
                 let dims = own.dims().to_vec();

@@ -329,13 +329,14 @@ impl VoxTellModel {
             .map(|m| m.forward(&mask_embeddings))
             .collect::<Result<Vec<_>>>()?;
         let group = group.clamp(1, p);
+        let shared = self.decoder.shared_halves(&skips)?;
         let mut per_scale: Vec<Vec<Tensor>> = Vec::new();
         let mut start = 0;
         while start < p {
             let len = group.min(p - start);
             let emb =
                 projected.iter().map(|e| e.narrow(1, start, len)).collect::<candle_core::Result<Vec<_>>>()?;
-            let outs = self.decoder.forward(&skips, &emb)?;
+            let outs = self.decoder.forward_shared(&skips, shared.as_deref(), &emb)?;
             if per_scale.is_empty() {
                 per_scale = outs.into_iter().map(|o| vec![o]).collect();
             } else {
