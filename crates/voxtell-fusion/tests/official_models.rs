@@ -202,3 +202,14 @@ fn a_misshapen_weight_names_the_key_and_both_shapes() {
     let err = vb.get(3, "missing.bias").unwrap_err().to_string();
     assert!(err.contains("missing weight missing.bias"), "{err}");
 }
+
+#[test]
+fn prompt_groups_follow_the_memory_budget() {
+    let dir = model_dirs().into_iter().next().unwrap();
+    let model = VoxTellModel::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let per_prompt = model.decoder_bytes_per_prompt(4);
+    assert!(per_prompt > 0);
+    assert_eq!(model.prompt_group_for_budget(0, 4), 1, "never below one prompt");
+    assert_eq!(model.prompt_group_for_budget(per_prompt * 3 + per_prompt / 2, 4), 3);
+    assert_eq!(model.decoder_bytes_per_prompt(8), 2 * per_prompt);
+}
