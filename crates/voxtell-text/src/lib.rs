@@ -1,7 +1,19 @@
-//! The text side of VoxTell.
+//! The text side of VoxTell: prompts to vectors.
 //!
-//! This crate will own everything that turns a free-text prompt into the vector the network
-//! consumes: the Qwen3-Embedding text encoder (through candle-transformers), its tokenizer, the
-//! official instruction wrapping and lower-casing, last-token pooling, and the `.npz` embedding
-//! bank that lets inference run without the 4-billion-parameter encoder. It knows nothing about
-//! images or the segmentation network.
+//! - [`prompt`]: the official recipe — Unicode lowercase, then the retrieval instruction.
+//! - [`qwen`]: a Qwen3-Embedding folder (Hugging Face layout) through candle-transformers'
+//!   Qwen3 model and the folder's own `tokenizer.json`; last-token pooling, f32, no
+//!   normalisation.
+//! - [`bank`]: `.npz` embedding banks as the official code reads and writes them, so the
+//!   4-billion-parameter encoder is only needed for prompts the bank lacks.
+//!
+//! It knows nothing about images or the segmentation network.
+
+pub mod bank;
+mod error;
+pub mod prompt;
+pub mod qwen;
+
+pub use bank::EmbeddingBank;
+pub use error::{Result, TextError};
+pub use qwen::QwenEmbedder;

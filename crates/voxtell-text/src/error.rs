@@ -1,0 +1,39 @@
+//! The error type of `voxtell-text`.
+
+use std::path::PathBuf;
+
+/// What can go wrong turning prompts into vectors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextError {
+    /// A tensor operation or weight load failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A text-model folder is incomplete or of another kind.
+    #[error("{path}: {reason}")]
+    Model {
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tokenizer failed on a prompt.
+    #[error("tokenizing {prompt:?}: {reason}")]
+    Tokenize {
+        /// The prompt.
+        prompt: String,
+        /// The tokenizer's message.
+        reason: String,
+    },
+    /// An embedding bank is unreadable or inconsistent.
+    #[error("embedding bank {path}: {reason}")]
+    Bank {
+        /// The bank file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Result type of this crate.
+pub type Result<T, E = TextError> = std::result::Result<T, E>;
