@@ -29,6 +29,30 @@ enum Command {
         #[arg(long)]
         ras: bool,
     },
+    /// Build or extend an embedding bank (.npz) with prompt vectors, or list one.
+    Embed {
+        /// Prompts to embed.
+        #[arg(short = 'p', long = "prompts", num_args = 1..)]
+        prompts: Vec<String>,
+        /// A text file with one prompt per line (empty lines are skipped).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// The bank to write.
+        #[arg(short = 'o', long = "output", required_unless_present = "list")]
+        output: Option<PathBuf>,
+        /// Add to the bank at --output instead of refusing to replace it.
+        #[arg(long)]
+        append: bool,
+        /// Qwen3-Embedding folder (else $VOXTELL_TEXT_MODEL, else the Hugging Face cache).
+        #[arg(long)]
+        text_model: Option<PathBuf>,
+        /// Precision of the text model: f32 (default on CPU) or bf16 (half the memory).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+        text_dtype: String,
+        /// List the prompts of a bank and exit.
+        #[arg(long, value_name = "BANK", conflicts_with_all = ["prompts", "from_file", "output"])]
+        list: Option<PathBuf>,
+    },
     /// Convert a model folder (plans.json + fold_0/checkpoint_final.pth) into one that loads
     /// without the pickle reader: plans.json, model.safetensors (canonical keys) and voxtell.json.
     Convert {
@@ -46,6 +70,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { paths, series, ras } => info(&paths, series, ras),
+        Command::Embed { prompts, from_file, output, append, text_model, text_dtype, list } => {
+            match embed(prompts, from_file, output, append, text_model, &text_dtype, list) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Convert { model, out, overwrite } => match voxtell::fusion::convert(&model, &out, overwrite)
         {
             Ok(()) => {
@@ -91,4 +124,48 @@ fn info(paths: &[PathBuf], series: Option<String>, ras: bool) -> ExitCode {
         eprintln!("{} of {} inputs failed: {}", failed.len(), paths.len(), failed.join(", "));
         ExitCode::FAILURE
     }
+}
+
+fn embed(
+    mut prompts: Vec<String>,
+    from_file: Option<PathBuf>,
+    output: Option<PathBuf>,
+    append: bool,
+    text_model: Option<PathBuf>,
+    text_dtype: &str,
+    list: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use voxtell::text::{EmbeddingBank, PromptVectors, resolve_text_model};
+    if let Some(bank) = list {
+        let bank = EmbeddingBank::read(&bank)?;
+        println!("{} prompts, {}-wide vectors", bank.len(), bank.dim());
+        for label in bank.labels() {
+            println!("{label}");
+        }
+        return Ok(());
+    }
+    if let Some(file) = from_file {
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+    }
+    anyhow::ensure!(!prompts.is_empty(), "no prompts given (-p or --from-file)");
+    let output = output.ok_or_else(|| anyhow::anyhow!("--output is required"))?;
+    let bank = if output.exists() {
+        anyhow::ensure!(append, "{} exists; pass --append to add to it", output.display());
+        EmbeddingBank::read(&output)?
+    } else {
+        EmbeddingBank::default()
+    };
+    let dtype = match text_dtype {
+        "bf16" => voxtell::candle::DType::BF16,
+        "f16" => voxtell::candle::DType::F16,
+        _ => voxtell::candle::DType::F32,
+    };
+    let model = resolve_text_model(text_model.as_deref());
+    let mut source = PromptVectors::new(bank, model, dtype, &voxtell::candle::Device::Cpu);
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    source.vectors(&refs)?;
+    source.bank().write(&output)?;
+    println!("{}: {} prompts, {}-wide vectors", output.display(), source.bank().len(), source.bank().dim());
+    Ok(())
 }

@@ -73,3 +73,88 @@ fn convert_writes_a_safetensors_folder_and_reports_bad_input() {
     let (ok, _, err) = voxtell(&[OsStr::new("convert"), tmp.path().as_os_str(), out.as_os_str()]);
     assert!(!ok && err.contains("plans.json"), "{err}");
 }
+
+/// The tiny Qwen3 fixture model with its tokenizer unzipped, in `dir`.
+fn tiny_text_model(dir: &Path) -> PathBuf {
+    use std::io::Read;
+    let src = fixtures().join("../text/qwen-tiny");
+    let dst = dir.join("qwen-tiny");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut tok = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(src.join("tokenizer.json.gz")).unwrap())
+        .read_to_end(&mut tok)
+        .unwrap();
+    std::fs::write(dst.join("tokenizer.json"), tok).unwrap();
+    dst
+}
+
+#[test]
+fn embed_builds_extends_and_lists_banks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_text_model(tmp.path());
+    let bank = tmp.path().join("bank.npz");
+    let list = tmp.path().join("prompts.txt");
+    std::fs::write(&list, "Left kidney\n\nspiculated nodule in the right upper lobe\n").unwrap();
+    let (ok, out, err) = voxtell(&[
+        OsStr::new("embed"),
+        OsStr::new("-p"),
+        OsStr::new("LIVER"),
+        OsStr::new("--from-file"),
+        list.as_os_str(),
+        OsStr::new("-o"),
+        bank.as_os_str(),
+        OsStr::new("--text-model"),
+        model.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 prompts, 8-wide"), "{out}");
+    // The vectors equal the official embed path's (through the f16 bank).
+    let reference = candle_core::safetensors::load(
+        fixtures().join("../text/expected.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()["embeddings"]
+        .to_vec2::<f32>()
+        .unwrap();
+    let b = voxtell::text::EmbeddingBank::read(&bank).unwrap();
+    let liver = b.get("liver").unwrap();
+    for (a, r) in liver.iter().zip(&reference[0]) {
+        assert!((a - r).abs() <= 1e-3 * r.abs().max(1.0));
+    }
+    // Refuses to replace without --append; with it, extends (without needing the model for
+    // prompts already present).
+    let (ok, _, err) = voxtell(&[
+        OsStr::new("embed"),
+        OsStr::new("-p"),
+        OsStr::new("x"),
+        OsStr::new("-o"),
+        bank.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("--append"), "{err}");
+    let (ok, _, err) = voxtell(&[
+        OsStr::new("embed"),
+        OsStr::new("-p"),
+        OsStr::new("liver"),
+        OsStr::new("-o"),
+        bank.as_os_str(),
+        OsStr::new("--append"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = voxtell(&[OsStr::new("embed"), OsStr::new("--list"), bank.as_os_str()]);
+    assert!(ok && out.contains("left kidney") && out.contains("3 prompts"), "{out}");
+    // A prompt the bank lacks, with no text model anywhere: the error names it.
+    let out2 = tmp.path().join("other.npz");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_voxtell"))
+        .args(["embed", "-p", "pancreas", "-o"])
+        .arg(&out2)
+        .env("VOXTELL_TEXT_MODEL", "")
+        .env("HF_HOME", tmp.path().join("no-cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pancreas") && err.contains("no text model"), "{err}");
+    assert!(!out2.exists());
+}

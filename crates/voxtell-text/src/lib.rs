@@ -6,6 +6,8 @@
 //!   normalisation.
 //! - [`bank`]: `.npz` embedding banks as the official code reads and writes them, so the
 //!   4-billion-parameter encoder is only needed for prompts the bank lacks.
+//! - [`source`]: bank first, encoder only for what is missing (loaded once, then dropped), and
+//!   where the text model is found (flag, `$VOXTELL_TEXT_MODEL`, the Hugging Face cache).
 //!
 //! It knows nothing about images or the segmentation network.
 
@@ -13,7 +15,9 @@ pub mod bank;
 mod error;
 pub mod prompt;
 pub mod qwen;
+pub mod source;
 
 pub use bank::EmbeddingBank;
 pub use error::{Result, TextError};
 pub use qwen::QwenEmbedder;
+pub use source::{DEFAULT_TEXT_MODEL, PromptVectors, resolve_text_model};

@@ -43,7 +43,9 @@ pub fn read_config(dir: &Path) -> Result<qwen3::Config> {
     match json.get("model_type").and_then(|v| v.as_str()) {
         Some("qwen3") => {}
         other => {
-            return Err(err(format!("model_type is {other:?}, expected \"qwen3\" (a Qwen3-Embedding model)")));
+            return Err(err(format!(
+                "model_type is {other:?}, expected \"qwen3\" (a Qwen3-Embedding model)"
+            )));
         }
     }
     if json.get("rope_theta").is_none()

@@ -1,0 +1,130 @@
+//! Where prompt vectors come from: an embedding bank first, the text encoder only for prompts
+//! the bank lacks (loaded once, dropped as soon as they are embedded); new vectors are cached in
+//! the bank as f16 for the rest of the run, as the official predictor does.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::bank::EmbeddingBank;
+use crate::error::{Result, TextError};
+use crate::qwen::QwenEmbedder;
+
+/// The Hugging Face model id of VoxTell v1.1's text encoder.
+pub const DEFAULT_TEXT_MODEL: &str = "Qwen/Qwen3-Embedding-4B";
+
+/// Find a text-model folder: the given path, else `$VOXTELL_TEXT_MODEL` (when non-empty), else
+/// the local Hugging Face cache for [`DEFAULT_TEXT_MODEL`] (read-only: nothing is downloaded).
+pub fn resolve_text_model(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("VOXTELL_TEXT_MODEL").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let cache = hf_hub::Cache::from_env();
+    let repo = cache.model(DEFAULT_TEXT_MODEL.to_string());
+    repo.get("config.json").and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// Bytes the weights of a model folder need in `dtype`, from the sizes of its safetensors files
+/// (stored as bf16/f16 in the published checkpoints).
+pub fn weights_bytes(dir: &Path, dtype: DType) -> u64 {
+    let stored: u64 = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    // Half-precision on disk; f32 doubles it.
+    if dtype == DType::F32 { stored * 2 } else { stored }
+}
+
+/// Memory the system can still give (`MemAvailable`), when known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Prompt vectors from a bank and, for what it lacks, a text encoder.
+#[derive(Debug)]
+pub struct PromptVectors {
+    bank: EmbeddingBank,
+    model_dir: Option<PathBuf>,
+    dtype: DType,
+    device: Device,
+}
+
+impl PromptVectors {
+    /// A source with `bank` (possibly empty) and an optional text-model folder.
+    pub fn new(bank: EmbeddingBank, model_dir: Option<PathBuf>, dtype: DType, device: &Device) -> Self {
+        PromptVectors { bank, model_dir, dtype, device: device.clone() }
+    }
+
+    /// The bank, including vectors embedded so far.
+    pub fn bank(&self) -> &EmbeddingBank {
+        &self.bank
+    }
+
+    /// Vectors for `prompts` in order: from the bank where present; the rest embedded by the
+    /// text model (an error naming the prompts when there is none).
+    pub fn vectors(&mut self, prompts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut missing: Vec<&str> = prompts.iter().copied().filter(|p| self.bank.get(p).is_none()).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let Some(dir) = self.model_dir.clone() else {
+                return Err(TextError::Model {
+                    path: PathBuf::from(DEFAULT_TEXT_MODEL),
+                    reason: format!(
+                        "no text model (--text-model, $VOXTELL_TEXT_MODEL or the Hugging Face cache) to embed {} prompt(s) missing from the bank: {:?}",
+                        missing.len(),
+                        missing
+                    ),
+                });
+            };
+            let need = weights_bytes(&dir, self.dtype);
+            if self.device.is_cpu()
+                && let Some(avail) = available_memory()
+                && need > avail
+            {
+                return Err(TextError::Model {
+                    path: dir,
+                    reason: format!(
+                        "the text model needs about {:.1} GiB in {:?} but only {:.1} GiB are available; use a lower precision (bf16) or a bank",
+                        need as f64 / (1u64 << 30) as f64,
+                        self.dtype,
+                        avail as f64 / (1u64 << 30) as f64
+                    ),
+                });
+            }
+            // Loaded only now, dropped at the end of this block.
+            let encoder = QwenEmbedder::load(&dir, self.dtype, &self.device)?;
+            if self.bank.dim() != 0 && !self.bank.is_empty() && encoder.dim() != self.bank.dim() {
+                return Err(TextError::Model {
+                    path: dir,
+                    reason: format!(
+                        "embeds {}-wide vectors but the bank holds {}-wide ones",
+                        encoder.dim(),
+                        self.bank.dim()
+                    ),
+                });
+            }
+            for (p, v) in missing.iter().zip(encoder.embed(&missing)?) {
+                self.bank.insert(p, &v)?;
+            }
+        }
+        prompts
+            .iter()
+            .map(|p| {
+                self.bank.get(p).ok_or_else(|| TextError::Bank {
+                    path: PathBuf::new(),
+                    reason: format!("prompt {p:?} has no vector"),
+                })
+            })
+            .collect()
+    }
+}
