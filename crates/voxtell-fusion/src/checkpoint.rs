@@ -55,8 +55,10 @@ impl Checkpoint {
             f.read_exact(&mut magic).map_err(|e| file_err(format!("too short to be a model file: {e}")))?;
         }
         let store = if magic == *b"PK\x03\x04" {
-            // A PyTorch zip archive; the pickle reader must not take the process down on a
-            // hostile file.
+            // A PyTorch zip archive. Models come from the internet: check the pickle's opcode
+            // stream first, and do not let the reader take the process down on what slips past.
+            crate::pickle_guard::check_archive(path)
+                .map_err(|e| file_err(format!("refused checkpoint: {e}")))?;
             let p = path.to_path_buf();
             let pth = std::panic::catch_unwind(move || PthTensors::new(&p, Some("network_weights")))
                 .map_err(|_| file_err("malformed PyTorch checkpoint (the pickle reader failed)".into()))?

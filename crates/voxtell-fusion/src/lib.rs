@@ -20,6 +20,7 @@ mod error;
 pub mod init;
 pub mod meta;
 pub mod model;
+mod pickle_guard;
 pub mod posenc;
 pub mod transformer;
 

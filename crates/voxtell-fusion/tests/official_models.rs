@@ -213,3 +213,29 @@ fn prompt_groups_follow_the_memory_budget() {
     assert_eq!(model.prompt_group_for_budget(per_prompt * 3 + per_prompt / 2, 4), 3);
     assert_eq!(model.decoder_bytes_per_prompt(8), 2 * per_prompt);
 }
+
+#[test]
+fn hostile_pickles_are_refused_before_the_reader() {
+    use std::io::{Read, Write};
+    let src = model_dirs().into_iter().next().unwrap().join("fold_0/checkpoint_final.pth");
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hostile.pth");
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(&out).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            // PROTO 2, a 9-byte LONG1 integer, STOP.
+            bytes = vec![0x80, 2, 0x8a, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, b'.'];
+        }
+        zout.start_file(name, opts).unwrap();
+        zout.write_all(&bytes).unwrap();
+    }
+    zout.finish().unwrap();
+    let err = Checkpoint::open(&out).unwrap_err().to_string();
+    assert!(err.contains("hostile.pth") && err.contains("wider than 64 bits"), "{err}");
+}
