@@ -16,7 +16,7 @@ use std::any::TypeId;
 
 use rayon::prelude::*;
 
-use super::{ConvGeom, Elem, direct_cl};
+use super::{ConvGeom, Elem, direct_cl, for_each_weight};
 
 /// Output channels per micro-kernel tile.
 const CO_BLK: usize = 8;
@@ -96,20 +96,10 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Opti
 /// tap `t` ↔ `taps − 1 − t`.
 fn pack_weights(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool) -> Vec<f32> {
     let (n_out, n_in) = if transpose_flip { (c_in, c_out) } else { (c_out, c_in) };
-    let blocks = n_out.div_ceil(CO_BLK);
-    let mut p = vec![0.0f32; blocks * n_in * taps * CO_BLK];
-    for o in 0..n_out {
-        for i in 0..n_in {
-            for t in 0..taps {
-                let v = if transpose_flip {
-                    w[(i * c_in + o) * taps + taps - 1 - t]
-                } else {
-                    w[(o * c_in + i) * taps + t]
-                };
-                p[(((o / CO_BLK) * n_in + i) * taps + t) * CO_BLK + o % CO_BLK] = v;
-            }
-        }
-    }
+    let mut p = vec![0.0f32; n_out.div_ceil(CO_BLK) * n_in * taps * CO_BLK];
+    for_each_weight(w, c_out, c_in, taps, transpose_flip, |o, i, t, v| {
+        p[(((o / CO_BLK) * n_in + i) * taps + t) * CO_BLK + o % CO_BLK] = v;
+    });
     p
 }
 

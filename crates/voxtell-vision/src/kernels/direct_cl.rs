@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::ConvGeom;
+use super::{ConvGeom, for_each_weight};
 
 /// Output channels per tile (two 16-float vectors).
 pub(crate) const CO_T: usize = 32;
@@ -22,20 +22,10 @@ const X_T: usize = 14;
 /// with `transpose_flip`, pack the adjoint kernel (channels swapped, taps reversed).
 fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool) -> Vec<f32> {
     let (n_out, n_in) = if transpose_flip { (c_in, c_out) } else { (c_out, c_in) };
-    let blocks = n_out.div_ceil(CO_T);
-    let mut p = vec![0.0f32; blocks * taps * n_in * CO_T];
-    for o in 0..n_out {
-        for i in 0..n_in {
-            for t in 0..taps {
-                let v = if transpose_flip {
-                    w[(i * c_in + o) * taps + taps - 1 - t]
-                } else {
-                    w[(o * c_in + i) * taps + t]
-                };
-                p[(((o / CO_T) * taps + t) * n_in + i) * CO_T + o % CO_T] = v;
-            }
-        }
-    }
+    let mut p = vec![0.0f32; n_out.div_ceil(CO_T) * taps * n_in * CO_T];
+    for_each_weight(w, c_out, c_in, taps, transpose_flip, |o, i, t, v| {
+        p[(((o / CO_T) * taps + t) * n_in + i) * CO_T + o % CO_T] = v;
+    });
     p
 }
 

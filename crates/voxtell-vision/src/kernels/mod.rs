@@ -86,6 +86,32 @@ impl ConvGeom {
     }
 }
 
+/// The weights of a `c_out × c_in × taps` kernel `w`, or of its adjoint (`adjoint`: output and
+/// input channels swapped, taps reversed — the kernel of the input gradient of a stride-1
+/// convolution), visited as `(out, in, tap, value)` in the packed kernel's channel numbering.
+pub(crate) fn for_each_weight(
+    w: &[f32],
+    c_out: usize,
+    c_in: usize,
+    taps: usize,
+    adjoint: bool,
+    mut visit: impl FnMut(usize, usize, usize, f32),
+) {
+    let (n_out, n_in) = if adjoint { (c_in, c_out) } else { (c_out, c_in) };
+    for o in 0..n_out {
+        for i in 0..n_in {
+            for t in 0..taps {
+                let v = if adjoint {
+                    w[(i * c_in + o) * taps + taps - 1 - t]
+                } else {
+                    w[(o * c_in + i) * taps + t]
+                };
+                visit(o, i, t, v);
+            }
+        }
+    }
+}
+
 /// Number of worker threads the kernels split work into (rayon's pool).
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
