@@ -3,3 +3,6 @@
 //! This crate will own the order of steps of one prediction, exactly as the official predictor
 //! runs them: crop to the non-zero box, z-score, pad, sliding window with Gaussian blending and
 //! f16 accumulation, thresholding, un-cropping, and writing masks back in the scan's geometry.
+//! So far: [`window`], the sliding-window geometry and the Gaussian importance map.
+
+pub mod window;
