@@ -23,6 +23,23 @@ fn rows_per_tile(g: &ConvGeom) -> usize {
     (TILE_ELEMS / (g.k() * ow).max(1)).max(1)
 }
 
+/// The output-row tiles `(r0, r1)` of one batch item (a row is a pair `(od, oh)`).
+fn row_tiles(g: &ConvGeom) -> impl Iterator<Item = (usize, usize)> + use<> {
+    let [od, oh, _] = g.output();
+    let rows = od * oh;
+    let tile = rows_per_tile(g);
+    (0..rows).step_by(tile).map(move |r0| (r0, (r0 + tile).min(rows)))
+}
+
+/// The column buffer the tiles share; a pointwise convolution needs none.
+fn col_buffer<T: Elem>(g: &ConvGeom) -> Vec<T> {
+    if is_pointwise(g) {
+        return Vec::new();
+    }
+    let [od, oh, ow] = g.output();
+    vec![T::ZERO; g.k() * rows_per_tile(g).min(od * oh) * ow]
+}
+
 fn is_pointwise(g: &ConvGeom) -> bool {
     g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0]
 }
@@ -111,14 +128,12 @@ fn col2im_add<T: Elem>(cols: &[T], g: &ConvGeom, r0: usize, r1: usize, gx: &mut 
 /// returns `batch × c_out × Do × Ho × Wo`.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
     let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
-    let [od, oh, ow] = g.output();
+    let [_, _, ow] = g.output();
     let mut out = vec![T::ZERO; g.batch * g.c_out * out_vox];
     if let Some(b) = bias {
         out.par_chunks_mut(out_vox).enumerate().for_each(|(i, plane)| plane.fill(b[i % g.c_out]));
     }
-    let rows = od * oh;
-    let tile_rows = rows_per_tile(g);
-    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    let mut cols = col_buffer::<T>(g);
     for bi in 0..g.batch {
         let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
         let ob = &mut out[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
@@ -150,9 +165,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
             }
             continue;
         }
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + tile_rows).min(rows);
+        for (r0, r1) in row_tiles(g) {
             let n = (r1 - r0) * ow;
             let cols = &mut cols[..k * n];
             im2col(xb, g, r0, r1, cols);
@@ -181,7 +194,6 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
                     parallelism(g.c_out, n, k),
                 );
             }
-            r0 = r1;
         }
     }
     out
@@ -190,11 +202,9 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
 /// Gradient with respect to the input: `Wᵀ · grad_out`, scattered back (col2im).
 pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<T> {
     let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
-    let [od, oh, ow] = g.output();
+    let [_, _, ow] = g.output();
     let mut gx = vec![T::ZERO; g.batch * g.c_in * in_vox];
-    let rows = od * oh;
-    let tile_rows = rows_per_tile(g);
-    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    let mut cols = col_buffer::<T>(g);
     for bi in 0..g.batch {
         let gb = &gout[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
         let xb = &mut gx[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
@@ -226,9 +236,7 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<
             }
             continue;
         }
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + tile_rows).min(rows);
+        for (r0, r1) in row_tiles(g) {
             let n = (r1 - r0) * ow;
             let cols = &mut cols[..k * n];
             // SAFETY: dst is the k × n column tile; lhs is Wᵀ (k × c_out) read with swapped
@@ -257,7 +265,6 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<
                 );
             }
             col2im_add(cols, g, r0, r1, xb);
-            r0 = r1;
         }
     }
     gx
@@ -271,11 +278,9 @@ pub(crate) fn backward_weight<T: Elem>(
     with_bias: bool,
 ) -> (Vec<T>, Option<Vec<T>>) {
     let (in_vox, out_vox, k) = (g.in_voxels(), g.out_voxels(), g.k());
-    let [od, oh, ow] = g.output();
+    let [_, _, ow] = g.output();
     let mut gw = vec![T::ZERO; g.c_out * k];
-    let rows = od * oh;
-    let tile_rows = rows_per_tile(g);
-    let mut cols = if is_pointwise(g) { Vec::new() } else { vec![T::ZERO; k * tile_rows.min(rows) * ow] };
+    let mut cols = col_buffer::<T>(g);
     for bi in 0..g.batch {
         let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
         let gb = &gout[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
@@ -307,9 +312,7 @@ pub(crate) fn backward_weight<T: Elem>(
             }
             continue;
         }
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + tile_rows).min(rows);
+        for (r0, r1) in row_tiles(g) {
             let n = (r1 - r0) * ow;
             let cols = &mut cols[..k * n];
             im2col(xb, g, r0, r1, cols);
@@ -338,7 +341,6 @@ pub(crate) fn backward_weight<T: Elem>(
                     parallelism(g.c_out, k, n),
                 );
             }
-            r0 = r1;
         }
     }
     let gbias = with_bias.then(|| {
