@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vb = FreshWeights::var_builder(DType::F32, &Device::Cpu);
     let encoder = ResidualEncoder::load(vb, &kw, 1)?;
     let x = Tensor::randn(0f32, 1.0, (1, 1, patch, patch, patch), &Device::Cpu)?;
-    println!("ResEncL encoder, patch {patch}³, f32, {} threads", rayon_threads());
+    println!("ResEncL encoder, patch {patch}³, f32, {} cores", cores());
     for r in 0..repeats {
         let t = Instant::now();
         let skips = encoder.forward(&x)?;
@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+/// CPU cores available to this process (the kernels use them all).
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

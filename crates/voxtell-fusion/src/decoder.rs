@@ -89,7 +89,7 @@ impl FusionDecoder {
             };
             let rest = if spec.n_conv[i] > 1 {
                 // convs.1 … convs.{n−1} as their own stack, keys shifted by one.
-                Some(StackedConvBlocksFrom1::load(vb.pp("stages").pp(i), spec.n_conv[i], c, k, s)?)
+                Some(later_convs(vb.pp("stages").pp(i), spec.n_conv[i], c, k, s)?)
             } else {
                 None
             };
@@ -243,19 +243,15 @@ fn unfold_prompts(x: &Tensor, b: usize, p: usize) -> Result<Tensor> {
 }
 
 /// `convs.1 … convs.{n−1}` of a decoder stage (the first conv is split and handled by the stage).
-struct StackedConvBlocksFrom1;
-
-impl StackedConvBlocksFrom1 {
-    fn load(
-        vb: VarBuilder,
-        n: usize,
-        c: usize,
-        k: [usize; 3],
-        s: &BlockSettings,
-    ) -> Result<StackedConvBlocks> {
-        let convs = (1..n)
-            .map(|j| ConvNormAct::load(vb.pp("convs").pp(j), c, c, k, [1, 1, 1], s.conv_bias, true, s))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(StackedConvBlocks::from_units(convs)?)
-    }
+fn later_convs(
+    vb: VarBuilder,
+    n: usize,
+    c: usize,
+    k: [usize; 3],
+    s: &BlockSettings,
+) -> Result<StackedConvBlocks> {
+    let convs = (1..n)
+        .map(|j| ConvNormAct::load(vb.pp("convs").pp(j), c, c, k, [1, 1, 1], s.conv_bias, true, s))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(StackedConvBlocks::from_units(convs)?)
 }

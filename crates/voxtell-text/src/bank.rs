@@ -68,8 +68,13 @@ impl EmbeddingBank {
                 ),
             });
         }
+        self.put(prompt, vector.iter().map(|&x| f16::from_f32(x)).collect());
+        Ok(())
+    }
+
+    /// Store `v` under the lowercased `prompt`, replacing an earlier vector of the same key.
+    fn put(&mut self, prompt: &str, v: Vec<f16>) {
         let key = prompt.to_lowercase();
-        let v: Vec<f16> = vector.iter().map(|&x| f16::from_f32(x)).collect();
         match self.index.get(&key) {
             Some(&i) => self.vectors[i] = v,
             None => {
@@ -78,7 +83,6 @@ impl EmbeddingBank {
                 self.vectors.push(v);
             }
         }
-        Ok(())
     }
 
     /// Read a bank `.npz` (members stored or deflated).
@@ -106,16 +110,7 @@ impl EmbeddingBank {
         }
         let mut bank = EmbeddingBank::new(dim);
         for (i, label) in labels.iter().enumerate() {
-            let key = label.to_lowercase();
-            let v = values[i * dim..(i + 1) * dim].to_vec();
-            match bank.index.get(&key) {
-                Some(&j) => bank.vectors[j] = v,
-                None => {
-                    bank.index.insert(key.clone(), bank.labels.len());
-                    bank.labels.push(key);
-                    bank.vectors.push(v);
-                }
-            }
+            bank.put(label, values[i * dim..(i + 1) * dim].to_vec());
         }
         Ok(bank)
     }
