@@ -258,6 +258,16 @@ impl VoxTellModel {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.pos_embed.device()
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.pos_embed.dtype()
+    }
+
     /// See [`FusionDecoder::set_share_skip_half`].
     pub fn set_share_skip_half(&mut self, share: bool) {
         self.decoder.set_share_skip_half(share);

@@ -1,0 +1,309 @@
+//! Per-mask statistics (size, volume, bounding box, centroid) and their JSON file.
+//!
+//! Statistics are computed in the original voxel grid of the scan, the grid the mask files are
+//! written in, with the scan's affine (voxel index → RAS+ world millimetres) for the world
+//! coordinates. The JSON file is written atomically: a temporary file in the same folder, then a
+//! rename, so a reader never sees half a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::ArrayView3;
+use serde::Serialize;
+
+use crate::error::{InferError, Result};
+
+/// Statistics of one mask (non-zero where the value is not 0).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MaskStatistics {
+    /// The prompt as typed.
+    pub prompt: String,
+    /// Number of non-zero voxels.
+    pub voxels: u64,
+    /// Volume in millilitres: voxels × |det| of the affine's 3 × 3 part (mm³) / 1000.
+    pub volume_ml: f64,
+    /// Bounding box of the non-zero voxels, `[start, end)` per array axis; `None` when empty.
+    pub bbox_voxels: Option<[[usize; 2]; 3]>,
+    /// Minimum and maximum RAS+ world corner (mm) of the eight bounding-box corners, taken at the
+    /// voxel centres of the first and last voxel on each axis; `None` when empty.
+    pub bbox_world_mm: Option<[[f64; 3]; 2]>,
+    /// Mean voxel index of the non-zero voxels; `None` when empty.
+    pub centroid_voxel: Option<[f64; 3]>,
+    /// [`Self::centroid_voxel`] mapped by the affine to RAS+ world mm; `None` when empty.
+    pub centroid_world_mm: Option<[f64; 3]>,
+}
+
+/// Statistics of every prompt of one case, the content of `{case}_statistics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseStatistics {
+    /// The case identifier.
+    pub case: String,
+    /// The image the masks were predicted from (a file or a DICOM folder), as given.
+    pub source: String,
+    /// Shape of the original voxel grid.
+    pub shape: [usize; 3],
+    /// Voxel spacing in mm along the array axes (see [`spacing_from_affine`]).
+    pub spacing_mm: [f64; 3],
+    /// One entry per prompt, in prompt order.
+    pub prompts: Vec<MaskStatistics>,
+}
+
+/// Maps a (fractional) voxel index to world coordinates with `affine`.
+fn apply(affine: &voxtell_io::Affine, ijk: [f64; 3]) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = affine[r][0] * ijk[0] + affine[r][1] * ijk[1] + affine[r][2] * ijk[2] + affine[r][3];
+    }
+    out
+}
+
+/// The volume of one voxel in mm³: |det| of the 3 × 3 part of `affine`.
+pub fn voxel_volume_mm3(affine: &voxtell_io::Affine) -> f64 {
+    let m = affine;
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    det.abs()
+}
+
+/// Voxel spacing in mm along each array axis: the length of the affine's columns.
+pub fn spacing_from_affine(affine: &voxtell_io::Affine) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (0..3).map(|r| affine[r][c] * affine[r][c]).sum::<f64>().sqrt();
+    }
+    out
+}
+
+/// Statistics of `mask` (non-zero where the value is not 0) in the grid described by `affine`.
+pub fn compute(prompt: &str, mask: ArrayView3<u8>, affine: &voxtell_io::Affine) -> MaskStatistics {
+    let mut count: u64 = 0;
+    let mut sums = [0u64; 3];
+    let mut lo = [usize::MAX; 3];
+    let mut hi = [0usize; 3];
+    for (i, plane) in mask.outer_iter().enumerate() {
+        for (j, row) in plane.outer_iter().enumerate() {
+            let mut row_count: u64 = 0;
+            let mut k_sum: u64 = 0;
+            for (k, &v) in row.iter().enumerate() {
+                if v != 0 {
+                    row_count += 1;
+                    k_sum += k as u64;
+                    lo[2] = lo[2].min(k);
+                    hi[2] = hi[2].max(k + 1);
+                }
+            }
+            if row_count > 0 {
+                count += row_count;
+                sums[0] += row_count * i as u64;
+                sums[1] += row_count * j as u64;
+                sums[2] += k_sum;
+                lo[0] = lo[0].min(i);
+                hi[0] = hi[0].max(i + 1);
+                lo[1] = lo[1].min(j);
+                hi[1] = hi[1].max(j + 1);
+            }
+        }
+    }
+    let volume_ml = count as f64 * voxel_volume_mm3(affine) / 1000.0;
+    if count == 0 {
+        return MaskStatistics {
+            prompt: prompt.to_string(),
+            voxels: 0,
+            volume_ml,
+            bbox_voxels: None,
+            bbox_world_mm: None,
+            centroid_voxel: None,
+            centroid_world_mm: None,
+        };
+    }
+    let centroid = sums.map(|s| s as f64 / count as f64);
+    let mut wmin = [f64::INFINITY; 3];
+    let mut wmax = [f64::NEG_INFINITY; 3];
+    for corner in 0..8 {
+        let ijk: [f64; 3] =
+            std::array::from_fn(|a| if corner >> a & 1 == 0 { lo[a] as f64 } else { (hi[a] - 1) as f64 });
+        let w = apply(affine, ijk);
+        for a in 0..3 {
+            wmin[a] = wmin[a].min(w[a]);
+            wmax[a] = wmax[a].max(w[a]);
+        }
+    }
+    MaskStatistics {
+        prompt: prompt.to_string(),
+        voxels: count,
+        volume_ml,
+        bbox_voxels: Some(std::array::from_fn(|a| [lo[a], hi[a]])),
+        bbox_world_mm: Some([wmin, wmax]),
+        centroid_voxel: Some(centroid),
+        centroid_world_mm: Some(apply(affine, centroid)),
+    }
+}
+
+/// Writes `stats` as pretty-printed JSON to `path`, atomically (a temporary file in the same
+/// folder, then a rename). An existing file is replaced only when `overwrite` is true; otherwise
+/// it is an [`InferError::Output`], as is every other failure, naming `path`.
+pub fn write_statistics(path: &Path, stats: &CaseStatistics, overwrite: bool) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(stats).map_err(|e| output_error(path, e))?;
+    json.push(b'\n');
+    write_atomic(path, &json, overwrite)
+}
+
+/// An [`InferError::Output`] for `path`.
+pub(crate) fn output_error(path: &Path, reason: impl std::fmt::Display) -> InferError {
+    InferError::Output { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so `path`
+/// either keeps its old content or has the complete new one. Without `overwrite`, an existing
+/// `path` is an error and is left untouched.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| output_error(path, "not a file path"))?;
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
+        return Err(output_error(path, "exists; pass overwrite to replace it"));
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (tmp, mut file) = loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = folder.join(format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(output_error(path, format!("cannot create a temporary file: {e}"))),
+        }
+    };
+    let result = finish(&mut file, bytes).and_then(|()| {
+        drop(file);
+        if overwrite {
+            fs::rename(&tmp, path)
+        } else {
+            // A hard link fails if `path` appeared meanwhile; fall back to a rename where the
+            // file system has no hard links.
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => fs::remove_file(&tmp),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+                Err(_) => fs::rename(&tmp, path),
+            }
+        }
+    });
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        output_error(path, e)
+    })
+}
+
+/// Writes and flushes the whole buffer to disk.
+fn finish(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array3, s};
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn scaled_and_translated_affine() {
+        let affine =
+            [[2.0, 0.0, 0.0, 10.0], [0.0, 3.0, 0.0, -20.0], [0.0, 0.0, 4.0, 5.0], [0.0, 0.0, 0.0, 1.0]];
+        let mut m = Array3::<u8>::zeros((10, 8, 6));
+        m.slice_mut(s![2..5, 1..3, 4..6]).fill(1); // 3 * 2 * 2 = 12 voxels
+        let st = compute("liver", m.view(), &affine);
+        assert_eq!(st.voxels, 12);
+        assert!(close(st.volume_ml, 12.0 * 24.0 / 1000.0));
+        assert_eq!(st.bbox_voxels, Some([[2, 5], [1, 3], [4, 6]]));
+        let c = st.centroid_voxel.expect("centroid");
+        assert!(close(c[0], 3.0) && close(c[1], 1.5) && close(c[2], 4.5));
+        let w = st.centroid_world_mm.expect("world");
+        assert!(close(w[0], 16.0) && close(w[1], -15.5) && close(w[2], 23.0));
+        let [wmin, wmax] = st.bbox_world_mm.expect("bbox");
+        assert_eq!(wmin, [14.0, -17.0, 21.0]);
+        assert_eq!(wmax, [18.0, -14.0, 25.0]);
+        assert_eq!(spacing_from_affine(&affine), [2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn permuted_and_flipped_affine() {
+        // Array axis 0 → -y (2 mm), axis 1 → z (1 mm), axis 2 → -x (0.5 mm).
+        let affine =
+            [[0.0, 0.0, -0.5, 100.0], [-2.0, 0.0, 0.0, 50.0], [0.0, 1.0, 0.0, -30.0], [0.0, 0.0, 0.0, 1.0]];
+        let mut m = Array3::<u8>::zeros((4, 5, 6));
+        m[[1, 2, 3]] = 1;
+        m[[3, 4, 5]] = 255;
+        let st = compute("x", m.view(), &affine);
+        assert_eq!(st.voxels, 2);
+        assert!(close(st.volume_ml, 2.0 * 1.0 / 1000.0));
+        assert_eq!(st.bbox_voxels, Some([[1, 4], [2, 5], [3, 6]]));
+        let [wmin, wmax] = st.bbox_world_mm.expect("bbox");
+        // x: 100 - 0.5*k for k in 3..=5; y: 50 - 2*i for i in 1..=3; z: -30 + j for j in 2..=4.
+        assert_eq!(wmin, [97.5, 44.0, -28.0]);
+        assert_eq!(wmax, [98.5, 48.0, -26.0]);
+        let w = st.centroid_world_mm.expect("world");
+        assert!(close(w[0], 98.0) && close(w[1], 46.0) && close(w[2], -27.0));
+        assert_eq!(spacing_from_affine(&affine), [2.0, 1.0, 0.5]);
+    }
+
+    #[test]
+    fn empty_mask_has_no_geometry() {
+        let m = Array3::<u8>::zeros((3, 3, 3));
+        let st = compute("none", m.view(), &voxtell_io::orientation::IDENTITY);
+        assert_eq!(st.voxels, 0);
+        assert_eq!(st.volume_ml, 0.0);
+        assert!(st.bbox_voxels.is_none() && st.centroid_voxel.is_none());
+        let st = compute("none", Array3::<u8>::zeros((0, 3, 3)).view(), &voxtell_io::orientation::IDENTITY);
+        assert_eq!(st.voxels, 0);
+        let json = serde_json::to_value(&st).expect("json");
+        assert!(json["bbox_voxels"].is_null());
+    }
+
+    #[test]
+    fn writes_json_atomically_and_respects_overwrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ct_statistics.json");
+        let mut m = Array3::<u8>::zeros((2, 2, 2));
+        m[[0, 0, 0]] = 1;
+        let id = voxtell_io::orientation::IDENTITY;
+        let stats = CaseStatistics {
+            case: "ct".into(),
+            source: "ct.nii.gz".into(),
+            shape: [2, 2, 2],
+            spacing_mm: spacing_from_affine(&id),
+            prompts: vec![
+                compute("liver", m.view(), &id),
+                compute("empty", Array3::zeros((2, 2, 2)).view(), &id),
+            ],
+        };
+        write_statistics(&path, &stats, false).expect("write");
+        let back: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("read")).expect("parse");
+        assert_eq!(back["case"], "ct");
+        assert_eq!(back["prompts"][0]["voxels"], 1);
+        assert_eq!(back["prompts"][0]["bbox_voxels"][2][1], 1);
+        assert!(back["prompts"][1]["centroid_world_mm"].is_null());
+
+        let err = write_statistics(&path, &stats, false).expect_err("exists");
+        match err {
+            InferError::Output { path: p, .. } => assert_eq!(p, path),
+            other => panic!("unexpected {other}"),
+        }
+        write_statistics(&path, &stats, true).expect("overwrite");
+        // Only the output is left in the folder: no temporary files.
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("ct_statistics.json")]);
+
+        let missing = dir.path().join("no/such/folder/x.json");
+        assert!(matches!(write_statistics(&missing, &stats, true), Err(InferError::Output { .. })));
+    }
+}
