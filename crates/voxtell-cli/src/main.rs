@@ -1,6 +1,8 @@
 //! The `voxtell` command-line tool.
 
-use std::path::PathBuf;
+mod predict;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,10 +18,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print shape, spacing, orientation, affine and intensity range of scans
-    /// (NIfTI files or DICOM series folders).
+    /// Segment scans from text prompts (a superset of the official voxtell-predict).
+    Predict(Box<predict::PredictArgs>),
+    /// Print shape, spacing, orientation, affine and intensity range of scans (NIfTI files or
+    /// DICOM series folders), or the plans, sizes and parameter count of a model folder.
     Info {
-        /// NIfTI files (.nii, .nii.gz) or folders holding one DICOM series.
+        /// NIfTI files (.nii, .nii.gz), folders holding one DICOM series, or model folders
+        /// (holding plans.json).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// SeriesInstanceUID to read from a folder holding several DICOM series.
@@ -69,6 +74,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Predict(args) => match predict::run(*args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {}", predict::message(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Info { paths, series, ras } => info(&paths, series, ras),
         Command::Embed { prompts, from_file, output, append, text_model, text_dtype, list } => {
             match embed(prompts, from_file, output, append, text_model, &text_dtype, list) {
@@ -96,6 +109,13 @@ fn main() -> ExitCode {
 fn info(paths: &[PathBuf], series: Option<String>, ras: bool) -> ExitCode {
     let mut failed = Vec::new();
     for path in paths {
+        if path.join("plans.json").is_file() {
+            if let Err(e) = model_info(path) {
+                eprintln!("error: {e:#}");
+                failed.push(path.display().to_string());
+            }
+            continue;
+        }
         let volume = if path.is_dir() {
             read_dicom_series(path, &DicomOptions { series_uid: series.clone() })
         } else {
@@ -167,5 +187,44 @@ fn embed(
     source.vectors(&refs)?;
     source.bank().write(&output)?;
     println!("{}: {} prompts, {}-wide vectors", output.display(), source.bank().len(), source.bank().dim());
+    Ok(())
+}
+
+/// Print a model folder's plans, sizes and parameter count.
+fn model_info(dir: &Path) -> anyhow::Result<()> {
+    use voxtell::fusion::{Checkpoint, VoxTellConfig, checkpoint::is_alias};
+    let plans_path = dir.join("plans.json");
+    let text =
+        std::fs::read_to_string(&plans_path).map_err(|e| anyhow::anyhow!("{}: {e}", plans_path.display()))?;
+    let plans: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", plans_path.display()))?;
+    let safetensors = dir.join("model.safetensors");
+    let weights =
+        if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
+    let ckpt = Checkpoint::open(&weights)?;
+    let config = VoxTellConfig::infer(&plans, &ckpt)?;
+    let params: usize = ckpt
+        .keys()
+        .into_iter()
+        .filter(|k| !is_alias(k) && *k != "pos_embed")
+        .filter_map(|k| ckpt.shape(k).map(|s| s.iter().product::<usize>()))
+        .sum();
+    let a = &config.arch;
+    println!("{}", dir.display());
+    println!("  weights:      {}", weights.display());
+    println!("  parameters:   {params} ({:.1} M)", params as f64 / 1e6);
+    println!("  patch size:   {:?}", config.patch_size);
+    println!("  stages:       {} (features {:?})", a.n_stages, a.features_per_stage);
+    println!("  strides:      {:?}", a.strides);
+    println!("  blocks:       {:?} per encoder stage", a.n_blocks_per_stage);
+    println!("  stage sizes:  {:?}", config.stage_sizes());
+    println!(
+        "  text:         {}-wide prompt vectors → query {} ({} heads, {} layers, FFN {})",
+        config.text_dim, config.query_dim, config.attention_heads, config.layers, config.ffn_dim
+    );
+    println!("  fusion heads: {}, memory from encoder stage {}", config.fusion_heads, config.decoder_layer);
+    if let Some(name) = plans.get("plans_name").and_then(|v| v.as_str()) {
+        println!("  plans name:   {name}");
+    }
     Ok(())
 }

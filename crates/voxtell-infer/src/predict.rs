@@ -206,9 +206,9 @@ impl Predictor {
         }
         let need = fixed + encoder + 2 * vox_padded * acc_b + per_prompt_decoder;
         Err(InferError::Memory(format!(
-            "a volume of {ras_shape:?} voxels needs about {:.2} GiB even one prompt at a time, over the budget of {:.2} GiB (raise --max-memory or use a machine with more memory)",
-            need as f64 / GIB,
-            budget as f64 / GIB
+            "a volume of {ras_shape:?} voxels needs about {} even one prompt at a time, over the budget of {} (raise --max-memory or use a machine with more memory)",
+            human_bytes(need),
+            human_bytes(budget)
         )))
     }
 
@@ -323,7 +323,19 @@ pub fn segment(
     })
 }
 
-const GIB: f64 = (1u64 << 30) as f64;
+/// `1.5 GiB`, `120.0 MiB`, `512 KiB`, `100 B`.
+pub fn human_bytes(b: u64) -> String {
+    let f = b as f64;
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", f / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.1} MiB", f / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.0} KiB", f / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
 
 /// The result of a prediction: one binary mask per prompt (in the network's (S, A, R) layout,
 /// restorable to the scan's own grid), and the blended logits when they were kept.

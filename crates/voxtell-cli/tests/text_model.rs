@@ -1,0 +1,148 @@
+//! `voxtell predict` embedding prompts the bank lacks with a text model (the tiny Qwen3 of
+//! fixtures/text, 8-wide vectors), and refusing vectors of the wrong width.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use voxtell::candle::{DType, Device};
+use voxtell::fusion::Checkpoint;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn voxtell(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// The small cfg_a model with its text projection cut to `width`-wide prompt vectors, as a
+/// converted folder (plans.json + model.safetensors).
+fn model_with_text_width(dir: &Path, width: usize) {
+    let src = fixtures().join("fusion/cfg_a");
+    let ckpt = Checkpoint::open(src.join("fold_0/checkpoint_final.pth")).unwrap();
+    let mut tensors = HashMap::new();
+    for key in ckpt.keys() {
+        if voxtell::fusion::checkpoint::is_alias(key) {
+            continue;
+        }
+        let mut t = ckpt.tensor(key, DType::F32, &Device::Cpu).unwrap();
+        if key == "project_text_embed.0.weight" {
+            // Keep the first `width` input columns, scaled so the hidden layer keeps its range.
+            let scale = (t.dim(1).unwrap() as f64 / width as f64).sqrt();
+            t = (t.narrow(1, 0, width).unwrap() * scale).unwrap();
+        }
+        tensors.insert(key.to_string(), t);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(src.join("plans.json"), dir.join("plans.json")).unwrap();
+    Checkpoint::from_tensors(tensors).save_safetensors(dir.join("model.safetensors")).unwrap();
+}
+
+/// The tiny Qwen3 folder with its tokenizer unpacked (it is committed gzipped).
+fn qwen_dir(tmp: &Path) -> PathBuf {
+    let src = fixtures().join("text/qwen-tiny");
+    let dst = tmp.join("qwen-tiny");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut gz = flate2::read::GzDecoder::new(std::fs::File::open(src.join("tokenizer.json.gz")).unwrap());
+    let mut out = std::fs::File::create(dst.join("tokenizer.json")).unwrap();
+    std::io::copy(&mut gz, &mut out).unwrap();
+    dst
+}
+
+#[test]
+fn prompts_missing_from_the_bank_are_embedded_with_the_text_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    model_with_text_width(&model, 8);
+    let qwen = qwen_dir(tmp.path());
+    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
+    let out = tmp.path().join("out");
+    let (ok, err) = voxtell(&[
+        "predict",
+        "-i",
+        image.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--no-precomputed",
+        "--text-model",
+        qwen.to_str().unwrap(),
+        "-p",
+        "Liver",
+        "left kidney",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for name in ["mr_small_Liver.nii.gz", "mr_small_left_kidney.nii.gz"] {
+        let mask = voxtell::io::read_nifti(out.join(name)).unwrap();
+        assert_eq!(mask.data.shape(), &[27, 31, 23], "{name}");
+    }
+
+    // Without a text model the same prompts are an error that names them, before any output.
+    let out2 = tmp.path().join("out2");
+    let (ok, err) = voxtell(&[
+        "predict",
+        "-i",
+        image.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--no-precomputed",
+        "--text-model",
+        tmp.path().join("no-such-text-model").to_str().unwrap(),
+        "-p",
+        "Liver",
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("no-such-text-model"), "{err}");
+    assert!(std::fs::read_dir(&out2).map(|d| d.count() == 0).unwrap_or(true));
+}
+
+#[test]
+fn a_bank_or_text_model_of_another_width_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
+    // cfg_a takes 24-wide vectors; the tiny Qwen gives 8-wide ones.
+    let (ok, err) = voxtell(&[
+        "predict",
+        "-i",
+        image.to_str().unwrap(),
+        "-m",
+        fixtures().join("fusion/cfg_a").to_str().unwrap(),
+        "--no-precomputed",
+        "--text-model",
+        qwen_dir(tmp.path()).to_str().unwrap(),
+        "-p",
+        "liver",
+        "-o",
+        tmp.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("8-wide") && err.contains("24-wide"), "{err}");
+    // An 8-wide model with the 24-wide bank of the fixtures.
+    let model = tmp.path().join("model");
+    model_with_text_width(&model, 8);
+    let (ok, err) = voxtell(&[
+        "predict",
+        "-i",
+        image.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--embeddings",
+        fixtures().join("infer/predict/bank.npz").to_str().unwrap(),
+        "-p",
+        "liver",
+        "-o",
+        tmp.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("24-wide") && err.contains("8-wide"), "{err}");
+}
