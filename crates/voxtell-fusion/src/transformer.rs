@@ -50,8 +50,15 @@ impl Mlp {
 
     /// Apply to the last axis.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.second.forward(&self.first.forward(x)?.gelu_erf()?)?)
+        Ok(self.second.forward(&gelu_erf(&self.first.forward(x)?)?)?)
     }
+}
+
+/// Exact GELU, `x · (1 + erf(x / √2)) / 2`, composed from candle ops in the order of candle's
+/// fused `gelu_erf` (so the forward value is the same on the CPU), because the fused op's
+/// backward pass rounds `1/√(2π)` to six digits; through `erf` the gradient is exact.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    Ok((((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?.mul(x)?)
 }
 
 /// `nn.MultiheadAttention` used as cross-attention with separate query, key and value inputs:

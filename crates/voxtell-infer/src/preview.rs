@@ -492,15 +492,22 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars - 3).chain("...".chars()).collect()
 }
 
-/// An RGB image being drawn; writes outside it are ignored.
-struct Canvas {
+/// An RGB image being drawn (previews, training curves); writes outside it are ignored.
+#[derive(Debug, Clone)]
+pub struct Canvas {
     width: usize,
     height: usize,
     rgb: Vec<u8>,
 }
 
+/// Width in pixels of one character drawn by [`Canvas::text`] (glyph plus spacing).
+pub const TEXT_CHAR_WIDTH: usize = CHAR_W;
+/// Height in pixels of one line of text drawn by [`Canvas::text`] (glyph plus spacing).
+pub const TEXT_LINE_HEIGHT: usize = LINE_H;
+
 impl Canvas {
-    fn new(width: usize, height: usize) -> Self {
+    /// A canvas of `width × height` pixels filled with the preview's dark background.
+    pub fn new(width: usize, height: usize) -> Self {
         let mut rgb = Vec::with_capacity(width * height * 3);
         for _ in 0..width * height {
             rgb.extend_from_slice(&BACKGROUND);
@@ -508,14 +515,63 @@ impl Canvas {
         Self { width, height, rgb }
     }
 
-    fn set(&mut self, x: usize, y: usize, colour: [u8; 3]) {
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Draw a straight line (Bresenham) between two points; parts outside are clipped.
+    pub fn line(&mut self, from: (i64, i64), to: (i64, i64), colour: [u8; 3]) {
+        let (mut x, mut y) = from;
+        let (dx, dy) = ((to.0 - x).abs(), -(to.1 - y).abs());
+        let (sx, sy) = (if x < to.0 { 1 } else { -1 }, if y < to.1 { 1 } else { -1 });
+        let mut err = dx + dy;
+        loop {
+            if x >= 0 && y >= 0 {
+                self.set(x as usize, y as usize, colour);
+            }
+            if (x, y) == to {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+
+    /// Encode as PNG and write atomically (see [`Preview::write_png`]).
+    pub fn write_png(self, path: &Path, overwrite: bool) -> Result<()> {
+        let panel = Panel { view: View::Axial, slice: 0, x: 0, y: 0, width: 0, height: 0 };
+        let preview = Preview {
+            width: to_u32(self.width)?,
+            height: to_u32(self.height)?,
+            rgb: self.rgb,
+            panels: [panel.clone(), panel.clone(), panel],
+        };
+        preview.write_png(path, overwrite)
+    }
+
+    /// Set one pixel.
+    pub fn set(&mut self, x: usize, y: usize, colour: [u8; 3]) {
         if x < self.width && y < self.height {
             let i = (y * self.width + x) * 3;
             self.rgb[i..i + 3].copy_from_slice(&colour);
         }
     }
 
-    fn blend(&mut self, x: usize, y: usize, colour: [u8; 3], alpha: f32) {
+    /// Blend `colour` over one pixel with opacity `alpha`.
+    pub fn blend(&mut self, x: usize, y: usize, colour: [u8; 3], alpha: f32) {
         if x < self.width && y < self.height {
             let i = (y * self.width + x) * 3;
             for (c, &o) in self.rgb[i..i + 3].iter_mut().zip(&colour) {
@@ -524,7 +580,8 @@ impl Canvas {
         }
     }
 
-    fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, colour: [u8; 3]) {
+    /// Fill a rectangle.
+    pub fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, colour: [u8; 3]) {
         for yy in y..y + h {
             for xx in x..x + w {
                 self.set(xx, yy, colour);
@@ -549,8 +606,9 @@ impl Canvas {
         }
     }
 
-    /// Draws a line of text with its top-left corner at (`x`, `y`).
-    fn text(&mut self, x: usize, y: usize, text: &str, colour: [u8; 3]) {
+    /// Draws a line of text with its top-left corner at (`x`, `y`) (printable ASCII; other
+    /// characters as `?`).
+    pub fn text(&mut self, x: usize, y: usize, text: &str, colour: [u8; 3]) {
         for (i, c) in text.chars().enumerate() {
             self.glyph(x + i * CHAR_W, y, c, colour);
         }

@@ -3,3 +3,20 @@
 //! This crate will own datasets in the nnU-Net raw layout, positive/negative prompt sampling,
 //! augmentation, the Dice + BCE loss with five-scale deep supervision, the SGD/poly schedule and
 //! checkpointing — the training code the official release does not ship.
+
+pub mod config;
+pub mod curves;
+pub mod error;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+
+pub mod augment;
+pub mod cache;
+pub mod data;
+pub mod loader;
+pub mod rng;
+pub mod sampler;
+
+pub use error::{Result, TrainError};
