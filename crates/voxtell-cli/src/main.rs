@@ -1,6 +1,7 @@
 //! The `voxtell` command-line tool.
 
 mod predict;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Segment scans from text prompts (a superset of the official voxtell-predict).
     Predict(Box<predict::PredictArgs>),
+    /// Train or fine-tune a text-prompted model (Dice + BCE, deep supervision), or resume a run.
+    Train(train::TrainArgs),
     /// Print shape, spacing, orientation, affine and intensity range of scans (NIfTI files or
     /// DICOM series folders), or the plans, sizes and parameter count of a model folder.
     Info {
@@ -77,6 +80,13 @@ fn main() -> ExitCode {
         Command::Predict(args) => match predict::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {}", predict::message(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Train(args) => match train::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {}", predict::message(&e));
                 ExitCode::FAILURE

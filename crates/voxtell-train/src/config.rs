@@ -98,6 +98,44 @@ impl Default for ValidationConfig {
     }
 }
 
+/// Sizes of a model trained from scratch that the plans do not hold (VoxTell's own values by
+/// default; a small demo model sets smaller ones). The text width comes from the bank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSizes {
+    /// Width of the prompt-decoder queries.
+    pub query_dim: usize,
+    /// Hidden width of the text projection.
+    pub text_hidden: usize,
+    /// Hidden width of the projections to the decoder stages.
+    pub projection_hidden: usize,
+    /// Fusion heads (channels per head = features of the stage).
+    pub fusion_heads: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Transformer feed-forward width.
+    pub ffn_dim: usize,
+    /// Attention heads.
+    pub attention_heads: usize,
+    /// Encoder stage whose output is the prompt decoder's memory.
+    pub decoder_layer: usize,
+}
+
+impl Default for ModelSizes {
+    fn default() -> Self {
+        ModelSizes {
+            query_dim: 2048,
+            text_hidden: 2048,
+            projection_hidden: 2048,
+            fusion_heads: 32,
+            layers: 6,
+            ffn_dim: 2048,
+            attention_heads: 8,
+            decoder_layer: 4,
+        }
+    }
+}
+
 /// Everything a training run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +173,9 @@ pub struct TrainConfig {
     /// Validation.
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Sizes of a model trained from scratch (ignored with `init.checkpoint`).
+    #[serde(default)]
+    pub model: ModelSizes,
     /// Save a checkpoint every this many epochs (and after the last).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
@@ -153,7 +194,9 @@ impl TrainConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
         let mut config = Self::from_toml(&text).map_err(|e| TrainError::file(path, e))?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute paths: the run's state keeps them, and a resumed run may start elsewhere.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(parent).map_err(|e| TrainError::file(parent, e))?;
         config.resolve_paths(&base);
         Ok(config)
     }
@@ -294,7 +337,8 @@ plans = "plans.json"
         let path = dir.path().join("train.toml");
         std::fs::write(&path, MINIMAL).unwrap();
         let c = TrainConfig::from_file(&path).unwrap();
-        assert_eq!(c.output, dir.path().join("runs/x"));
-        assert_eq!(c.datasets[0], dir.path().join("data/D1"));
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(c.output, base.join("runs/x"));
+        assert_eq!(c.datasets[0], base.join("data/D1"));
     }
 }

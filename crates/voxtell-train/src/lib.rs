@@ -11,6 +11,7 @@ pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod step;
+pub mod trainer;
 
 pub mod augment;
 pub mod cache;

@@ -1,0 +1,102 @@
+//! `voxtell train`: a text-prompted training run from a TOML configuration, or the
+//! continuation of one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use voxtell::train::config::TrainConfig;
+use voxtell::train::trainer::{Progress, RunState, train};
+
+/// Arguments of `voxtell train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's configuration (TOML; see the README and voxtell_train::config).
+    #[arg(long, value_name = "TOML", required_unless_present = "resume", conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this output folder exactly where its last checkpoint left it.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Print only the end-of-epoch lines and errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// Run `voxtell train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let (config, resume) = match (&args.config, &args.resume) {
+        (Some(path), None) => (TrainConfig::from_file(path)?, false),
+        (None, Some(dir)) => {
+            let state = dir.join("model").join("state.json");
+            let text = std::fs::read_to_string(&state)
+                .with_context(|| format!("{}: no training state to resume", state.display()))?;
+            let s: RunState = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a training state", state.display()))?;
+            (s.config, true)
+        }
+        _ => bail!("give --config TOML for a new run or --resume DIR to continue one"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the epoch and its checkpoint (Ctrl-C again to quit now)");
+        });
+    }
+    let terminal = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<ProgressBar> = None;
+    eprintln!(
+        "training {} epochs × {} iterations (batch {}) into {}",
+        config.schedule.epochs,
+        config.schedule.iterations_per_epoch,
+        config.schedule.batch_size,
+        config.output.display()
+    );
+    let summary = train(&config, resume, |p: &Progress| {
+        if let Some(e) = &p.epoch_log {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            let val = match (e.val_loss, e.val_dice) {
+                (Some(l), Some(d)) => format!(", validation loss {l:.4}, Dice {d:.3}"),
+                (Some(l), None) => format!(", validation loss {l:.4}"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "epoch {}/{}: loss {:.4}{val}, lr {:.2e}, {:.1} s",
+                e.epoch + 1,
+                p.epochs,
+                e.train_loss,
+                e.lr,
+                e.seconds
+            );
+        } else if terminal {
+            let b = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(p.iterations as u64);
+                b.set_style(
+                    ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                b
+            });
+            b.set_position(p.iteration as u64);
+            b.set_message(format!("epoch {}/{} loss {:.4} lr {:.2e}", p.epoch + 1, p.epochs, p.loss, p.lr));
+        }
+        !stop.load(Ordering::SeqCst)
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if summary.stopped {
+        eprintln!("stopped; continue with: voxtell train --resume {}", config.output.display());
+    }
+    eprintln!("model: {} (load it with voxtell predict -m)", summary.model_dir.display());
+    Ok(())
+}
