@@ -1,27 +1,55 @@
-//! Qwen3-Embedding prompt vectors with candle-transformers' Qwen3 model: the official recipe
-//! (lowercase, instruction wrap, the folder's `tokenizer.json` with its post-processor — which
-//! appends `<|endoftext|>` — last-token pooling of the final-norm hidden states, f32, no
+//! Qwen3-Embedding prompt vectors: the official recipe (lowercase, instruction wrap, the
+//! folder's `tokenizer.json` with its post-processor — which appends `<|endoftext|>` —
+//! truncation to 8192 tokens, last-token pooling of the final-norm hidden states, f32, no
 //! normalisation).
 //!
-//! Each prompt runs alone through a fresh copy of the model (the Qwen3 model of
-//! candle-transformers takes no padding mask and keeps a KV cache per call); with left padding
-//! and rotary positions this equals the official padded batch up to rounding.
+//! [`QwenEmbedder::embed`] runs the prompts as the official code does: left-padded batches of at
+//! most [`MAX_BATCH`] prompts under an attention mask, through this crate's own Qwen3 forward
+//! (`backbone`). Within one call the prompts are sorted by length, so that similar lengths share
+//! a batch (less padding), and identical token sequences are embedded once; the vectors come
+//! back in the input order. [`EmbedMode::OnePerPrompt`] runs each prompt alone, unpadded. Both
+//! use the same weights, loaded once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
-use tokenizers::Tokenizer;
+use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::backbone::Backbone;
 use crate::error::{Result, TextError};
 use crate::prompt::{INSTRUCTION, normalize, wrap};
 
+/// Most prompts in one padded batch (the official chunk size).
+pub const MAX_BATCH: usize = 32;
+
+/// Longest token sequence, special tokens included (the official `max_length`); longer prompts
+/// are truncated on the right, keeping the appended `<|endoftext|>`.
+pub const MAX_TOKENS: usize = 8192;
+
+/// A cap on the f32 elements of one layer's attention scores (batch × heads × L²): batches of
+/// long prompts are made smaller than [`MAX_BATCH`] to stay under it (a batch holds at least
+/// one prompt whatever its length).
+const SCORE_BUDGET: usize = 1 << 27;
+
+/// How [`QwenEmbedder::embed_with`] runs the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmbedMode {
+    /// Left-padded batches of at most [`MAX_BATCH`] prompts under an attention mask, as the
+    /// official code does (prompts sorted by length within the call, duplicates run once).
+    #[default]
+    Batched,
+    /// Every prompt alone, without padding.
+    OnePerPrompt,
+}
+
 /// A loaded Qwen3-Embedding text encoder.
 pub struct QwenEmbedder {
-    model: qwen3::Model,
+    model: Backbone,
     tokenizer: Tokenizer,
-    device: Device,
+    pad_id: u32,
     dim: usize,
     dir: PathBuf,
 }
@@ -118,10 +146,22 @@ impl QwenEmbedder {
         if !tok_path.exists() {
             return Err(TextError::Model { path: tok_path, reason: "tokenizer.json is missing".into() });
         }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| TextError::Model {
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| TextError::Model {
             path: tok_path.clone(),
             reason: format!("unreadable tokenizer: {e}"),
         })?;
+        // The official call: `truncation=True, max_length=8192` (right side, longest first).
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| TextError::Model { path: tok_path.clone(), reason: format!("truncation: {e}") })?;
+        // The official pad token; any id would do, padded positions are masked.
+        let pad_id = tokenizer
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
+            .unwrap_or(0);
+        // Padding is ours (per batch, on the left); a file's own padding must not apply.
+        tokenizer.with_padding(None);
         let files = weight_files(dir)?;
         // SAFETY: the weight files are mapped read-only and must not be modified while the model
         // is loading; every tensor is copied (converted) out of the mapping.
@@ -137,14 +177,8 @@ impl QwenEmbedder {
                 reason: "no embed_tokens.weight (with or without a model. prefix) in the weights".into(),
             });
         };
-        let model = qwen3::Model::new(&config, vb)?;
-        Ok(QwenEmbedder {
-            model,
-            tokenizer,
-            device: device.clone(),
-            dim: config.hidden_size,
-            dir: dir.to_path_buf(),
-        })
+        let model = Backbone::new(&config, vb.pp("model"))?;
+        Ok(QwenEmbedder { model, tokenizer, pad_id, dim: config.hidden_size, dir: dir.to_path_buf() })
     }
 
     /// Vector width (the model's hidden size).
@@ -163,20 +197,115 @@ impl QwenEmbedder {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Embed prompts, one vector (f32, width [`QwenEmbedder::dim`]) per prompt, in order.
+    /// Embed prompts, one vector (f32, width [`QwenEmbedder::dim`]) per prompt, in order, in
+    /// left-padded batches ([`EmbedMode::Batched`]).
     pub fn embed(&self, prompts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        prompts
+        self.embed_with(prompts, EmbedMode::Batched)
+    }
+
+    /// [`QwenEmbedder::embed`] with a choice of how the backbone runs.
+    pub fn embed_with(&self, prompts: &[&str], mode: EmbedMode) -> Result<Vec<Vec<f32>>> {
+        let ids = prompts
             .iter()
             .map(|p| {
                 let ids = self.token_ids(p)?;
                 if ids.is_empty() {
                     return Err(TextError::Tokenize { prompt: p.to_string(), reason: "no tokens".into() });
                 }
-                let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-                let mut model = self.model.clone();
-                let hidden = model.forward(&input, 0)?;
-                Ok(hidden.i((0, ids.len() - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+                Ok(ids)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_token_ids(&ids, mode)
+    }
+
+    /// Embed token sequences as they are (no instruction, no tokenizer): the last-token vector
+    /// of each, in order.
+    pub fn embed_token_ids(&self, ids: &[Vec<u32>], mode: EmbedMode) -> Result<Vec<Vec<f32>>> {
+        if let Some(i) = ids.iter().position(Vec::is_empty) {
+            return Err(TextError::Tokenize {
+                prompt: format!("token sequence #{i}"),
+                reason: "no tokens".into(),
+            });
+        }
+        match mode {
+            EmbedMode::OnePerPrompt => {
+                ids.iter().map(|row| self.run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
+            }
+            EmbedMode::Batched => {
+                // Distinct sequences, shortest first (stable: ties keep the input order).
+                let mut slot_of: HashMap<&[u32], usize> = HashMap::new();
+                let mut distinct: Vec<&[u32]> = Vec::new();
+                let slots: Vec<usize> = ids
+                    .iter()
+                    .map(|row| {
+                        *slot_of.entry(row.as_slice()).or_insert_with(|| {
+                            distinct.push(row.as_slice());
+                            distinct.len() - 1
+                        })
+                    })
+                    .collect();
+                let mut order: Vec<usize> = (0..distinct.len()).collect();
+                order.sort_by_key(|&i| distinct[i].len());
+                let lens: Vec<usize> = order.iter().map(|&i| distinct[i].len()).collect();
+                let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); distinct.len()];
+                for range in batches(&lens, |rows, len| self.model.score_elements(rows, len)) {
+                    let chunk = &order[range];
+                    let rows: Vec<&[u32]> = chunk.iter().map(|&i| distinct[i]).collect();
+                    for (&i, v) in chunk.iter().zip(self.run(&rows)?) {
+                        vectors[i] = v;
+                    }
+                }
+                Ok(slots.into_iter().map(|s| vectors[s].clone()).collect())
+            }
+        }
+    }
+
+    /// One padded batch through the backbone: a vector per row.
+    fn run(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.model.last_token_states(rows, self.pad_id)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Split ascending sequence lengths into consecutive batches of at most [`MAX_BATCH`] whose
+/// attention scores (`score_elements(rows, padded length)`) stay within [`SCORE_BUDGET`]; a
+/// batch holds at least one sequence.
+fn batches(
+    ascending_lens: &[usize],
+    score_elements: impl Fn(usize, usize) -> usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ascending_lens.len() {
+        // Lengths ascend, so the newest row sets the padded length.
+        let mut end = start + 1;
+        while end < ascending_lens.len()
+            && end - start < MAX_BATCH
+            && score_elements(end + 1 - start, ascending_lens[end]) <= SCORE_BUDGET
+        {
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_32_and_respect_the_score_budget() {
+        let scores = |rows: usize, len: usize| rows * 32 * len * len;
+        assert!(batches(&[], scores).is_empty());
+        let lens = vec![30; 70];
+        assert_eq!(batches(&lens, scores), vec![0..32, 32..64, 64..70]);
+        // 32 heads: 32 rows of 362 tokens fit in 2^27 score elements; of 363 tokens, 31 do.
+        let lens = [vec![100; 20], vec![363; 20]].concat();
+        let got = batches(&lens, scores);
+        assert_eq!(got, vec![0..31, 31..40]);
+        assert!(got.iter().all(|r| scores(r.len(), lens[r.end - 1]) <= SCORE_BUDGET));
+        // A sequence too long for the budget still gets a batch of its own.
+        assert_eq!(batches(&[10, 9000, 9000], scores), vec![0..1, 1..2, 2..3]);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use serde::Deserialize;
-use voxtell_text::{EmbeddingBank, QwenEmbedder, TextError};
+use voxtell_text::{EmbedMode, EmbeddingBank, QwenEmbedder, TextError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text")
@@ -31,9 +31,15 @@ fn expected() -> Expected {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
 }
 
-fn reference_vectors() -> Vec<Vec<f32>> {
+/// The official vectors: `embeddings` (one left-padded batch) or `embeddings_single` (one
+/// unpadded call per prompt).
+fn official(name: &str) -> Vec<Vec<f32>> {
     let t = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
-    t["embeddings"].to_vec2().unwrap()
+    t[name].to_vec2().unwrap()
+}
+
+fn reference_vectors() -> Vec<Vec<f32>> {
+    official("embeddings")
 }
 
 /// The tiny model folder with its tokenizer unzipped, in a temporary directory.
@@ -76,6 +82,152 @@ fn token_ids_and_vectors_match_the_official_path() {
     let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
     let ours = enc.embed(&prompts).unwrap();
     check_vectors(&ours, &reference_vectors(), "f32");
+    let batched = enc.embed_with(&prompts, EmbedMode::Batched).unwrap();
+    assert_eq!(batched, ours, "embed is the batched mode");
+}
+
+#[test]
+fn one_per_prompt_matches_the_official_vectors_too() {
+    let dir = model_dir();
+    let enc = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let exp = expected();
+    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let ours = enc.embed_with(&prompts, EmbedMode::OnePerPrompt).unwrap();
+    check_vectors(&ours, &official("embeddings_single"), "one per prompt vs official single");
+    check_vectors(&ours, &official("embeddings"), "one per prompt vs official batch");
+    check_vectors(
+        &enc.embed(&prompts).unwrap(),
+        &official("embeddings_single"),
+        "batched vs official single",
+    );
+}
+
+/// Our Qwen3 forward against candle-transformers' (an independent implementation), one prompt
+/// at a time.
+#[test]
+fn own_forward_matches_candle_transformers_qwen3() {
+    use candle_core::IndexOp;
+    let dir = model_dir();
+    let enc = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let cfg = voxtell_text::qwen::read_config(dir.path()).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
+    let model = candle_transformers::models::qwen3::Model::new(&cfg, vb).unwrap();
+    let exp = expected();
+    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let theirs: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            let ids = enc.token_ids(p).unwrap();
+            let input = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let hidden = model.clone().forward(&input, 0).unwrap();
+            hidden.i((0, ids.len() - 1)).unwrap().to_vec1::<f32>().unwrap()
+        })
+        .collect();
+    for mode in [EmbedMode::OnePerPrompt, EmbedMode::Batched] {
+        check_close(
+            &enc.embed_with(&prompts, mode).unwrap(),
+            &theirs,
+            1e-5,
+            &format!("{mode:?} vs candle-transformers"),
+        );
+    }
+}
+
+/// Every vector within `rel`·max|reference| of its reference.
+fn check_close(ours: &[Vec<f32>], reference: &[Vec<f32>], rel: f32, what: &str) {
+    assert_eq!(ours.len(), reference.len(), "{what}");
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "{what} #{i}");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= rel * scale, "{what} #{i}: max |diff| {diff:e} vs max |ref| {scale:e}");
+    }
+}
+
+/// Token sequences of 1 to 200 tokens in a shuffled order, 41 in all (two batches of up to 32),
+/// with duplicates inside a batch and across batches.
+fn mixed_sequences() -> Vec<Vec<u32>> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as u32
+    };
+    let lens = [
+        1, 150, 2, 37, 200, 1, 5, 120, 24, 3, 64, 9, 101, 17, 1, 48, 33, 7, 180, 26, 11, 90, 2, 55, 131, 6,
+        40, 28, 8, 75, 19, 160, 4, 30, 12, 111,
+    ];
+    let mut rows: Vec<Vec<u32>> = lens
+        .iter()
+        .map(|&n| {
+            // Real sequences end with <|endoftext|>; single tokens are random ones.
+            let mut row: Vec<u32> = (0..n).map(|_| next() % 151_643).collect();
+            if n > 1 {
+                row[n - 1] = 151_643;
+            }
+            row
+        })
+        .collect();
+    // Duplicates: of a 1-token, a long and a mid-length row, placed far from their originals.
+    for (at, of) in [(3, 5), (20, 1), (36, 24), (38, 4), (40, 0)] {
+        let dup = rows[of].clone();
+        rows.insert(at.min(rows.len()), dup);
+    }
+    rows
+}
+
+#[test]
+fn batched_equals_one_per_prompt_across_lengths_batches_and_duplicates() {
+    let dir = model_dir();
+    let enc = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let rows = mixed_sequences();
+    assert!(rows.len() > 32 && rows.iter().any(|r| r.len() == 1) && rows.iter().any(|r| r.len() >= 100));
+    let duplicates = rows.iter().enumerate().filter(|(i, r)| rows[..*i].contains(r)).count();
+    assert_eq!(duplicates, 5);
+    let one = enc.embed_token_ids(&rows, EmbedMode::OnePerPrompt).unwrap();
+    let batched = enc.embed_token_ids(&rows, EmbedMode::Batched).unwrap();
+    check_close(&batched, &one, 1e-5, "batched token ids vs one per prompt");
+    // The input order: distinct sequences have distinct vectors, duplicates equal ones.
+    for i in 0..rows.len() {
+        for j in 0..rows.len() {
+            let same = batched[i] == batched[j];
+            assert_eq!(same, rows[i] == rows[j], "rows {i} and {j}");
+        }
+    }
+
+    // Prompts through the tokenizer: the fixture's (short and 115 tokens), one repeated, 33+
+    // in all, in an order unlike their lengths.
+    let exp = expected();
+    let mut prompts: Vec<String> = exp.items.iter().map(|i| i.prompt.clone()).collect();
+    prompts.extend((0..22).map(|i| format!("lesion number {i} {}", "in the liver ".repeat(i % 9))));
+    prompts.insert(7, prompts[5].clone());
+    prompts.push(prompts[0].clone());
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    assert!(prompts.len() >= 33);
+    let one = enc.embed_with(&prompts, EmbedMode::OnePerPrompt).unwrap();
+    let batched = enc.embed(&prompts).unwrap();
+    check_close(&batched, &one, 1e-5, "batched prompts vs one per prompt");
+    assert_eq!(batched[7], batched[5]);
+    assert_eq!(batched[prompts.len() - 1], batched[0]);
+    let reference = reference_vectors();
+    check_vectors(&batched[..7], &reference[..7], "prompts 0..7 in a larger call");
+    check_vectors(&batched[8..11], &reference[7..], "prompts 7.. in a larger call");
+}
+
+#[test]
+fn long_prompts_are_truncated_to_8192_tokens_and_empty_sequences_rejected() {
+    let dir = model_dir();
+    let enc = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let ids = enc.token_ids(&"liver ".repeat(10_000)).unwrap();
+    assert_eq!(ids.len(), voxtell_text::qwen::MAX_TOKENS);
+    assert_eq!(*ids.last().unwrap(), 151_643, "the appended <|endoftext|> survives truncation");
+    let err = enc.embed_token_ids(&[vec![1, 2], vec![]], EmbedMode::Batched).unwrap_err();
+    assert!(err.to_string().contains("#1"), "{err}");
+    assert!(enc.embed_token_ids(&[], EmbedMode::Batched).unwrap().is_empty());
 }
 
 #[test]
@@ -168,4 +320,28 @@ fn broken_model_folders_are_clear_errors() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let err = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
+}
+
+/// Half precision (the official GPU path runs bf16): padded batches stay finite and close to the
+/// f32 reference.
+#[test]
+fn half_precision_batches_stay_close() {
+    let dir = model_dir();
+    let exp = expected();
+    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        dot / (a.iter().map(|v| v * v).sum::<f32>().sqrt() * b.iter().map(|v| v * v).sum::<f32>().sqrt())
+    };
+    for (dtype, min_cos) in [(DType::BF16, 0.999), (DType::F16, 0.9999)] {
+        let enc = QwenEmbedder::load(dir.path(), dtype, &Device::Cpu).unwrap();
+        for mode in [EmbedMode::Batched, EmbedMode::OnePerPrompt] {
+            let ours = enc.embed_with(&prompts, mode).unwrap();
+            for (i, (a, r)) in ours.iter().zip(reference_vectors()).enumerate() {
+                assert!(a.iter().all(|v| v.is_finite()), "{dtype:?} {mode:?} #{i}");
+                let c = cosine(a, &r);
+                assert!(c >= min_cos, "{dtype:?} {mode:?} #{i}: cosine {c}");
+            }
+        }
+    }
 }
