@@ -336,12 +336,19 @@ fn hub_file(file: &str) -> Option<PathBuf> {
     if let Some(p) = cache.model(MODEL_REPO.to_string()).get(file) {
         return Some(p);
     }
-    #[cfg(feature = "download")]
-    {
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true).build().ok()?;
-        return api.model(MODEL_REPO.to_string()).get(file).ok();
-    }
-    #[cfg(not(feature = "download"))]
+    download(cache, file)
+}
+
+/// Fetch a file of the VoxTell repository into the cache (`download` feature).
+#[cfg(feature = "download")]
+fn download(cache: hf_hub::Cache, file: &str) -> Option<PathBuf> {
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true).build().ok()?;
+    api.model(MODEL_REPO.to_string()).get(file).ok()
+}
+
+/// Without the `download` feature nothing is fetched.
+#[cfg(not(feature = "download"))]
+fn download(_cache: hf_hub::Cache, _file: &str) -> Option<PathBuf> {
     None
 }
 
