@@ -51,7 +51,8 @@ enum Command {
         /// Add to the bank at --output instead of refusing to replace it.
         #[arg(long)]
         append: bool,
-        /// Qwen3-Embedding folder (else $VOXTELL_TEXT_MODEL, else the Hugging Face cache).
+        /// Text-model folder: Qwen3-Embedding or a BERT sentence encoder such as all-MiniLM-L6-v2
+        /// (else $VOXTELL_TEXT_MODEL, else Qwen3-Embedding-4B in the Hugging Face cache).
         #[arg(long)]
         text_model: Option<PathBuf>,
         /// Precision of the text model: f32 (default on CPU) or bf16 (half the memory).

@@ -62,7 +62,8 @@ pub struct PredictArgs {
     /// Print the prompts of the embedding bank and exit.
     #[arg(long)]
     pub list_embeddings: bool,
-    /// Qwen3-Embedding folder for prompts missing from the bank (else $VOXTELL_TEXT_MODEL, else
+    /// Text-model folder for prompts missing from the bank: Qwen3-Embedding, or the BERT sentence
+    /// encoder the model's voxtell.json names (else $VOXTELL_TEXT_MODEL, else
     /// Qwen/Qwen3-Embedding-4B in the Hugging Face cache).
     #[arg(long, value_name = "DIR")]
     pub text_model: Option<PathBuf>,
@@ -216,9 +217,28 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
         "f16" => DType::F16,
         _ => DType::F32,
     };
-    let text_model = resolve_text_model(args.text_model.as_deref());
-    let source = PromptVectors::new(bank, text_model, text_dtype, &device);
+    let mut text_model = resolve_text_model(args.text_model.as_deref());
     let model_dir = resolve_model(args.model.as_deref())?;
+    // A model folder that names its text encoder (voxtell.json) refuses another kind: an error
+    // for a folder the user named, silently unused when it only came from the default lookup.
+    if let (Some(dir), Some(meta)) = (text_model.clone(), voxtell::fusion::ModelMeta::from_dir(&model_dir)?)
+        && dir.join("config.json").is_file()
+    {
+        let t = &meta.text_encoder;
+        let check = voxtell::text::EncoderSpec::of_folder(&dir)
+            .and_then(|spec| spec.matches(&t.id, t.dim, &t.pooling, t.normalize, t.instruction.as_deref()));
+        let explicit = args.text_model.is_some()
+            || std::env::var_os("VOXTELL_TEXT_MODEL").is_some_and(|v| !v.is_empty());
+        match check {
+            Err(e) if explicit => return Err(e.into()),
+            Err(e) => {
+                log.verbose(format!("not using the cached text model {}: {e}", dir.display()));
+                text_model = None;
+            }
+            Ok(()) => {}
+        }
+    }
+    let source = PromptVectors::new(bank, text_model, text_dtype, &device);
     log.verbose(format!("model: {}", model_dir.display()));
     let options = PredictOptions {
         step_size: args.step_size,

@@ -9,6 +9,7 @@
 //! [`Accumulate::F32`] the accumulators are f32 (twice the memory, no half-precision rounding).
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use ndarray::{Array3, ArrayView3, s};
 use rayon::prelude::*;
 
@@ -233,19 +234,28 @@ fn add_tile(
     let px = patch[2];
     match acc {
         Accumulators::F16 { logits, weights } => {
+            // Rows go through an f32 buffer with half's slice conversions (F16C where the CPU
+            // has it): the same round-to-nearest-even as the scalar conversion, vectorised.
             logits.par_iter_mut().zip(pred.par_chunks(tile_len)).for_each(|(a, p)| {
+                let mut row = vec![0f32; px];
                 for (v, t) in rows() {
                     let (a, p, g) = (&mut a[v..v + px], &p[t..t + px], &g[t..t + px]);
+                    a.convert_to_f32_slice(&mut row);
                     for x in 0..px {
                         let weighted = p[x] * g[x];
-                        a[x] = f16::from_f32(a[x].to_f32() + weighted);
+                        row[x] += weighted;
                     }
+                    a.convert_from_f32_slice(&row);
                 }
             });
+            let mut row = vec![0f32; px];
             for (v, t) in rows() {
-                for (w, g) in weights[v..v + px].iter_mut().zip(&g[t..t + px]) {
-                    *w = f16::from_f32(w.to_f32() + g);
+                let w = &mut weights[v..v + px];
+                w.convert_to_f32_slice(&mut row);
+                for (r, g) in row.iter_mut().zip(&g[t..t + px]) {
+                    *r += g;
                 }
+                w.convert_from_f32_slice(&row);
             }
         }
         Accumulators::F32 { logits, weights } => {
@@ -266,6 +276,9 @@ fn add_tile(
     }
 }
 
+/// Elements converted at once when dividing.
+const CHUNK: usize = 4096;
+
 /// Divide by the weights (in place, prompts in parallel).
 fn finish(acc: Accumulators, shape: [usize; 3]) -> Result<Vec<Logits>> {
     fn wrap<T>(v: Vec<T>, shape: [usize; 3]) -> Result<Array3<T>> {
@@ -275,8 +288,15 @@ fn finish(acc: Accumulators, shape: [usize; 3]) -> Result<Vec<Logits>> {
         Accumulators::F16 { logits, weights } => logits
             .into_par_iter()
             .map(|mut a| {
-                for (a, w) in a.iter_mut().zip(&weights) {
-                    *a = f16::from_f32(a.to_f32() / w.to_f32());
+                let (mut num, mut den) = (vec![0f32; CHUNK], vec![0f32; CHUNK]);
+                for (a, w) in a.chunks_mut(CHUNK).zip(weights.chunks(CHUNK)) {
+                    let n = a.len();
+                    a.convert_to_f32_slice(&mut num[..n]);
+                    w.convert_to_f32_slice(&mut den[..n]);
+                    for (x, d) in num[..n].iter_mut().zip(&den[..n]) {
+                        *x /= d;
+                    }
+                    a.convert_from_f32_slice(&num[..n]);
                 }
                 wrap(a, shape).map(Logits::F16)
             })

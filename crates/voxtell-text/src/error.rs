@@ -17,6 +17,20 @@ pub enum TextError {
         /// What is wrong.
         reason: String,
     },
+    /// A text model computes other vectors than a segmentation model (or bank) expects.
+    #[error(
+        "{path}: the text model is {found}, but the prompt vectors must come from {expected} (differs in: {differs})"
+    )]
+    Mismatch {
+        /// The text-model folder.
+        path: PathBuf,
+        /// What the folder computes.
+        found: String,
+        /// What was expected.
+        expected: String,
+        /// The fields that differ.
+        differs: String,
+    },
     /// The tokenizer failed on a prompt.
     #[error("tokenizing {prompt:?}: {reason}")]
     Tokenize {

@@ -19,6 +19,7 @@ use candle_transformers::models::qwen3;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::backbone::Backbone;
+use crate::encoder::EncoderSpec;
 use crate::error::{Result, TextError};
 use crate::prompt::{INSTRUCTION, normalize, wrap};
 
@@ -50,13 +51,12 @@ pub struct QwenEmbedder {
     model: Backbone,
     tokenizer: Tokenizer,
     pad_id: u32,
-    dim: usize,
-    dir: PathBuf,
+    spec: EncoderSpec,
 }
 
 impl std::fmt::Debug for QwenEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QwenEmbedder").field("dir", &self.dir).field("dim", &self.dim).finish()
+        f.debug_struct("QwenEmbedder").field("spec", &self.spec).finish()
     }
 }
 
@@ -106,17 +106,25 @@ pub fn read_config(dir: &Path) -> Result<qwen3::Config> {
 }
 
 /// The weight files of a model folder: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json` (every one must exist).
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// `model.safetensors.index.json` (every one must exist); `pytorch_model.bin` alone is refused
+/// with a hint.
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
     let err = |reason: String| TextError::Model { path: index.clone(), reason };
-    let text = std::fs::read_to_string(&index).map_err(|_| TextError::Model {
-        path: dir.to_path_buf(),
-        reason: "no model.safetensors and no model.safetensors.index.json".into(),
+    let text = std::fs::read_to_string(&index).map_err(|_| {
+        let pickle = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
+        TextError::Model {
+            path: dir.to_path_buf(),
+            reason: if pickle {
+                "only PyTorch pickle weights (pytorch_model.bin), which are not read: convert them to model.safetensors (transformers: AutoModel.from_pretrained(dir).save_pretrained(dir))".into()
+            } else {
+                "no model.safetensors and no model.safetensors.index.json".into()
+            },
+        }
     })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
@@ -178,12 +186,18 @@ impl QwenEmbedder {
             });
         };
         let model = Backbone::new(&config, vb.pp("model"))?;
-        Ok(QwenEmbedder { model, tokenizer, pad_id, dim: config.hidden_size, dir: dir.to_path_buf() })
+        let spec = EncoderSpec::qwen(dir, &config);
+        Ok(QwenEmbedder { model, tokenizer, pad_id, spec })
+    }
+
+    /// What the encoder computes (the VoxTell recipe).
+    pub fn spec(&self) -> &EncoderSpec {
+        &self.spec
     }
 
     /// Vector width (the model's hidden size).
     pub fn dim(&self) -> usize {
-        self.dim
+        self.spec.dim
     }
 
     /// Token ids of a prompt after the official processing (lowercase, instruction, the
@@ -232,30 +246,7 @@ impl QwenEmbedder {
                 ids.iter().map(|row| self.run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
             }
             EmbedMode::Batched => {
-                // Distinct sequences, shortest first (stable: ties keep the input order).
-                let mut slot_of: HashMap<&[u32], usize> = HashMap::new();
-                let mut distinct: Vec<&[u32]> = Vec::new();
-                let slots: Vec<usize> = ids
-                    .iter()
-                    .map(|row| {
-                        *slot_of.entry(row.as_slice()).or_insert_with(|| {
-                            distinct.push(row.as_slice());
-                            distinct.len() - 1
-                        })
-                    })
-                    .collect();
-                let mut order: Vec<usize> = (0..distinct.len()).collect();
-                order.sort_by_key(|&i| distinct[i].len());
-                let lens: Vec<usize> = order.iter().map(|&i| distinct[i].len()).collect();
-                let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); distinct.len()];
-                for range in batches(&lens, |rows, len| self.model.score_elements(rows, len)) {
-                    let chunk = &order[range];
-                    let rows: Vec<&[u32]> = chunk.iter().map(|&i| distinct[i]).collect();
-                    for (&i, v) in chunk.iter().zip(self.run(&rows)?) {
-                        vectors[i] = v;
-                    }
-                }
-                Ok(slots.into_iter().map(|s| vectors[s].clone()).collect())
+                run_batched(ids, |rows, len| self.model.score_elements(rows, len), |rows| self.run(rows))
             }
         }
     }
@@ -264,6 +255,39 @@ impl QwenEmbedder {
     fn run(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         Ok(self.model.last_token_states(rows, self.pad_id)?.to_vec2::<f32>()?)
     }
+}
+
+/// Run non-empty token sequences in padded batches: distinct sequences only, shortest first
+/// (stable: ties keep the input order), split by [`batches`]; `run` embeds one batch (a vector
+/// per row, in order). The vectors come back in the input order, duplicates sharing theirs.
+pub(crate) fn run_batched(
+    ids: &[Vec<u32>],
+    score_elements: impl Fn(usize, usize) -> usize,
+    mut run: impl FnMut(&[&[u32]]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut slot_of: HashMap<&[u32], usize> = HashMap::new();
+    let mut distinct: Vec<&[u32]> = Vec::new();
+    let slots: Vec<usize> = ids
+        .iter()
+        .map(|row| {
+            *slot_of.entry(row.as_slice()).or_insert_with(|| {
+                distinct.push(row.as_slice());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..distinct.len()).collect();
+    order.sort_by_key(|&i| distinct[i].len());
+    let lens: Vec<usize> = order.iter().map(|&i| distinct[i].len()).collect();
+    let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); distinct.len()];
+    for range in batches(&lens, score_elements) {
+        let chunk = &order[range];
+        let rows: Vec<&[u32]> = chunk.iter().map(|&i| distinct[i]).collect();
+        for (&i, v) in chunk.iter().zip(run(&rows)?) {
+            vectors[i] = v;
+        }
+    }
+    Ok(slots.into_iter().map(|s| vectors[s].clone()).collect())
 }
 
 /// Split ascending sequence lengths into consecutive batches of at most [`MAX_BATCH`] whose

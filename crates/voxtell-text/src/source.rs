@@ -1,14 +1,15 @@
-//! Where prompt vectors come from: an embedding bank first, the text encoder only for prompts
-//! the bank lacks (loaded once, dropped as soon as they are embedded); new vectors are cached in
-//! the bank as f16 for the rest of the run, as the official predictor does.
+//! Where prompt vectors come from: an embedding bank first, the text encoder (either kind, see
+//! [`crate::encoder`]) only for prompts the bank lacks (loaded once, dropped as soon as they are
+//! embedded); new vectors are cached in the bank as f16 for the rest of the run, as the official
+//! predictor does.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
 use crate::bank::EmbeddingBank;
+use crate::encoder::{EncoderKind, EncoderSpec, TextEncoder};
 use crate::error::{Result, TextError};
-use crate::qwen::QwenEmbedder;
 
 /// The Hugging Face model id of VoxTell v1.1's text encoder.
 pub const DEFAULT_TEXT_MODEL: &str = "Qwen/Qwen3-Embedding-4B";
@@ -64,6 +65,11 @@ impl PromptVectors {
         PromptVectors { bank, model_dir, dtype, device: device.clone() }
     }
 
+    /// The text-model folder, if any (describe it with [`EncoderSpec::of_folder`]).
+    pub fn model_dir(&self) -> Option<&Path> {
+        self.model_dir.as_deref()
+    }
+
     /// The bank, including vectors embedded so far.
     pub fn bank(&self) -> &EmbeddingBank {
         &self.bank
@@ -86,7 +92,22 @@ impl PromptVectors {
                     ),
                 });
             };
-            let need = weights_bytes(&dir, self.dtype);
+            // The folder's kind and recipe first (configuration files only): clear errors
+            // before any weight is read.
+            let spec = EncoderSpec::of_folder(&dir)?;
+            if self.bank.dim() != 0 && !self.bank.is_empty() && spec.dim != self.bank.dim() {
+                return Err(TextError::Model {
+                    path: dir,
+                    reason: format!(
+                        "{spec} embeds {}-wide vectors but the bank holds {}-wide ones (a bank of another encoder)",
+                        spec.dim,
+                        self.bank.dim()
+                    ),
+                });
+            }
+            // A BERT encoder runs in f32 whatever was asked (see `BertEmbedder::load`).
+            let dtype = if spec.kind == EncoderKind::Bert { DType::F32 } else { self.dtype };
+            let need = weights_bytes(&spec.weights_dir, dtype);
             if self.device.is_cpu()
                 && let Some(avail) = available_memory()
                 && need > avail
@@ -102,17 +123,7 @@ impl PromptVectors {
                 });
             }
             // Loaded only now, dropped at the end of this block.
-            let encoder = QwenEmbedder::load(&dir, self.dtype, &self.device)?;
-            if self.bank.dim() != 0 && !self.bank.is_empty() && encoder.dim() != self.bank.dim() {
-                return Err(TextError::Model {
-                    path: dir,
-                    reason: format!(
-                        "embeds {}-wide vectors but the bank holds {}-wide ones",
-                        encoder.dim(),
-                        self.bank.dim()
-                    ),
-                });
-            }
+            let encoder = TextEncoder::load(&dir, self.dtype, &self.device)?;
             for (p, v) in missing.iter().zip(encoder.embed(&missing)?) {
                 self.bank.insert(p, &v)?;
             }
