@@ -17,6 +17,7 @@ pub mod augment;
 pub mod cache;
 pub mod data;
 pub mod loader;
+pub mod phantom;
 pub mod rng;
 pub mod sampler;
 

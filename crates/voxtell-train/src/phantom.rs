@@ -1,0 +1,556 @@
+//! Deterministic torso-CT phantoms with organ masks, for training and evaluating text-prompted
+//! segmentation without patient data.
+//!
+//! [`generate_case`] draws one phantom from `(seed, index)` alone: a torso (skin, subcutaneous
+//! fat, muscle wall, ribs, bowel, stomach, pelvis, heart) with the labelled structures of
+//! [`LABELS`] placed anatomically — liver on the patient's right, spleen on the left, kidneys
+//! either side of the spine (the right one lower), vertebrae on the posterior midline, the aorta
+//! anterior-left of the spine, lungs above the diaphragm, the urinary bladder low and anterior,
+//! hypodense lesions inside the liver (and sometimes a cyst inside a kidney, labelled as part of
+//! that kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations),
+//! intensities (HU, ±15 per tissue), noise (σ 10–25 HU, slightly correlated in-plane), partial
+//! volume blur, voxel spacing and, for about a third of the cases, a non-RAS storage order all
+//! vary per case. [`write_dataset`] writes a dataset in the nnU-Net raw layout that
+//! [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt vocabulary, and
+//! [`paraphrases`] held-out prompts for evaluation.
+//!
+//! # Coordinates
+//!
+//! World coordinates are NIfTI / nibabel **RAS+** millimetres: x grows toward the patient's
+//! **Right**, y toward Anterior, z toward Superior (DICOM's LPS+ has the opposite x and y). The
+//! patient's right side (the liver) therefore has the larger x, and in the `(S, A, R)` array that
+//! `voxtell_io::read(path)?.to_ras()?` gives, array axis 2 grows toward the patient's right. A
+//! radiological display (such as `voxtell_infer::preview`) shows the patient's right on the
+//! image's left.
+//!
+//! # Determinism
+//!
+//! Every case draws from its own random streams `Rng::stream(seed, &[index, part])`, one per part
+//! — geometry, intensities, lesions, grid, noise and storage orientation — (so
+//! that, for instance, `include_lesions = false` or `non_ras_fraction = 0` leave the rest of a
+//! case unchanged). Results are identical from run to run and do not depend on the number of
+//! threads; as the geometry uses the platform's `sin`, `exp` and `powf`, bit-identity across
+//! platforms or toolchains is not promised (a boundary voxel could differ). Held-out phantoms
+//! are regenerated from their seed rather than stored.
+
+mod anatomy;
+mod geometry;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Axis};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use voxtell_io::orientation::{io_orientation, matmul};
+use voxtell_io::{Affine, WriteOptions, write_nifti};
+
+use crate::error::{Result, TrainError};
+use crate::rng::Rng;
+use anatomy::{AIR_HU, Anatomy};
+use geometry::{Canvas, Grid, convolve_axis, gaussian_kernel};
+
+/// Label value of the background.
+pub const BACKGROUND: u8 = 0;
+/// Label value of the liver parenchyma (lesions excluded: they have [`LIVER_LESION`]).
+pub const LIVER: u8 = 1;
+/// Label value of the spleen.
+pub const SPLEEN: u8 = 2;
+/// Label value of the left kidney (the patient's left: negative RAS x). Kidney cysts are part
+/// of their kidney's label.
+pub const KIDNEY_LEFT: u8 = 3;
+/// Label value of the right kidney (the patient's right: positive RAS x).
+pub const KIDNEY_RIGHT: u8 = 4;
+/// Label value of the vertebrae (bodies and posterior elements; discs and the sacrum are not
+/// labelled).
+pub const VERTEBRAE: u8 = 5;
+/// Label value of the aorta (down to its bifurcation).
+pub const AORTA: u8 = 6;
+/// Label value of the urinary bladder (wall included).
+pub const URINARY_BLADDER: u8 = 7;
+/// Label value of the left lung.
+pub const LUNG_LEFT: u8 = 8;
+/// Label value of the right lung.
+pub const LUNG_RIGHT: u8 = 9;
+/// Label value of liver lesions.
+pub const LIVER_LESION: u8 = 10;
+
+/// The labels of `dataset.json`, background first.
+pub const LABELS: [(&str, u8); 11] = [
+    ("background", BACKGROUND),
+    ("liver", LIVER),
+    ("spleen", SPLEEN),
+    ("kidney_left", KIDNEY_LEFT),
+    ("kidney_right", KIDNEY_RIGHT),
+    ("vertebrae", VERTEBRAE),
+    ("aorta", AORTA),
+    ("urinary_bladder", URINARY_BLADDER),
+    ("lung_left", LUNG_LEFT),
+    ("lung_right", LUNG_RIGHT),
+    ("liver_lesion", LIVER_LESION),
+];
+
+/// The range images are clamped to (a 12-bit CT range, in HU).
+pub const HU_RANGE: (f32, f32) = (-1024.0, 3071.0);
+
+/// Version of the generator, stored in `dataset.json`: phantoms of equal seed and options are
+/// identical within one version.
+pub const GENERATOR_VERSION: u32 = 1;
+
+/// What to generate. Every range is `[low, high]`, sampled uniformly per case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhantomOptions {
+    /// Number of cases [`write_dataset`] writes (indices `0..cases`).
+    pub cases: usize,
+    /// The seed; case `i` depends only on `(seed, i)` and the other options.
+    pub seed: u64,
+    /// In-plane (x, y) voxel spacing range, mm.
+    pub inplane_spacing_mm: [f64; 2],
+    /// Slice (z) spacing range, mm.
+    pub slice_spacing_mm: [f64; 2],
+    /// Upper bound on voxels per case: larger grids get a proportionally coarser spacing.
+    pub max_voxels: usize,
+    /// Overall anatomy size factor (1: a compact adult torso about 240 × 170 mm).
+    pub scale: f64,
+    /// Relative organ size variation (0.2: ±20 %).
+    pub size_jitter: f64,
+    /// Organ position variation, ± mm.
+    pub position_jitter_mm: f64,
+    /// Per-tissue intensity variation, ± HU.
+    pub intensity_jitter_hu: f64,
+    /// Standard deviation range of the image noise, HU.
+    pub noise_sd_hu: [f64; 2],
+    /// Partial-volume blur: standard deviation of a Gaussian in voxels along each axis (0: none).
+    pub blur_voxels: f64,
+    /// Whether to place lesions at all.
+    pub include_lesions: bool,
+    /// Fraction of cases with liver lesions (when `include_lesions`).
+    pub lesion_case_fraction: f64,
+    /// Most liver lesions per case (1 to this many are placed in a case that has lesions).
+    pub max_liver_lesions: usize,
+    /// Fraction of cases with a cyst in one kidney (when `include_lesions`).
+    pub kidney_cyst_fraction: f64,
+    /// Fraction of cases stored in a non-RAS voxel order (a random axis permutation and flips
+    /// with the matching affine).
+    pub non_ras_fraction: f64,
+}
+
+impl Default for PhantomOptions {
+    fn default() -> Self {
+        PhantomOptions {
+            cases: 20,
+            seed: 0,
+            inplane_spacing_mm: [2.2, 3.2],
+            slice_spacing_mm: [2.5, 4.0],
+            max_voxels: 1_000_000,
+            scale: 1.0,
+            size_jitter: 0.2,
+            position_jitter_mm: 12.0,
+            intensity_jitter_hu: 15.0,
+            noise_sd_hu: [10.0, 25.0],
+            blur_voxels: 0.5,
+            include_lesions: true,
+            lesion_case_fraction: 0.8,
+            max_liver_lesions: 3,
+            kidney_cyst_fraction: 0.3,
+            non_ras_fraction: 1.0 / 3.0,
+        }
+    }
+}
+
+impl PhantomOptions {
+    /// Check that the options describe something sensible.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(TrainError::Config(format!("phantom options: {what}")));
+        for (name, r) in
+            [("inplane_spacing_mm", self.inplane_spacing_mm), ("slice_spacing_mm", self.slice_spacing_mm)]
+        {
+            if !(r[0].is_finite() && r[1].is_finite() && r[0] >= 0.3 && r[0] <= r[1] && r[1] <= 20.0) {
+                return bad(format!("{name} {r:?} must be an ordered range within [0.3, 20] mm"));
+            }
+        }
+        let n = self.noise_sd_hu;
+        if !(n[0].is_finite() && n[1].is_finite() && n[0] >= 0.0 && n[0] <= n[1]) {
+            return bad(format!("noise_sd_hu {n:?} must be an ordered range of non-negative values"));
+        }
+        if !(self.scale.is_finite() && (0.25..=4.0).contains(&self.scale)) {
+            return bad(format!("scale {} must be within [0.25, 4]", self.scale));
+        }
+        if !(self.size_jitter.is_finite() && (0.0..=0.5).contains(&self.size_jitter)) {
+            return bad(format!("size_jitter {} must be within [0, 0.5]", self.size_jitter));
+        }
+        for (name, v, hi) in [
+            ("position_jitter_mm", self.position_jitter_mm, 50.0),
+            ("intensity_jitter_hu", self.intensity_jitter_hu, 100.0),
+            ("blur_voxels", self.blur_voxels, 3.0),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                return bad(format!("{name} {v} must be within [0, {hi}]"));
+            }
+        }
+        for (name, v) in [
+            ("lesion_case_fraction", self.lesion_case_fraction),
+            ("kidney_cyst_fraction", self.kidney_cyst_fraction),
+            ("non_ras_fraction", self.non_ras_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} {v} must be within [0, 1]"));
+            }
+        }
+        if self.max_voxels < 4096 {
+            return bad(format!("max_voxels {} is too small (at least 4096)", self.max_voxels));
+        }
+        Ok(())
+    }
+
+    /// The options with every value forced into its valid range (what [`generate_case`] uses).
+    fn sanitized(&self) -> PhantomOptions {
+        let range = |r: [f64; 2], lo: f64, hi: f64| {
+            let a = if r[0].is_finite() { r[0].clamp(lo, hi) } else { lo };
+            let b = if r[1].is_finite() { r[1].clamp(lo, hi) } else { a };
+            [a.min(b), a.max(b)]
+        };
+        let value =
+            |v: f64, lo: f64, hi: f64, default: f64| if v.is_finite() { v.clamp(lo, hi) } else { default };
+        PhantomOptions {
+            inplane_spacing_mm: range(self.inplane_spacing_mm, 0.3, 20.0),
+            slice_spacing_mm: range(self.slice_spacing_mm, 0.3, 20.0),
+            max_voxels: self.max_voxels.max(4096),
+            scale: value(self.scale, 0.25, 4.0, 1.0),
+            size_jitter: value(self.size_jitter, 0.0, 0.5, 0.2),
+            position_jitter_mm: value(self.position_jitter_mm, 0.0, 50.0, 12.0),
+            intensity_jitter_hu: value(self.intensity_jitter_hu, 0.0, 100.0, 15.0),
+            noise_sd_hu: range(self.noise_sd_hu, 0.0, 1000.0),
+            blur_voxels: value(self.blur_voxels, 0.0, 3.0, 0.5),
+            ..self.clone()
+        }
+    }
+}
+
+/// One generated phantom, in its storage voxel order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhantomCase {
+    /// The case index.
+    pub index: usize,
+    /// The CT image in HU (integral values within [`HU_RANGE`]).
+    pub image: Array3<f32>,
+    /// The label map ([`LABELS`]), same grid.
+    pub labels: Array3<u8>,
+    /// Voxel index → RAS+ world mm.
+    pub affine: Affine,
+    /// The storage orientation, e.g. `"RAS"` or `"LPS"` (nibabel's axcodes).
+    pub axcodes: String,
+    /// Number of liver lesions placed.
+    pub liver_lesions: usize,
+    /// Whether a kidney has a cyst.
+    pub kidney_cyst: bool,
+}
+
+impl PhantomCase {
+    /// Voxel spacing along the storage axes, mm.
+    pub fn spacing(&self) -> [f64; 3] {
+        voxtell_io::orientation::spacing(&self.affine)
+    }
+
+    /// The volume of one voxel, ml.
+    pub fn voxel_volume_ml(&self) -> f64 {
+        self.spacing().iter().product::<f64>() / 1000.0
+    }
+
+    /// The volume of a label, ml.
+    pub fn volume_ml(&self, label: u8) -> f64 {
+        self.labels.iter().filter(|&&l| l == label).count() as f64 * self.voxel_volume_ml()
+    }
+
+    /// The centroid of a label in world (RAS+ mm) coordinates, `None` when absent.
+    pub fn centroid_world(&self, label: u8) -> Option<[f64; 3]> {
+        let mut sum = [0f64; 3];
+        let mut n = 0usize;
+        for ((i, j, k), &l) in self.labels.indexed_iter() {
+            if l == label {
+                sum[0] += i as f64;
+                sum[1] += j as f64;
+                sum[2] += k as f64;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| {
+            let v = sum.map(|s| s / n as f64);
+            world(&self.affine, v)
+        })
+    }
+}
+
+/// The world position of (fractional) voxel index `v`.
+pub fn world(affine: &Affine, v: [f64; 3]) -> [f64; 3] {
+    let mut w = [0.0; 3];
+    for (r, out) in w.iter_mut().enumerate() {
+        *out = affine[r][0] * v[0] + affine[r][1] * v[1] + affine[r][2] * v[2] + affine[r][3];
+    }
+    w
+}
+
+/// The identifier of case `index` of dataset `name`: `{name}_{index:03}`.
+pub fn case_id(name: &str, index: usize) -> String {
+    format!("{name}_{index:03}")
+}
+
+/// Sub-streams of a case's random numbers.
+const STREAM_GEOMETRY: u64 = 0;
+const STREAM_INTENSITY: u64 = 1;
+const STREAM_LESIONS: u64 = 2;
+const STREAM_GRID: u64 = 3;
+const STREAM_NOISE: u64 = 4;
+const STREAM_ORIENTATION: u64 = 5;
+
+/// Generate case `index`: a pure function of `options` (everything but `cases`) and `index`.
+/// Out-of-range options are clamped to their valid range (see [`PhantomOptions::validate`]).
+pub fn generate_case(options: &PhantomOptions, index: usize) -> PhantomCase {
+    let o = options.sanitized();
+    let stream = |k: u64| Rng::stream(o.seed, &[index as u64, k]);
+    let anatomy = Anatomy::sample(
+        &mut stream(STREAM_GEOMETRY),
+        &mut stream(STREAM_INTENSITY),
+        &mut stream(STREAM_LESIONS),
+        &o,
+    );
+
+    // The grid: random spacing, the anatomy's field of view, a random table position.
+    let mut grid_rng = stream(STREAM_GRID);
+    let inplane = grid_rng.range(o.inplane_spacing_mm[0], o.inplane_spacing_mm[1]);
+    let mut spacing = [inplane, inplane, grid_rng.range(o.slice_spacing_mm[0], o.slice_spacing_mm[1])];
+    let shift = [grid_rng.range(-25.0, 25.0), grid_rng.range(-25.0, 25.0), grid_rng.range(-300.0, 200.0)];
+    let ranges = [anatomy.x_range, anatomy.y_range, anatomy.z_range];
+    let shape_for = |sp: [f64; 3]| -> [usize; 3] {
+        [0, 1, 2].map(|a| (((ranges[a].1 - ranges[a].0) / sp[a]).round() as usize + 1).clamp(8, 32000))
+    };
+    let mut shape = shape_for(spacing);
+    let voxels = shape.iter().product::<usize>() as f64;
+    if voxels > o.max_voxels as f64 {
+        let f = (voxels / o.max_voxels as f64).cbrt() * 1.0001;
+        spacing = spacing.map(|s| s * f);
+        shape = shape_for(spacing);
+        while shape.iter().product::<usize>() > o.max_voxels {
+            spacing = spacing.map(|s| s * 1.01);
+            shape = shape_for(spacing);
+        }
+    }
+    let origin =
+        [0, 1, 2].map(|a| (ranges[a].0 + ranges[a].1) / 2.0 - (shape[a] - 1) as f64 * spacing[a] / 2.0);
+    let grid = Grid { shape, spacing, origin };
+
+    let mut canvas = Canvas::new(grid, AIR_HU);
+    anatomy.paint(&mut canvas);
+    let Canvas { mut hu, labels, .. } = canvas;
+
+    // Partial volume: a small Gaussian along every axis.
+    let kernel = gaussian_kernel(o.blur_voxels);
+    for axis in 0..3 {
+        convolve_axis(&mut hu, shape, axis, &kernel);
+    }
+
+    // Noise, slightly correlated in-plane like reconstructed CT noise, and a calibration offset.
+    let mut noise_rng = stream(STREAM_NOISE);
+    let sd = noise_rng.range(o.noise_sd_hu[0], o.noise_sd_hu[1]);
+    let offset = noise_rng.range(-5.0, 5.0) as f32;
+    let mut noise: Vec<f32> = (0..hu.len()).map(|_| noise_rng.normal() as f32).collect();
+    let nk = gaussian_kernel(0.6);
+    convolve_axis(&mut noise, shape, 0, &nk);
+    convolve_axis(&mut noise, shape, 1, &nk);
+    let gain = (sd / nk.iter().map(|w| w * w).sum::<f64>()) as f32;
+    for (v, n) in hu.iter_mut().zip(&noise) {
+        *v = (*v + offset + gain * n).round().clamp(HU_RANGE.0, HU_RANGE.1);
+    }
+
+    let image_ras = Array3::from_shape_fn((shape[0], shape[1], shape[2]), |(i, j, k)| hu[grid.flat(i, j, k)]);
+    let labels_ras =
+        Array3::from_shape_fn((shape[0], shape[1], shape[2]), |(i, j, k)| labels[grid.flat(i, j, k)]);
+    let mut affine_ras: Affine = [[0.0; 4]; 4];
+    for a in 0..3 {
+        affine_ras[a][a] = spacing[a];
+        affine_ras[a][3] = origin[a] + shift[a];
+    }
+    affine_ras[3][3] = 1.0;
+
+    // Storage order: RAS, or a random signed axis permutation.
+    let mut orient_rng = stream(STREAM_ORIENTATION);
+    let non_ras = orient_rng.bernoulli(o.non_ras_fraction);
+    let choice = 1 + orient_rng.below(47) as usize;
+    let (perm, flip) = if non_ras { signed_permutation(choice) } else { ([0, 1, 2], [false; 3]) };
+    let image = reorder(&image_ras, perm, flip);
+    let labels = reorder(&labels_ras, perm, flip);
+    let affine = matmul(&affine_ras, &reorder_affine(shape, perm, flip));
+    let axcodes = io_orientation(&affine).map_or_else(|| "???".to_string(), |o| o.axcodes());
+
+    PhantomCase {
+        index,
+        image,
+        labels,
+        affine,
+        axcodes,
+        liver_lesions: anatomy.liver_lesion_count(),
+        kidney_cyst: anatomy.has_kidney_cyst(),
+    }
+}
+
+/// Signed permutation number `n` of 48 (0 is the identity): storage axis `m` holds RAS axis
+/// `perm[m]`, reversed where `flip[perm[m]]`.
+fn signed_permutation(n: usize) -> ([usize; 3], [bool; 3]) {
+    const PERMS: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let perm = PERMS[(n / 8) % 6];
+    let flip = [n & 1 != 0, n & 2 != 0, n & 4 != 0];
+    (perm, flip)
+}
+
+/// The RAS-ordered array `a` in storage order.
+fn reorder<T: Clone>(a: &Array3<T>, perm: [usize; 3], flip: [bool; 3]) -> Array3<T> {
+    let mut v = a.view();
+    for (axis, &f) in flip.iter().enumerate() {
+        if f {
+            v.invert_axis(Axis(axis));
+        }
+    }
+    v.permuted_axes(perm).as_standard_layout().into_owned()
+}
+
+/// The affine taking storage indices to RAS-grid indices, for a RAS grid of `shape`.
+fn reorder_affine(shape: [usize; 3], perm: [usize; 3], flip: [bool; 3]) -> Affine {
+    let mut m: Affine = [[0.0; 4]; 4];
+    m[3][3] = 1.0;
+    for (storage_axis, &r) in perm.iter().enumerate() {
+        if flip[r] {
+            m[r][storage_axis] = -1.0;
+            m[r][3] = (shape[r] - 1) as f64;
+        } else {
+            m[r][storage_axis] = 1.0;
+        }
+    }
+    m
+}
+
+/// The `dataset.json` of a phantom dataset (nnU-Net raw format, plus the generator's settings
+/// under `"phantom"` so that the data can be regenerated).
+pub fn dataset_json(name: &str, options: &PhantomOptions) -> Value {
+    let labels: serde_json::Map<String, Value> =
+        LABELS.iter().map(|&(n, v)| (n.to_string(), json!(v))).collect();
+    json!({
+        "name": name,
+        "description": "Synthetic torso CT phantoms (voxtell-train phantom generator); \
+                        image intensities in HU; RAS+ world coordinates.",
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": options.cases,
+        "file_ending": ".nii.gz",
+        "phantom": {
+            "generator": "voxtell-train phantom",
+            "version": GENERATOR_VERSION,
+            "options": options,
+        },
+    })
+}
+
+/// Write `options.cases` phantoms as the nnU-Net raw dataset `{dir}/{name}`:
+/// `imagesTr/{name}_{i:03}_0000.nii.gz` (int16 HU), `labelsTr/{name}_{i:03}.nii.gz` (uint8) and
+/// `dataset.json` (written last). Cases are generated in parallel; the files do not depend on the
+/// number of threads. The dataset folder must not exist yet. Returns the dataset folder.
+pub fn write_dataset(dir: impl AsRef<Path>, name: &str, options: &PhantomOptions) -> Result<PathBuf> {
+    options.validate()?;
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(TrainError::Config(format!("phantom dataset name {name:?} is not a folder name")));
+    }
+    if options.cases == 0 {
+        return Err(TrainError::Config("phantom options: cases must be at least 1".into()));
+    }
+    let root = dir.as_ref().join(name);
+    if root.exists() {
+        return Err(TrainError::file(&root, "already exists; remove it to regenerate the phantom dataset"));
+    }
+    let images = root.join("imagesTr");
+    let labels = root.join("labelsTr");
+    for d in [&images, &labels] {
+        std::fs::create_dir_all(d).map_err(|e| TrainError::file(d, e))?;
+    }
+    let write = WriteOptions { overwrite: false };
+    (0..options.cases).into_par_iter().try_for_each(|i| -> Result<()> {
+        let case = generate_case(options, i);
+        let id = case_id(name, i);
+        let image = case.image.mapv(|v| v as i16);
+        write_nifti(images.join(format!("{id}_0000.nii.gz")), image.view(), &case.affine, write)?;
+        write_nifti(labels.join(format!("{id}.nii.gz")), case.labels.view(), &case.affine, write)?;
+        Ok(())
+    })?;
+    let json_path = root.join("dataset.json");
+    let text = serde_json::to_string_pretty(&dataset_json(name, options))
+        .map_err(|e| TrainError::file(&json_path, e))?;
+    std::fs::write(&json_path, text + "\n").map_err(|e| TrainError::file(&json_path, e))?;
+    Ok(root)
+}
+
+/// The vocabulary entries: key (a label or a `+` union), then the default name and synonyms.
+const VOCABULARY: [(&str, &[&str]); 10] = [
+    (
+        "liver+liver_lesion",
+        &["liver", "hepatic organ", "the liver including lesions", "whole liver", "liver with its lesions"],
+    ),
+    (
+        "liver_lesion",
+        &["liver lesion", "lesion in the liver", "hepatic lesion", "liver tumor", "focal liver lesion"],
+    ),
+    ("spleen", &["spleen", "splenic organ", "the spleen", "lien"]),
+    ("kidney_left", &["left kidney", "kidney on the left side", "left renal organ", "the left kidney"]),
+    ("kidney_right", &["right kidney", "kidney on the right side", "right renal organ", "the right kidney"]),
+    ("vertebrae", &["vertebrae", "spine", "vertebral bodies", "vertebral column", "spinal vertebrae"]),
+    ("aorta", &["aorta", "aortic vessel", "the aorta", "main artery", "descending aorta"]),
+    ("urinary_bladder", &["urinary bladder", "bladder", "the urinary bladder", "vesica urinaria"]),
+    ("lung_left", &["left lung", "lung on the left side", "left pulmonary organ", "the left lung"]),
+    ("lung_right", &["right lung", "lung on the right side", "right pulmonary organ", "the right lung"]),
+];
+
+/// Concepts absent from every phantom.
+const NEGATIVES: [&str; 5] = ["brain", "femur", "eyeball", "thyroid gland", "humerus"];
+
+/// The prompt vocabulary of a phantom dataset named `dataset_name`, in the format of
+/// [`crate::data::Vocabulary`]. The liver's default prompt names the union of the liver and its
+/// lesions (organ masks include their lesions).
+pub fn vocabulary_json(dataset_name: &str) -> Value {
+    let mut body = serde_json::Map::new();
+    for (key, prompts) in VOCABULARY {
+        body.insert(key.to_string(), json!(prompts));
+    }
+    body.insert(crate::data::NEGATIVES_KEY.to_string(), json!(NEGATIVES));
+    json!({ dataset_name: body })
+}
+
+/// Held-out prompts for evaluation, none of them in [`vocabulary_json`]: `(vocabulary key,
+/// paraphrase)`.
+pub fn paraphrases() -> Vec<(String, String)> {
+    const P: [(&str, &str); 25] = [
+        ("liver+liver_lesion", "hepatic tissue"),
+        ("liver+liver_lesion", "the patient's liver"),
+        ("liver+liver_lesion", "liver organ"),
+        ("liver_lesion", "tumor in the liver"),
+        ("liver_lesion", "hypodense liver lesion"),
+        ("spleen", "splenic tissue"),
+        ("spleen", "the patient's spleen"),
+        ("kidney_left", "the patient's left kidney"),
+        ("kidney_left", "renal organ, left"),
+        ("kidney_left", "kidney, left side"),
+        ("kidney_right", "the patient's right kidney"),
+        ("kidney_right", "renal organ, right"),
+        ("kidney_right", "kidney, right side"),
+        ("vertebrae", "spinal column bones"),
+        ("vertebrae", "backbone"),
+        ("aorta", "aortic lumen"),
+        ("aorta", "the patient's aorta"),
+        ("urinary_bladder", "the patient's bladder"),
+        ("urinary_bladder", "urine bladder"),
+        ("lung_left", "the patient's left lung"),
+        ("lung_left", "pulmonary organ, left"),
+        ("lung_left", "lung, left side"),
+        ("lung_right", "the patient's right lung"),
+        ("lung_right", "pulmonary organ, right"),
+        ("lung_right", "lung, right side"),
+    ];
+    P.iter().map(|&(k, p)| (k.to_string(), p.to_string())).collect()
+}

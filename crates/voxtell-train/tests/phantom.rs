@@ -1,0 +1,435 @@
+//! The torso-CT phantom generator: determinism, anatomical sanity (left/right in RAS+ world
+//! coordinates), non-RAS storage read back through `voxtell-io`, the nnU-Net dataset and the
+//! vocabulary it writes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array3, ArrayView3};
+use voxtell_train::data::{Dataset, Vocabulary};
+use voxtell_train::phantom::{
+    self, AORTA, KIDNEY_LEFT, KIDNEY_RIGHT, LABELS, LIVER, LIVER_LESION, LUNG_LEFT, LUNG_RIGHT, PhantomCase,
+    PhantomOptions, SPLEEN, URINARY_BLADDER, VERTEBRAE, generate_case, world,
+};
+
+/// Coarse grids keep the tests fast (about 60 × 45 × 70 voxels).
+fn small(seed: u64) -> PhantomOptions {
+    PhantomOptions {
+        cases: 3,
+        seed,
+        inplane_spacing_mm: [4.0, 5.0],
+        slice_spacing_mm: [4.5, 5.5],
+        ..PhantomOptions::default()
+    }
+}
+
+/// World-coordinate extremes (min, max) of a label along world axis `axis`.
+fn world_extent(case: &PhantomCase, label: u8, axis: usize) -> (f64, f64) {
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for ((i, j, k), &l) in case.labels.indexed_iter() {
+        if l == label {
+            let w = world(&case.affine, [i as f64, j as f64, k as f64])[axis];
+            lo = lo.min(w);
+            hi = hi.max(w);
+        }
+    }
+    (lo, hi)
+}
+
+/// The case with every liver lesion relabelled as liver.
+fn without_lesion_label(labels: &Array3<u8>) -> Array3<u8> {
+    labels.mapv(|l| if l == LIVER_LESION { LIVER } else { l })
+}
+
+#[test]
+fn cases_depend_only_on_seed_and_index() {
+    let o = small(11);
+    let t = Instant::now();
+    let a = generate_case(&o, 1);
+    let elapsed = t.elapsed();
+    assert_eq!(a, generate_case(&o, 1));
+    // The number of cases to write is not an input of a case.
+    assert_eq!(a, generate_case(&PhantomOptions { cases: 50, ..o.clone() }, 1));
+    assert_ne!(a, generate_case(&small(12), 1));
+    assert_ne!(a, generate_case(&o, 2));
+    assert_eq!(a.image.shape(), a.labels.shape());
+    assert!(a.image.iter().all(|v| v.fract() == 0.0 && (-1024.0..=3071.0).contains(v)));
+    // Sub-streams: without lesions the anatomy is unchanged, only the lesions are gone.
+    let with = (0..6).map(|i| generate_case(&o, i)).find(|c| c.liver_lesions > 0).unwrap();
+    let without = generate_case(&PhantomOptions { include_lesions: false, ..o.clone() }, with.index);
+    assert_eq!(without.liver_lesions, 0);
+    assert!(!without.labels.iter().any(|&l| l == LIVER_LESION));
+    assert!(with.labels.iter().any(|&l| l == LIVER_LESION));
+    assert_eq!(without_lesion_label(&with.labels), without.labels);
+    assert_eq!(with.affine, without.affine);
+    println!("one small case: {:?} voxels in {elapsed:?}", a.image.shape());
+}
+
+/// Anatomical sanity of one case, in world (RAS+) coordinates through the case's affine.
+fn check_anatomy(c: &PhantomCase) -> Result<(), String> {
+    let ctx = format!("case {} ({})", c.index, c.axcodes);
+    let centre = |l: u8| c.centroid_world(l).ok_or_else(|| format!("{ctx}: label {l} missing"));
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(format!("{ctx}: {what}")) };
+    for (label, lo, hi) in [
+        (LIVER, 350.0, 2600.0),
+        (SPLEEN, 25.0, 450.0),
+        (KIDNEY_LEFT, 30.0, 320.0),
+        (KIDNEY_RIGHT, 30.0, 320.0),
+        (VERTEBRAE, 60.0, 600.0),
+        (AORTA, 15.0, 200.0),
+        (URINARY_BLADDER, 40.0, 500.0),
+        (LUNG_LEFT, 80.0, 1500.0),
+        (LUNG_RIGHT, 80.0, 1500.0),
+    ] {
+        let v = c.volume_ml(label);
+        check((lo..=hi).contains(&v), format!("label {label} has {v:.1} ml, expected {lo}..{hi}"))?;
+    }
+    // RAS+: x grows toward the patient's right. The spine marks the midline.
+    let mid = centre(VERTEBRAE)?;
+    let liver = centre(LIVER)?;
+    let spleen = centre(SPLEEN)?;
+    let (kl, kr) = (centre(KIDNEY_LEFT)?, centre(KIDNEY_RIGHT)?);
+    let (ll, lr) = (centre(LUNG_LEFT)?, centre(LUNG_RIGHT)?);
+    let aorta = centre(AORTA)?;
+    let bladder = centre(URINARY_BLADDER)?;
+    check(liver[0] > mid[0] + 15.0, format!("liver not on the patient's right: {liver:?} vs spine {mid:?}"))?;
+    check(spleen[0] < mid[0] - 30.0, format!("spleen not on the patient's left: {spleen:?} vs {mid:?}"))?;
+    check(kl[0] < mid[0] - 30.0 && kr[0] > mid[0] + 30.0, format!("kidneys {kl:?} {kr:?} vs {mid:?}"))?;
+    check(ll[0] < mid[0] - 20.0 && lr[0] > mid[0] + 20.0, format!("lungs {ll:?} {lr:?} vs {mid:?}"))?;
+    check(aorta[0] < mid[0] && aorta[1] > mid[1], format!("aorta {aorta:?} not anterior-left of {mid:?}"))?;
+    check(bladder[1] > mid[1], format!("bladder {bladder:?} not anterior of {mid:?}"))?;
+    // Lungs above the liver's top, kidneys not above the liver, the bladder lowest.
+    let liver_top = world_extent(c, LIVER, 2).1;
+    check(
+        ll[2] > liver_top && lr[2] > liver_top,
+        format!("lungs {ll:?} {lr:?} below liver top {liver_top:.0}"),
+    )?;
+    check(kl[2] < liver[2] + 20.0 && kr[2] < liver[2] + 20.0, format!("kidneys {kl:?} {kr:?} above liver"))?;
+    let (bladder_bottom, bladder_top) = world_extent(c, URINARY_BLADDER, 2);
+    check(bladder_top < kl[2].min(kr[2]) - 40.0, format!("bladder top {bladder_top:.0} not inferior"))?;
+    check(bladder_bottom > world_extent(c, 0, 2).0, "bladder cut off by the field of view".into())?;
+    // Lesions lie inside the liver: what borders them is liver.
+    let lesion_voxels = c.labels.iter().filter(|&&l| l == LIVER_LESION).count();
+    check((lesion_voxels > 0) == (c.liver_lesions > 0), format!("{lesion_voxels} lesion voxels"))?;
+    if lesion_voxels > 0 {
+        let (liver_n, other) = lesion_neighbours(&c.labels);
+        check(
+            liver_n as f64 >= 0.9 * (liver_n + other) as f64,
+            format!("lesion borders {liver_n} liver, {other} other voxels"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn anatomy_is_plausible_and_left_right_correct() {
+    let o = small(3);
+    let mut non_ras = 0;
+    for index in 0..6 {
+        let c = generate_case(&o, index);
+        non_ras += usize::from(c.axcodes != "RAS");
+        check_anatomy(&c).unwrap();
+    }
+    assert!(non_ras > 0, "no non-RAS case among 6");
+}
+
+#[test]
+#[ignore = "checks many default-size phantoms (slow)"]
+fn many_cases_are_plausible() {
+    let n: usize = std::env::var("PHANTOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let o = PhantomOptions { seed: 1234, ..PhantomOptions::default() };
+    let failures: Vec<String> = (0..n).filter_map(|i| check_anatomy(&generate_case(&o, i)).err()).collect();
+    for f in &failures {
+        println!("{f}");
+    }
+    assert!(failures.is_empty(), "{} of {n} cases failed", failures.len());
+}
+
+/// Face neighbours of lesion voxels that are not lesion: (liver, anything else).
+fn lesion_neighbours(labels: &Array3<u8>) -> (usize, usize) {
+    let (ni, nj, nk) = labels.dim();
+    let (mut liver, mut other) = (0, 0);
+    for ((i, j, k), &l) in labels.indexed_iter() {
+        if l != LIVER_LESION {
+            continue;
+        }
+        for (di, dj, dk) in [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)] {
+            let (a, b, c) = (i as i64 + di, j as i64 + dj, k as i64 + dk);
+            if a < 0 || b < 0 || c < 0 || a >= ni as i64 || b >= nj as i64 || c >= nk as i64 {
+                other += 1;
+                continue;
+            }
+            match labels[[a as usize, b as usize, c as usize]] {
+                LIVER_LESION => {}
+                LIVER => liver += 1,
+                _ => other += 1,
+            }
+        }
+    }
+    (liver, other)
+}
+
+/// Centroid of `label` along array axis `axis`.
+fn index_centroid(labels: &Array3<u16>, label: u8, axis: usize) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (idx, &l) in labels.indexed_iter() {
+        if l == u16::from(label) {
+            sum += [idx.0, idx.1, idx.2][axis] as f64;
+            n += 1;
+        }
+    }
+    assert!(n > 0, "label {label} missing");
+    sum / n as f64
+}
+
+#[test]
+fn non_ras_storage_reads_back_as_the_same_anatomy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ras_opts = PhantomOptions { cases: 2, non_ras_fraction: 0.0, ..small(5) };
+    let odd_opts = PhantomOptions { non_ras_fraction: 1.0, ..ras_opts.clone() };
+    let ras =
+        Dataset::open(phantom::write_dataset(tmp.path(), "Dataset901_Ras", &ras_opts).unwrap()).unwrap();
+    let odd =
+        Dataset::open(phantom::write_dataset(tmp.path(), "Dataset902_Odd", &odd_opts).unwrap()).unwrap();
+    for i in 0..2 {
+        let generated = generate_case(&odd_opts, i);
+        assert_ne!(generated.axcodes, "RAS");
+        assert_eq!(generate_case(&ras_opts, i).axcodes, "RAS");
+        // The files hold exactly the generated arrays, in the storage order.
+        let stored = voxtell_io::read(&odd.cases[i].image).unwrap();
+        assert_eq!(stored.axcodes(), generated.axcodes);
+        assert_eq!(stored.data, generated.image);
+        let stored_labels = voxtell_io::read(&odd.cases[i].label).unwrap();
+        assert_eq!(stored_labels.data, generated.labels.mapv(f32::from));
+        for (a, b) in stored.affine.iter().flatten().zip(generated.affine.iter().flatten()) {
+            assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{:?} vs {:?}", stored.affine, generated.affine);
+        }
+        // Reoriented to (S, A, R), both storage orders give the same arrays and geometry.
+        let a = ras.read_case(&ras.cases[i]).unwrap();
+        let b = odd.read_case(&odd.cases[i]).unwrap();
+        assert_eq!(a.image.data, b.image.data, "case {i}: {} differs from RAS", generated.axcodes);
+        assert_eq!(a.labels, b.labels);
+        let (ga, gb) = (&a.image.geometry.reoriented_affine, &b.image.geometry.reoriented_affine);
+        for (x, y) in ga.iter().flatten().zip(gb.iter().flatten()) {
+            assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{ga:?} vs {gb:?}");
+        }
+        // Array axis 2 of the (S, A, R) layout grows toward the patient's right: the right
+        // kidney and the liver have the larger index, and the reoriented affine maps that axis to
+        // +x (RAS 'R').
+        let r = |l| index_centroid(&b.labels, l, 2);
+        assert!(r(KIDNEY_RIGHT) > r(KIDNEY_LEFT) + 5.0);
+        assert!(r(LIVER) > r(SPLEEN) + 5.0);
+        assert!(r(LUNG_RIGHT) > r(LUNG_LEFT) + 5.0);
+        assert!(gb[0][0] > 0.0 && gb[1][1] > 0.0 && gb[2][2] > 0.0);
+        let world_x =
+            |l| world(gb, [r(l), index_centroid(&b.labels, l, 1), index_centroid(&b.labels, l, 0)])[0];
+        assert!(world_x(KIDNEY_LEFT) < world_x(VERTEBRAE) && world_x(VERTEBRAE) < world_x(KIDNEY_RIGHT));
+        // And in the stored (non-RAS) file, world coordinates through its own affine agree.
+        let kl = generated.centroid_world(KIDNEY_LEFT).unwrap();
+        assert!((kl[0] - world_x(KIDNEY_LEFT)).abs() < 1e-6 * kl[0].abs().max(1.0) + 1e-3);
+    }
+}
+
+#[test]
+fn dataset_json_and_vocabulary_resolve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "Dataset903_Phantom";
+    let o = PhantomOptions { cases: 2, ..small(7) };
+    let root = phantom::write_dataset(tmp.path(), name, &o).unwrap();
+    assert_eq!(root, tmp.path().join(name));
+    let ds = Dataset::open(&root).unwrap();
+    assert_eq!(ds.name, name);
+    let ids: Vec<&str> = ds.cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["Dataset903_Phantom_000", "Dataset903_Phantom_001"]);
+    let expected: Vec<(String, u16)> = LABELS.iter().map(|&(n, v)| (n.to_string(), u16::from(v))).collect();
+    assert_eq!(ds.labels, expected.into_iter().collect());
+    ds.read_case(&ds.cases[1]).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(json["numTraining"], 2);
+    assert_eq!(json["file_ending"], ".nii.gz");
+    assert_eq!(json["channel_names"]["0"], "CT");
+    let stored: PhantomOptions = serde_json::from_value(json["phantom"]["options"].clone()).unwrap();
+    assert_eq!(stored, o);
+    // The dataset is not overwritten.
+    let err = phantom::write_dataset(tmp.path(), name, &o).unwrap_err().to_string();
+    assert!(err.contains("already exists"), "{err}");
+
+    let vocab =
+        Vocabulary::from_json_str(&phantom::vocabulary_json(name).to_string(), "vocabulary.json").unwrap();
+    let resolved = vocab.resolve(name, &ds.labels).unwrap();
+    let liver = resolved.entries.iter().find(|e| e.prompts[0] == "liver").unwrap();
+    assert_eq!(liver.values, [u16::from(LIVER), u16::from(LIVER_LESION)]);
+    let left = resolved.entries.iter().find(|e| e.key == "kidney_left").unwrap();
+    for p in ["left kidney", "kidney on the left side", "left renal organ"] {
+        assert!(left.prompts.iter().any(|q| q == p), "{p}");
+    }
+    let covered: BTreeSet<u16> = resolved.entries.iter().flat_map(|e| e.values.clone()).collect();
+    assert_eq!(covered, (1..=10).collect());
+    let mut all_prompts = BTreeSet::new();
+    for e in &resolved.entries {
+        assert!(e.prompts.len() >= 4, "{}: default name and 3+ synonyms", e.key);
+        for p in &e.prompts {
+            assert!(all_prompts.insert(p.to_lowercase()), "prompt {p:?} used twice");
+        }
+    }
+    assert!(!resolved.negatives.is_empty());
+    assert!(resolved.negatives.iter().all(|n| !all_prompts.contains(&n.to_lowercase())));
+
+    // Held-out paraphrases: known keys, never a vocabulary prompt, every entry covered.
+    let paraphrases = phantom::paraphrases();
+    let keys: BTreeSet<&str> = resolved.entries.iter().map(|e| e.key.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for (key, p) in &paraphrases {
+        assert!(keys.contains(key.as_str()), "unknown key {key}");
+        assert!(!all_prompts.contains(&p.trim().to_lowercase()), "paraphrase {p:?} is a vocabulary prompt");
+        assert!(seen.insert(p.to_lowercase()), "paraphrase {p:?} twice");
+    }
+    for key in &keys {
+        assert!(paraphrases.iter().filter(|(k, _)| k == key).count() >= 2, "{key}: too few paraphrases");
+    }
+}
+
+#[test]
+fn written_files_do_not_depend_on_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = PhantomOptions { cases: 3, ..small(9) };
+    let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+    let one = pool(1).install(|| phantom::write_dataset(tmp.path().join("one"), "D", &o)).unwrap();
+    let three = pool(3).install(|| phantom::write_dataset(tmp.path().join("three"), "D", &o)).unwrap();
+    let mut files = 0;
+    for sub in ["imagesTr", "labelsTr", "."] {
+        for entry in std::fs::read_dir(one.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let other = three.join(sub).join(path.file_name().unwrap());
+                assert!(std::fs::read(&path).unwrap() == std::fs::read(&other).unwrap(), "{path:?} differs");
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 7);
+}
+
+#[test]
+fn options_are_validated() {
+    assert!(PhantomOptions::default().validate().is_ok());
+    let bad = [
+        PhantomOptions { inplane_spacing_mm: [3.0, 2.0], ..PhantomOptions::default() },
+        PhantomOptions { slice_spacing_mm: [0.0, 2.0], ..PhantomOptions::default() },
+        PhantomOptions { noise_sd_hu: [f64::NAN, 2.0], ..PhantomOptions::default() },
+        PhantomOptions { non_ras_fraction: 1.5, ..PhantomOptions::default() },
+        PhantomOptions { scale: 0.0, ..PhantomOptions::default() },
+    ];
+    for o in bad {
+        assert!(o.validate().is_err(), "{o:?}");
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(phantom::write_dataset(tmp.path(), "D", &o).is_err());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(phantom::write_dataset(tmp.path(), "a/b", &small(1)).is_err());
+    assert!(phantom::write_dataset(tmp.path(), "D", &PhantomOptions { cases: 0, ..small(1) }).is_err());
+}
+
+#[test]
+#[ignore = "prints statistics of default-size phantoms (PHANTOM_CASES, default 8)"]
+fn print_statistics() {
+    let n: usize = std::env::var("PHANTOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let o = PhantomOptions::default();
+    let (mut seconds, mut voxels, mut with_lesions, mut lesions, mut lesion_ml, mut cysts) =
+        (0.0, 0usize, 0, 0, 0.0, 0);
+    for i in 0..n {
+        let t = Instant::now();
+        let c = generate_case(&o, i);
+        let dt = t.elapsed().as_secs_f64();
+        seconds += dt;
+        voxels += c.image.len();
+        with_lesions += usize::from(c.liver_lesions > 0);
+        lesions += c.liver_lesions;
+        lesion_ml += c.volume_ml(LIVER_LESION);
+        cysts += usize::from(c.kidney_cyst);
+        if n > 8 {
+            continue;
+        }
+        println!(
+            "case {i}: {:?} {} spacing {:.2?} {:.0} ms lesions {} cyst {}",
+            c.image.shape(),
+            c.axcodes,
+            c.spacing(),
+            dt * 1000.0,
+            c.liver_lesions,
+            c.kidney_cyst
+        );
+        for &(name, v) in &LABELS[1..] {
+            let cw = c.centroid_world(v).map(|w| w.map(|x| x.round()));
+            println!("  {name:16} {:8.1} ml centroid {cw:?}", c.volume_ml(v));
+        }
+        let (lmin, lmax) = c.image.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        println!("  HU range {lmin} .. {lmax}");
+    }
+    println!(
+        "{n} cases: {:.0} ms and {:.0} k voxels per case; {with_lesions} with liver lesions ({lesions} \
+         lesions, {:.1} ml per lesion), {cysts} kidney cysts",
+        seconds * 1000.0 / n as f64,
+        voxels as f64 / n as f64 / 1000.0,
+        lesion_ml / lesions.max(1) as f64
+    );
+}
+
+/// Masks of every label in `labels_sar`.
+fn masks(labels_sar: ArrayView3<'_, u16>) -> (Vec<Array3<u8>>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut names = Vec::new();
+    for &(name, v) in &LABELS[1..] {
+        out.push(labels_sar.mapv(|l| u8::from(l == u16::from(v))));
+        names.push(name.to_string());
+    }
+    (out, names)
+}
+
+#[test]
+#[ignore = "writes /tmp/phantom_preview.png to look at"]
+fn preview_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index: usize = std::env::var("PHANTOM_CASE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let o = PhantomOptions { cases: index + 1, ..PhantomOptions::default() };
+    let root = phantom::write_dataset(tmp.path(), "Dataset900_Phantom", &o).unwrap();
+    let ds = Dataset::open(&root).unwrap();
+    let case = &ds.cases[index];
+    let image = voxtell_io::read(&case.image).unwrap();
+    println!("{}: {}", case.id, image.summary());
+    let ras = image.to_ras().unwrap();
+    let labels = voxtell_io::read(&case.label).unwrap().to_ras().unwrap().data.mapv(|v| v as u16);
+    let (m, names) = masks(labels.view());
+    let views: Vec<ArrayView3<'_, u8>> = m.iter().map(|a| a.view()).collect();
+    let preview =
+        voxtell_infer::preview::render(ras.data.view(), &views, &names, ras.geometry.spacing()).unwrap();
+    preview.write_png(Path::new("/tmp/phantom_preview.png"), true).unwrap();
+    // Optional extra looks at other levels: masks cut to a thin slab around each level.
+    if let Ok(levels) = std::env::var("PHANTOM_LEVELS") {
+        let n = ras.data.shape()[0];
+        for level in levels.split(',').filter_map(|v| v.parse::<f64>().ok()) {
+            let s0 = ((n - 1) as f64 * level).round() as usize;
+            let slab: Vec<Array3<u8>> = m
+                .iter()
+                .map(|a| {
+                    let mut a = a.clone();
+                    for ((s, _, _), v) in a.indexed_iter_mut() {
+                        if s.abs_diff(s0) > 1 {
+                            *v = 0;
+                        }
+                    }
+                    a
+                })
+                .collect();
+            let views: Vec<ArrayView3<'_, u8>> = slab.iter().map(|a| a.view()).collect();
+            let p = voxtell_infer::preview::render(ras.data.view(), &views, &names, ras.geometry.spacing())
+                .unwrap();
+            p.write_png(Path::new(&format!("/tmp/phantom_preview_{level}.png")), true).unwrap();
+        }
+    }
+}
