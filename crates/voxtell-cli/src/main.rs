@@ -23,6 +23,9 @@ enum Command {
     Predict(Box<predict::PredictArgs>),
     /// Train or fine-tune a text-prompted model (Dice + BCE, deep supervision), or resume a run.
     Train(train::TrainArgs),
+    /// Write synthetic torso CT phantoms with their masks as an nnU-Net dataset, with a
+    /// vocabulary and the prompts to embed.
+    Phantom(train::PhantomArgs),
     /// Print shape, spacing, orientation, affine and intensity range of scans (NIfTI files or
     /// DICOM series folders), or the plans, sizes and parameter count of a model folder.
     Info {
@@ -81,6 +84,13 @@ fn main() -> ExitCode {
         Command::Predict(args) => match predict::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {}", predict::message(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Phantom(args) => match train::phantom(args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {}", predict::message(&e));
                 ExitCode::FAILURE

@@ -100,3 +100,68 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     eprintln!("model: {} (load it with voxtell predict -m)", summary.model_dir.display());
     Ok(())
 }
+
+/// Arguments of `voxtell phantom`.
+#[derive(Debug, Args)]
+pub struct PhantomArgs {
+    /// Folder to write the dataset into (the dataset is a new subfolder `NAME`).
+    pub out: PathBuf,
+    /// Dataset name (nnU-Net style).
+    #[arg(long, default_value = "Dataset001_Phantom")]
+    pub name: String,
+    /// Number of cases.
+    #[arg(long, default_value_t = 20)]
+    pub cases: usize,
+    /// Seed (cases are a function of the seed and their index).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// In-plane voxel spacing range in mm, e.g. 2.2,3.2.
+    #[arg(long, value_delimiter = ',')]
+    pub inplane_spacing: Option<Vec<f64>>,
+    /// Slice spacing range in mm, e.g. 2.5,4.0.
+    #[arg(long, value_delimiter = ',')]
+    pub slice_spacing: Option<Vec<f64>>,
+}
+
+/// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
+/// prompt, then the held-out paraphrases, one per line, for `voxtell embed --from-file`).
+pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
+    use voxtell::train::phantom::{PhantomOptions, paraphrases, vocabulary_json, write_dataset};
+    let mut options = PhantomOptions { cases: args.cases, seed: args.seed, ..PhantomOptions::default() };
+    let range = |r: &[f64], flag: &str| -> anyhow::Result<[f64; 2]> {
+        match r {
+            [a, b] => Ok([*a, *b]),
+            _ => bail!("{flag} takes two numbers, e.g. 2.5,4.0"),
+        }
+    };
+    if let Some(r) = &args.inplane_spacing {
+        options.inplane_spacing_mm = range(r, "--inplane-spacing")?;
+    }
+    if let Some(r) = &args.slice_spacing {
+        options.slice_spacing_mm = range(r, "--slice-spacing")?;
+    }
+    let dir = write_dataset(&args.out, &args.name, &options)?;
+    let vocab = vocabulary_json(&args.name);
+    let vocab_path = args.out.join("vocabulary.json");
+    std::fs::write(&vocab_path, serde_json::to_string_pretty(&vocab)? + "\n")
+        .with_context(|| format!("writing {}", vocab_path.display()))?;
+    let mut prompts: Vec<String> = Vec::new();
+    if let Some(entries) = vocab.get(&args.name).and_then(|v| v.as_object()) {
+        for list in entries.values().filter_map(|v| v.as_array()) {
+            prompts.extend(list.iter().filter_map(|p| p.as_str().map(String::from)));
+        }
+    }
+    prompts.extend(paraphrases().into_iter().map(|(_, p)| p));
+    let prompts_path = args.out.join("prompts.txt");
+    std::fs::write(&prompts_path, prompts.join("\n") + "\n")
+        .with_context(|| format!("writing {}", prompts_path.display()))?;
+    println!(
+        "{}: {} cases; {} and {} ({} prompts)",
+        dir.display(),
+        args.cases,
+        vocab_path.display(),
+        prompts_path.display(),
+        prompts.len()
+    );
+    Ok(())
+}

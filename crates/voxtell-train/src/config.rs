@@ -176,6 +176,12 @@ pub struct TrainConfig {
     /// Sizes of a model trained from scratch (ignored with `init.checkpoint`).
     #[serde(default)]
     pub model: ModelSizes,
+    /// The text encoder the bank's vectors come from, written into the model's `voxtell.json`
+    /// so that prediction refuses vectors of another kind (`id`, `dim`, `pooling` "last_token"
+    /// or "mean", `normalize`, `instruction`). Absent: VoxTell's Qwen3-Embedding-4B when the
+    /// bank is 2560-wide, else an unnamed encoder of the bank's width.
+    #[serde(default)]
+    pub text_encoder: Option<voxtell_fusion::TextEncoderSpec>,
     /// Save a checkpoint every this many epochs (and after the last).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,

@@ -103,9 +103,11 @@ pub fn sgd_update(
             Some(b) => ((b.to_dtype(DType::F64)? * config.momentum)? + &d)?,
         };
         d = if config.nesterov { (&d + (&buf * config.momentum)?)? } else { buf.clone() };
-        new_buffer = Some(buf.to_dtype(dtype)?);
+        // Detached: a gradient carries the graph it came from, and a buffer that kept it would
+        // hold every earlier step's activations alive through the chain of buffers.
+        new_buffer = Some(buf.to_dtype(dtype)?.detach());
     }
-    let new_weight = (w - (d * lr)?)?.to_dtype(dtype)?;
+    let new_weight = (w - (d * lr)?)?.to_dtype(dtype)?.detach();
     Ok((new_weight, new_buffer))
 }
 

@@ -490,7 +490,7 @@ impl Trainable {
         let mut grads = Gradients::new();
         for (name, var) in vars.iter() {
             if let Some(g) = store.get(var.as_tensor()) {
-                grads.insert(name.clone(), g.clone());
+                grads.insert(name.clone(), g.detach());
             }
         }
         Ok((value, grads))

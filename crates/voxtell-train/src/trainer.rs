@@ -84,7 +84,7 @@ struct Prepared {
     train_sampler: Arc<Sampler>,
     val_sampler: Option<Arc<Sampler>>,
     bank: EmbeddingBank,
-    text_spec: TextEncoderSpec,
+    text_spec: Option<TextEncoderSpec>,
 }
 
 /// Train (or, with `resume`, continue) the run described by `config`. `progress` is called
@@ -258,8 +258,14 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     } else {
         None
     };
+    // One weight per decoder output (n_stages − 1): a longer list, such as the default five
+    // weights for a model with fewer stages, is cut to the outputs the network has.
+    let mut loss = config.loss.clone();
+    let outputs =
+        ArchKwargs::from_plans(&plans, "3d_fullres").map_err(voxtell_fusion::FusionError::from)?.n_stages - 1;
+    loss.ds_weights.truncate(outputs.max(1));
     let options = StepOptions {
-        loss: config.loss.clone(),
+        loss,
         sgd: SgdConfig {
             momentum: config.schedule.momentum,
             nesterov: true,
@@ -300,7 +306,18 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
             trainable.config().text_dim
         )));
     }
-    let text_spec = TextEncoderSpec { dim: bank.dim(), ..TextEncoderSpec::default() };
+    let text_spec = config.text_encoder.clone();
+    if let Some(t) = &text_spec
+        && t.dim != bank.dim()
+    {
+        return Err(TrainError::Config(format!(
+            "text_encoder {} is {}-wide but the bank {} holds {}-wide vectors",
+            t.id,
+            t.dim,
+            config.bank.display(),
+            bank.dim()
+        )));
+    }
     Ok(Prepared { trainable, train_sampler, val_sampler, bank, text_spec })
 }
 
@@ -466,7 +483,7 @@ fn checkpoint(p: &Prepared, config: &TrainConfig, epochs_done: usize, out: &Path
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
     }
-    p.trainable.export(&tmp, Some(&p.text_spec))?;
+    p.trainable.export(&tmp, p.text_spec.as_ref())?;
     p.trainable.optimizer().save(tmp.join("optimizer.safetensors"))?;
     let state = RunState { epochs_done, config: config.clone() };
     let text = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Config(e.to_string()))?;
