@@ -223,7 +223,12 @@ fn model_info(dir: &Path) -> anyhow::Result<()> {
     let weights =
         if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
     let ckpt = Checkpoint::open(&weights)?;
-    let config = VoxTellConfig::infer(&plans, &ckpt)?;
+    let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
+    let meta = voxtell::fusion::ModelMeta::from_dir(dir)?;
+    if let Some(m) = &meta {
+        config.decoder_layer = m.decoder_layer;
+        config.attention_heads = m.attention_heads;
+    }
     let params: usize = ckpt
         .keys()
         .into_iter()
@@ -244,6 +249,9 @@ fn model_info(dir: &Path) -> anyhow::Result<()> {
         config.text_dim, config.query_dim, config.attention_heads, config.layers, config.ffn_dim
     );
     println!("  fusion heads: {}, memory from encoder stage {}", config.fusion_heads, config.decoder_layer);
+    if let Some(t) = meta.as_ref().map(|m| &m.text_encoder) {
+        println!("  text encoder: {} ({}-wide, {} pooling)", t.id, t.dim, t.pooling);
+    }
     if let Some(name) = plans.get("plans_name").and_then(|v| v.as_str()) {
         println!("  plans name:   {name}");
     }

@@ -67,7 +67,8 @@ pub struct PredictArgs {
     /// Qwen/Qwen3-Embedding-4B in the Hugging Face cache).
     #[arg(long, value_name = "DIR")]
     pub text_model: Option<PathBuf>,
-    /// Precision of the text model: f32 (CPU default) or bf16 (half the memory).
+    /// Precision of the text model: f32 (default), bf16 or f16 (half the memory; BERT encoders
+    /// always run in f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
     pub text_dtype: String,
     /// Write one label map per case ({case}.nii.gz, label i+1 = prompt i, later prompts
@@ -135,10 +136,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
-    if !(n.is_finite() && n > 0.0) {
+    let bytes = n * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0) {
         return Err(format!("{s:?} is not a positive size"));
     }
-    Ok((n * mult as f64) as u64)
+    Ok(bytes as u64)
 }
 
 /// One image with its prompts and output names.
@@ -238,18 +240,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             Ok(()) => {}
         }
     }
-    let source = PromptVectors::new(bank, text_model, text_dtype, &device);
-    log.verbose(format!("model: {}", model_dir.display()));
-    let options = PredictOptions {
-        step_size: args.step_size,
-        accumulate: args.accumulate.parse::<Accumulate>()?,
-        max_memory: args.max_memory,
-        keep_logits: args.save_probabilities,
-    };
+    // The union of all prompts, embedded once (the text model, when needed, is loaded and
+    // dropped here, before the segmentation model is loaded).
     let t0 = Instant::now();
-    let mut predictor = Predictor::from_dir(&model_dir, source, options, &device)
-        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
-    log.verbose(format!("model loaded in {:.1} s", t0.elapsed().as_secs_f64()));
+    let mut source = PromptVectors::new(bank, text_model, text_dtype, &device);
     let mut union: Vec<&str> = Vec::new();
     let mut seen = HashSet::new();
     for c in &cases {
@@ -259,19 +253,41 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    let vectors = predictor.vectors(&union)?;
+    let vectors = source.vectors(&union)?;
     let table: HashMap<String, Vec<f32>> = union.iter().map(|p| p.to_string()).zip(vectors).collect();
+    log.verbose(format!("model: {}", model_dir.display()));
+    let options = PredictOptions {
+        step_size: args.step_size,
+        accumulate: args.accumulate.parse::<Accumulate>()?,
+        max_memory: args.max_memory,
+        keep_logits: args.save_probabilities,
+    };
+    let model = voxtell::fusion::VoxTellModel::from_dir(&model_dir, DType::F32, &device)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let dim = model.config().text_dim;
+    if let Some((p, v)) = table.iter().find(|(_, v)| v.len() != dim) {
+        bail!(
+            "the vector of prompt {p:?} is {}-wide but the model {} takes {dim}-wide ones (a bank or text model of another kind)",
+            v.len(),
+            model_dir.display()
+        );
+    }
+    let predictor = Predictor::new(model, source, options)?;
+    log.verbose(format!("prompts and model ready in {:.1} s", t0.elapsed().as_secs_f64()));
 
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while stopping ends the process at once (outputs are renamed into
-        // place only when complete, so nothing partial remains).
+        // The first Ctrl-C stops after the cases already predicted are written; a second ends
+        // the process at once (outputs are renamed into place only when complete, so no output
+        // name ever holds a partial file; a temporary file being written may remain).
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: finishing the file being written, then stopping");
+            eprintln!(
+                "\ninterrupted: writing the cases already predicted, then stopping (Ctrl-C again to quit now)"
+            );
         });
     }
     let failures = run_cases(&predictor, &cases, &table, &out_dir, outputs, args.series.clone(), &stop, &log);
@@ -444,7 +460,10 @@ fn resolve_cases(args: &PredictArgs, outputs: Outputs) -> anyhow::Result<Vec<Cas
             files.push(naming::preview_file(&name));
         }
         for f in &files {
-            if let Some(prev) = by_file.insert(f.clone(), path.clone()) {
+            // The same prompt twice for one image writes the same file twice: harmless.
+            if let Some(prev) = by_file.insert(f.clone(), path.clone())
+                && prev != path
+            {
                 bail!(
                     "{} and {} would both write {f}; give the inputs different names (or one job per image)",
                     prev.display(),
@@ -537,7 +556,10 @@ fn parse_jobs(jobs: &str) -> anyhow::Result<Vec<(PathBuf, Vec<String>)>> {
                     .ok_or_else(|| anyhow!("job {i}: \"prompts\" must hold strings"))?,
                 _ => bail!("job {i}: \"prompts\" must be a string or a list of strings"),
             };
-            Ok((PathBuf::from(image), prompts))
+            // A folder named `.` or `..` is a case named after the folder itself.
+            let path = PathBuf::from(image);
+            let path = if path.is_dir() { std::fs::canonicalize(&path).unwrap_or(path) } else { path };
+            Ok((path, prompts))
         })
         .collect()
 }
@@ -627,9 +649,12 @@ fn run_cases(
             }
         }
         drop(write_tx);
-        let _ = reader.join();
-        if let Ok(f) = writer.join() {
-            failures.extend(f);
+        if reader.join().is_err() {
+            failures.push((PathBuf::from("(reader)"), "the reading thread crashed".to_string()));
+        }
+        match writer.join() {
+            Ok(f) => failures.extend(f),
+            Err(_) => failures.push((PathBuf::from("(writer)"), "the writing thread crashed".to_string())),
         }
     });
     failures
@@ -688,6 +713,8 @@ fn predict_case(
     let prompts = case.prompts.clone();
     let masks = predictor.predict_ras(ras, &prompts, vectors, |done, total| {
         if let Some(bar) = &bar {
+            // The tiles cover the crop box, which the plan (on the whole volume) overestimates.
+            bar.set_length(total as u64);
             bar.set_position(done as u64);
         } else if !log.quiet && done as f64 / total as f64 >= next_line {
             eprintln!("{label}: {done}/{total} tiles, {:.1} s", t.elapsed().as_secs_f64());
@@ -699,7 +726,11 @@ fn predict_case(
         bar.finish_and_clear();
     }
     let masks = masks?;
-    log.info(format!("{label}: {} tile(s) in {:.1} s", plan.tiles * plan.passes, t.elapsed().as_secs_f64()));
+    log.info(format!(
+        "{label}: {} tile(s) in {:.1} s",
+        masks.plan().tiles * masks.plan().passes,
+        t.elapsed().as_secs_f64()
+    ));
     Ok(masks)
 }
 

@@ -33,8 +33,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let state = dir.join("model").join("state.json");
             let text = std::fs::read_to_string(&state)
                 .with_context(|| format!("{}: no training state to resume", state.display()))?;
-            let s: RunState = serde_json::from_str(&text)
+            let mut s: RunState = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a training state", state.display()))?;
+            // The run continues where it is now, also if its folder was moved.
+            s.config.output = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             (s.config, true)
         }
         _ => bail!("give --config TOML for a new run or --resume DIR to continue one"),

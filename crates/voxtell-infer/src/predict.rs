@@ -24,7 +24,8 @@ pub struct PredictOptions {
     pub accumulate: Accumulate,
     /// Memory the prediction's working set may use (accumulators, network activations,
     /// outputs; not the model weights), in bytes. `None`: 80 % of the memory available when the
-    /// prediction starts.
+    /// prediction starts. This is host memory; on a GPU the activations live in device memory,
+    /// which this budget does not see.
     pub max_memory: Option<u64>,
     /// Keep the blended logits in the result ([`Masks::logits`], [`Masks::probabilities`]).
     pub keep_logits: bool,
@@ -163,7 +164,11 @@ impl Predictor {
         let config = self.model.config();
         let patch = config.patch_size;
         let padded: [usize; 3] = std::array::from_fn(|a| ras_shape[a].max(patch[a]));
-        let tiles = Window::new(padded, patch, self.options.step_size)?.tiles().len();
+        let step = self.options.step_size;
+        if !(step > 0.0 && step <= 1.0) || patch.iter().any(|&p| (p as f64 * step) < 1.0) {
+            return Err(InferError::Invalid(format!("step size {step} does not fit the {patch:?} patch")));
+        }
+        let tiles = (0..3).map(|a| crate::window::steps(padded[a], patch[a], step).len()).product();
         let vox_padded = padded.iter().product::<usize>() as u64;
         let vox = ras_shape.iter().product::<usize>() as u64;
         let n = n_prompts.max(1) as u64;
@@ -182,13 +187,13 @@ impl Predictor {
             .collect();
         let encoder = stage_bytes.iter().sum::<u64>() + 2 * stage_bytes.iter().copied().max().unwrap_or(0);
         let per_prompt_decoder = self.model.decoder_bytes_per_prompt(4).max(1);
+        let patch_vox = patch.iter().product::<usize>() as u64;
         let budget = match self.options.max_memory {
             Some(b) => b,
             None => voxtell_text::source::available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
         };
         for g in (1..=n).rev() {
-            let accumulators =
-                (g + 1) * vox_padded * acc_b + g * (patch.iter().product::<usize>() as u64) * 4;
+            let accumulators = (g + 1) * vox_padded * acc_b + g * patch_vox * 4;
             let base = fixed + encoder + accumulators;
             if base + per_prompt_decoder > budget {
                 continue;
@@ -204,7 +209,7 @@ impl Predictor {
                 budget_bytes: budget,
             });
         }
-        let need = fixed + encoder + 2 * vox_padded * acc_b + per_prompt_decoder;
+        let need = fixed + encoder + 2 * vox_padded * acc_b + patch_vox * 4 + per_prompt_decoder;
         Err(InferError::Memory(format!(
             "a volume of {ras_shape:?} voxels needs about {} even one prompt at a time, over the budget of {} (raise --max-memory or use a machine with more memory)",
             human_bytes(need),
@@ -302,10 +307,11 @@ pub fn segment(
             |d, _| progress(pass * tiles + d, total),
         )?;
         for (name, l) in names.iter().zip(blended) {
-            let l = sliding::unpad(l, offset, crop_shape);
+            // Checked over the padded volume, as the official predictor does.
             if sliding::has_inf(&l) {
                 return Err(InferError::Overflow { prompt: name.clone() });
             }
+            let l = sliding::unpad(l, offset, crop_shape);
             masks.push(l.mask());
             if let Some(k) = kept.as_mut() {
                 k.push(l);
@@ -444,7 +450,8 @@ impl Masks {
     }
 
     /// Replace prompt `i`'s mask (e.g. after keeping its largest component); `mask` covers the
-    /// whole (S, A, R) volume.
+    /// whole (S, A, R) volume. Masks are zero outside the crop box by construction, and voxels
+    /// set there are dropped.
     pub fn set_mask(&mut self, i: usize, mask: &Array3<u8>) -> Result<()> {
         if mask.shape() != self.ras_shape {
             return Err(InferError::Invalid(format!(

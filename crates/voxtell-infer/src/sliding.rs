@@ -124,6 +124,11 @@ impl Window {
         if !(step > 0.0 && step <= 1.0) {
             return Err(InferError::Invalid(format!("step size {step} is not in (0, 1]")));
         }
+        if patch.iter().any(|&p| (p as f64 * step) < 1.0) {
+            return Err(InferError::Invalid(format!(
+                "step size {step} moves the {patch:?} patch by less than one voxel"
+            )));
+        }
         if (0..3).any(|a| shape[a] < patch[a] || patch[a] == 0) {
             return Err(InferError::Invalid(format!(
                 "volume {shape:?} is smaller than the patch {patch:?}; pad it first"

@@ -76,11 +76,18 @@ impl PromptVectors {
     }
 
     /// Vectors for `prompts` in order: from the bank where present; the rest embedded by the
-    /// text model (an error naming the prompts when there is none).
+    /// text model (an error naming the prompts when there is none). As the official predictor,
+    /// a freshly embedded prompt is returned in f32 and cached in the bank as f16, so only a
+    /// later request for it gets the rounded vector.
     pub fn vectors(&mut self, prompts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let mut missing: Vec<&str> = prompts.iter().copied().filter(|p| self.bank.get(p).is_none()).collect();
-        missing.sort_unstable();
-        missing.dedup();
+        // Missing prompts in first-seen order, once per lowercased text (the bank's key).
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<&str> = prompts
+            .iter()
+            .copied()
+            .filter(|p| self.bank.get(p).is_none() && seen.insert(p.to_lowercase()))
+            .collect();
+        let mut fresh: std::collections::HashMap<String, Vec<f32>> = std::collections::HashMap::new();
         if !missing.is_empty() {
             let Some(dir) = self.model_dir.clone() else {
                 return Err(TextError::Model {
@@ -117,7 +124,7 @@ impl PromptVectors {
                     reason: format!(
                         "the text model needs about {:.1} GiB in {:?} but only {:.1} GiB are available; use a lower precision (bf16) or a bank",
                         need as f64 / (1u64 << 30) as f64,
-                        self.dtype,
+                        dtype,
                         avail as f64 / (1u64 << 30) as f64
                     ),
                 });
@@ -126,11 +133,15 @@ impl PromptVectors {
             let encoder = TextEncoder::load(&dir, self.dtype, &self.device)?;
             for (p, v) in missing.iter().zip(encoder.embed(&missing)?) {
                 self.bank.insert(p, &v)?;
+                fresh.insert(p.to_lowercase(), v);
             }
         }
         prompts
             .iter()
             .map(|p| {
+                if let Some(v) = fresh.get(&p.to_lowercase()) {
+                    return Ok(v.clone());
+                }
                 self.bank.get(p).ok_or_else(|| TextError::Bank {
                     path: PathBuf::new(),
                     reason: format!("prompt {p:?} has no vector"),

@@ -230,6 +230,55 @@ fn bg_contrast(rng: &mut Rng, range: [f64; 2]) -> f64 {
 }
 
 impl AugmentConfig {
+    /// Check the settings: probabilities in [0, 1], ranges ordered and finite, rotation within
+    /// ±90° and mirroring never along axis 2 (both could swap the patient's left and right),
+    /// low-resolution zoom in (0, 1], scaling and blur positive.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let probs = [
+            ("p_rotation", self.p_rotation),
+            ("p_scaling", self.p_scaling),
+            ("p_noise", self.p_noise),
+            ("p_blur", self.p_blur),
+            ("p_blur_per_channel", self.p_blur_per_channel),
+            ("p_brightness", self.p_brightness),
+            ("p_contrast", self.p_contrast),
+            ("p_lowres", self.p_lowres),
+            ("p_lowres_per_channel", self.p_lowres_per_channel),
+            ("p_inverted_gamma", self.p_inverted_gamma),
+            ("p_gamma", self.p_gamma),
+            ("p_mirror", self.p_mirror),
+        ];
+        for (name, p) in probs {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("augment.{name} = {p} is not a probability"));
+            }
+        }
+        let ranges = [
+            ("rotation_deg", self.rotation_deg, -90.0, 90.0),
+            ("scaling", self.scaling, 1e-3, 1e3),
+            ("noise_std", self.noise_std, 0.0, 1e3),
+            ("blur_sigma", self.blur_sigma, 0.0, 5.0),
+            ("brightness", self.brightness, 0.0, 1e3),
+            ("contrast", self.contrast, 0.0, 1e3),
+            ("lowres_zoom", self.lowres_zoom, 1e-3, 1.0),
+            ("gamma", self.gamma, 1e-3, 1e3),
+        ];
+        for (name, [lo, hi], min, max) in ranges {
+            if !(lo.is_finite() && hi.is_finite() && min <= lo && lo <= hi && hi <= max) {
+                return Err(format!(
+                    "augment.{name} = [{lo}, {hi}] must be an ordered range within [{min}, {max}]"
+                ));
+            }
+        }
+        if self.mirror_axes[2] {
+            return Err(
+                "augment.mirror_axes: mirroring along axis 2 (left–right) would swap left and right prompts"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// No augmentation: every probability 0.
     pub fn none() -> Self {
         AugmentConfig {

@@ -182,10 +182,12 @@ pub struct TrainConfig {
     /// bank is 2560-wide, else an unnamed encoder of the bank's width.
     #[serde(default)]
     pub text_encoder: Option<voxtell_fusion::TextEncoderSpec>,
-    /// Save a checkpoint every this many epochs (and after the last).
+    /// Save a checkpoint every this many epochs (and after the last, and when stopped): an
+    /// interrupted run resumes from the last one.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
-    /// Data-loader worker threads (0: cores − 1).
+    /// Data-loader worker threads (0: cores − 1); also the threads that build the cache (0:
+    /// all cores).
     #[serde(default)]
     pub workers: usize,
 }
@@ -250,7 +252,9 @@ impl TrainConfig {
         if s.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
             return bad(format!("schedule.lr must be positive, got {:?}", s.lr));
         }
-        if !(0.0..1.0).contains(&s.momentum) || s.weight_decay < 0.0 || s.clip.is_nan() || s.clip <= 0.0 {
+        let momentum_ok = (0.0..1.0).contains(&s.momentum);
+        let decay_ok = s.weight_decay.is_finite() && s.weight_decay >= 0.0;
+        if !momentum_ok || !decay_ok || s.clip.is_nan() || s.clip <= 0.0 {
             return bad("schedule: momentum in [0, 1), weight_decay ≥ 0 and clip > 0 are required".into());
         }
         if self.loss.ds_weights.is_empty()
@@ -262,6 +266,20 @@ impl TrainConfig {
                 self.loss.ds_weights
             ));
         }
+        if self.loss.ds_weights.iter().any(|w| !w.is_finite()) || self.loss.ds_weights[0] <= 0.0 {
+            return bad(format!(
+                "loss.ds_weights must be finite with a positive first (full-resolution) weight, got {:?}",
+                self.loss.ds_weights
+            ));
+        }
+        let sp = &self.sampling;
+        if sp.prompts_per_sample == 0
+            || !(0.0..=1.0).contains(&sp.foreground_probability)
+            || !(0.0..=1.0).contains(&sp.default_name_probability)
+        {
+            return bad("sampling: prompts_per_sample ≥ 1 and probabilities in [0, 1] are required".into());
+        }
+        sp.augment.validate().map_err(TrainError::Config)?;
         if !(0.0..1.0).contains(&self.validation.fraction) {
             return bad(format!("validation.fraction must be in [0, 1), got {}", self.validation.fraction));
         }

@@ -540,6 +540,30 @@ impl Vocabulary {
             values.dedup();
             entries.push(ResolvedEntry { key: e.key.clone(), values, prompts: e.prompts.clone() });
         }
+        // A prompt names one thing: the same text (as the bank keys it, lowercased) for
+        // different structures, or for a structure and a negative-only concept, would be
+        // trained as present and absent at once.
+        let mut meaning: BTreeMap<String, (&str, &[u16])> = BTreeMap::new();
+        for e in &entries {
+            for p in &e.prompts {
+                if let Some((other, values)) = meaning.insert(p.to_lowercase(), (&e.key, &e.values))
+                    && values != e.values.as_slice()
+                {
+                    return Err(vocab_err(
+                        &self.path,
+                        &format!("{name}/{}", e.key),
+                        format!("prompt {p:?} also names {other:?}, a different structure"),
+                    ));
+                }
+            }
+        }
+        if let Some(n) = voc.negatives.iter().find(|n| meaning.contains_key(&n.to_lowercase())) {
+            return Err(vocab_err(
+                &self.path,
+                &format!("{name}/{NEGATIVES_KEY}"),
+                format!("negative-only prompt {n:?} is also a prompt of a structure"),
+            ));
+        }
         Ok(ResolvedVocabulary { dataset: name.to_string(), entries, negatives: voc.negatives.clone() })
     }
 }
@@ -591,6 +615,32 @@ mod tests {
         assert_eq!(strip_nifti_ending("a_0000.nii.gz"), Some(("a_0000", ".nii.gz")));
         assert_eq!(strip_nifti_ending("a_0000.NII"), Some(("a_0000", ".nii")));
         assert_eq!(strip_nifti_ending("a.mha"), None);
+    }
+
+    #[test]
+    fn a_prompt_may_not_name_two_structures() {
+        let labels: BTreeMap<String, u16> =
+            [("background", 0), ("kl", 1), ("kr", 2)].map(|(k, v)| (k.to_string(), v)).into();
+        let shared = Vocabulary::from_json_str(
+            r#"{"D": {"kl": ["left kidney", "Kidney"], "kr": ["right kidney", "kidney"]}}"#,
+            "v.json",
+        )
+        .unwrap();
+        let e = shared.resolve("D", &labels).unwrap_err().to_string();
+        assert!(e.contains("kidney") && e.contains("kl"), "{e}");
+        let negative = Vocabulary::from_json_str(
+            r#"{"D": {"kl": ["left kidney"], "kr": ["right kidney"], "_negatives": ["Left Kidney"]}}"#,
+            "v.json",
+        )
+        .unwrap();
+        assert!(negative.resolve("D", &labels).is_err());
+        // The same prompt for the same structure (e.g. a union listed twice) is fine.
+        let ok = Vocabulary::from_json_str(
+            r#"{"D": {"kl": ["left kidney", "LEFT KIDNEY"], "kr": ["right kidney"]}}"#,
+            "v.json",
+        )
+        .unwrap();
+        assert!(ok.resolve("D", &labels).is_ok());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - `log.jsonl` (one line per epoch), `curves.png`, `config.toml` (as resolved), `cache/`.
 //!
 //! A checkpoint is written into a temporary folder and then swapped in whole, so weights and
-//! state always belong together and an interrupted run loses at most the epoch in flight. Resuming reloads weights, momentum buffers and the epoch;
+//! state always belong together; an interrupted run resumes from the last checkpoint (every
+//! `checkpoint_every` epochs, and whenever the run is stopped through the progress callback). Resuming reloads weights, momentum buffers and the epoch;
 //! batches are a function of (seed, epoch, iteration, sample), so a resumed run computes exactly
 //! what an uninterrupted one would.
 
@@ -39,7 +40,7 @@ use crate::step::{StepOptions, Trainable};
 /// Key mixed into the seed of the validation patches and the train/validation split.
 const VALIDATION_KEY: u64 = 0x5641_4c49_4441_5445;
 
-/// The run's resumable state (`state/state.json`).
+/// The run's resumable state (`model/state.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     /// Epochs completed.
@@ -100,15 +101,20 @@ pub fn train(
     std::fs::create_dir_all(out).map_err(|e| TrainError::file(out, e))?;
     let model_dir = out.join("model");
     let log_path = out.join("log.jsonl");
+    recover_checkpoint(out)?;
     let state = if resume {
         let path = model_dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             TrainError::file(&path, format!("nothing to resume ({e}); start without --resume"))
         })?;
         let s: RunState = serde_json::from_str(&text).map_err(|e| TrainError::file(&path, e))?;
-        if s.config.schedule != config.schedule || s.config.seed != config.seed {
+        // Everything that shapes the computation must be the same; where the files are and how
+        // many threads load data may differ.
+        let comparable =
+            |c: &TrainConfig| TrainConfig { output: PathBuf::new(), cache: None, workers: 0, ..c.clone() };
+        if comparable(&s.config) != comparable(config) {
             return Err(TrainError::Config(format!(
-                "{}: the schedule or seed differ from the run being resumed",
+                "{}: the configuration differs from the run being resumed (only output, cache and workers may change)",
                 path.display()
             )));
         }
@@ -167,12 +173,13 @@ pub fn train(
         let (epoch, iteration) = (batch.epoch as usize, batch.iteration as usize);
         let lr = schedule.lr(epoch);
         let (image, text, target) = tensors(&batch, &prepared.bank, prepared.trainable.dtype())?;
-        let (loss, _) = prepared.trainable.train_step(&image, &text, &[target], lr)?;
+        let (loss, grads) = prepared.trainable.gradients(&image, &text, &[target])?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite(format!(
                 "loss {loss} at epoch {epoch}, iteration {iteration}"
             )));
         }
+        prepared.trainable.apply(grads, lr)?;
         losses.push(loss);
         let mut go_on = progress(&Progress {
             epoch,
@@ -225,7 +232,9 @@ pub fn train(
             checkpoint(&prepared, config, epoch + 1, out)?;
             curves::write_curves(&out.join("curves.png"), &log)?;
         }
-        if stop && !last {
+        if last {
+            summary.stopped = false;
+        } else if stop {
             summary.stopped = true;
             break;
         }
@@ -247,6 +256,21 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     let (train_cache, _) = Cache::build(cache_root.join("train"), &train_sets, &options)?;
     let plans = read_plans(config)?;
     let patch = patch_size(&plans)?;
+    if let (Some(_), Some(dir)) = (&config.plans, &config.init.checkpoint) {
+        // The network is built from the checkpoint's folder, plans included.
+        let own: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("plans.json"))
+                .map_err(|e| TrainError::file(dir.join("plans.json"), e))?,
+        )
+        .map_err(|e| TrainError::file(dir.join("plans.json"), e))?;
+        if patch_size(&own)? != patch {
+            return Err(TrainError::Config(format!(
+                "plans patch {patch:?} differs from the checkpoint's {:?} ({}); fine-tuning at another patch size is not supported yet, drop `plans`",
+                patch_size(&own)?,
+                dir.display()
+            )));
+        }
+    }
     let mut sampling = config.sampling.clone();
     sampling.patch_size = patch;
     let train_sampler = Arc::new(Sampler::new(Arc::new(train_cache), &vocabulary, sampling.clone())?);
@@ -447,8 +471,8 @@ fn validate(
         let out = trainable.model().forward(&image, &text)?;
         let logits =
             out.outputs.first().ok_or_else(|| TrainError::Config("the network returned nothing".into()))?;
-        loss_sum += trainable
-            .loss(&image, &text, std::slice::from_ref(&target))?
+        let targets = crate::loss::deep_supervision_targets(&target, &out.outputs)?;
+        loss_sum += crate::loss::deep_supervision_loss(&out.outputs, &targets, &trainable.options().loss)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         let pred = logits.gt(0.0)?.to_dtype(DType::F32)?.flatten_from(2)?;
@@ -491,7 +515,18 @@ fn checkpoint(p: &Prepared, config: &TrainConfig, epochs_done: usize, out: &Path
     swap_dir(&tmp, &out.join("model"))
 }
 
-/// Replace the folder `dst` by `new` (the old one is renamed aside first and removed after).
+/// Finish a checkpoint swap that a crash interrupted: if `model/` is missing but `model.old/`
+/// exists (renamed aside, the new one not yet in place), put the old one back.
+fn recover_checkpoint(out: &Path) -> Result<()> {
+    let (model, old) = (out.join("model"), out.join("model.old"));
+    if !model.exists() && old.join("state.json").is_file() {
+        std::fs::rename(&old, &model).map_err(|e| TrainError::file(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Replace the folder `dst` by `new` (the old one is renamed aside first and removed after;
+/// [`recover_checkpoint`] undoes a swap cut short between the two renames).
 fn swap_dir(new: &Path, dst: &Path) -> Result<()> {
     let old = dst.with_extension("old");
     if old.exists() {

@@ -1,4 +1,6 @@
-//! A hand-drawn 5 × 7 bitmap font for printable ASCII (U+0020 to U+007E).
+//! A 5 × 7 bitmap font for printable ASCII (U+0020 to U+007E). The glyph shapes are the classic
+//! 5 × 7 dot-matrix character set of HD44780-type LCD controllers (a de-facto standard; most
+//! glyphs match it pixel for pixel), entered here as bit rows.
 
 /// Glyph width in pixels.
 pub(super) const GLYPH_W: usize = 5;
