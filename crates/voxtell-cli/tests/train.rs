@@ -25,7 +25,8 @@ fn train_needs_a_config_or_a_run_to_resume() {
 fn a_bad_config_is_reported_with_its_path() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("train.toml");
-    std::fs::write(&path, "output = \"x\"\ndatasets = []\nvocabulary = \"v\"\nbank = \"b\"\nplans = \"p\"\n").unwrap();
+    std::fs::write(&path, "output = \"x\"\ndatasets = []\nvocabulary = \"v\"\nbank = \"b\"\nplans = \"p\"\n")
+        .unwrap();
     let (ok, err) = voxtell(&["train", "--config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("train.toml") && err.contains("no datasets"), "{err}");
