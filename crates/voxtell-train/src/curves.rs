@@ -161,12 +161,15 @@ fn plot_panel(
                     }
                     prev = Some(p);
                 }
-                None => prev = None,
+                // Epochs without a value (validation every few epochs): the line bridges them.
+                None => {}
             }
         }
-        let ly = bottom + 8 + TEXT_LINE_HEIGHT * (k + 1);
-        canvas.fill_rect(left, ly + 2, 10, 10, *colour);
-        canvas.text(left + 16, ly, name, TEXT);
+        // Legend in the plot's top right corner.
+        let lx = right.saturating_sub(16 + 12 * TEXT_CHAR_WIDTH);
+        let ly = top + 6 + TEXT_LINE_HEIGHT * k;
+        canvas.fill_rect(lx, ly + 2, 10, 10, *colour);
+        canvas.text(lx + 16, ly, name, TEXT);
     }
 }
 
