@@ -151,18 +151,16 @@ fn plot_panel(
     for (k, (name, colour, values)) in series.iter().enumerate() {
         let mut prev: Option<(i64, i64)> = None;
         for (e, v) in epochs.iter().zip(values) {
-            match v.filter(|v| v.is_finite()) {
-                Some(v) => {
-                    let p = (px(*e).round() as i64, py(v.clamp(lo, hi)).round() as i64);
-                    if let Some(q) = prev {
-                        canvas.line(q, p, *colour);
-                    } else {
-                        canvas.fill_rect((p.0 - 1).max(0) as usize, (p.1 - 1).max(0) as usize, 3, 3, *colour);
-                    }
-                    prev = Some(p);
+            // Epochs without a value (validation every few epochs) are skipped: the line
+            // bridges them.
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                let p = (px(*e).round() as i64, py(v.clamp(lo, hi)).round() as i64);
+                if let Some(q) = prev {
+                    canvas.line(q, p, *colour);
+                } else {
+                    canvas.fill_rect((p.0 - 1).max(0) as usize, (p.1 - 1).max(0) as usize, 3, 3, *colour);
                 }
-                // Epochs without a value (validation every few epochs): the line bridges them.
-                None => {}
+                prev = Some(p);
             }
         }
         // Legend in the plot's top right corner.
