@@ -197,11 +197,7 @@ fn embed(
     } else {
         EmbeddingBank::default()
     };
-    let dtype = match text_dtype {
-        "bf16" => voxtell::candle::DType::BF16,
-        "f16" => voxtell::candle::DType::F16,
-        _ => voxtell::candle::DType::F32,
-    };
+    let dtype = predict::text_dtype(text_dtype);
     let model = resolve_text_model(text_model.as_deref());
     let mut source = PromptVectors::new(bank, model, dtype, &voxtell::candle::Device::Cpu);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -219,9 +215,7 @@ fn model_info(dir: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(&plans_path).map_err(|e| anyhow::anyhow!("{}: {e}", plans_path.display()))?;
     let plans: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", plans_path.display()))?;
-    let safetensors = dir.join("model.safetensors");
-    let weights =
-        if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
+    let weights = voxtell::fusion::model::weights_file(dir);
     let ckpt = Checkpoint::open(&weights)?;
     let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
     let meta = voxtell::fusion::ModelMeta::from_dir(dir)?;

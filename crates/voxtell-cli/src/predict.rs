@@ -122,6 +122,15 @@ pub struct PredictArgs {
     pub quiet: bool,
 }
 
+/// The text model's dtype from `--text-dtype` (clap admits only f32, bf16 and f16).
+pub fn text_dtype(name: &str) -> DType {
+    match name {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    }
+}
+
 /// Parse a size like `8G`, `512M`, `1.5GiB` or a plain number of bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -214,11 +223,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
 
     // Prompts first: an unknown prompt fails before any image work.
     let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
-    let text_dtype = match args.text_dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
-    };
+    let text_dtype = text_dtype(&args.text_dtype);
     let mut text_model = resolve_text_model(args.text_model.as_deref());
     let model_dir = resolve_model(args.model.as_deref())?;
     // A model folder that names its text encoder (voxtell.json) refuses another kind: an error

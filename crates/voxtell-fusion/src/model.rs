@@ -136,6 +136,13 @@ pub struct VoxTellOutput {
     pub mask_embeddings: Tensor,
 }
 
+/// The weights of a model folder: `model.safetensors` when present (a converted or trained
+/// folder), else the official `fold_0/checkpoint_final.pth`.
+pub fn weights_file(dir: &Path) -> std::path::PathBuf {
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") }
+}
+
 /// The VoxTell network.
 #[derive(Debug, Clone)]
 pub struct VoxTellModel {
@@ -162,9 +169,7 @@ impl VoxTellModel {
             path: plans_path.clone(),
             reason: format!("not valid JSON: {e}"),
         })?;
-        let safetensors = dir.join("model.safetensors");
-        let weights =
-            if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
+        let weights = weights_file(dir);
         let ckpt = Checkpoint::open(&weights)?;
         let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
         if let Some(meta) = crate::meta::ModelMeta::from_dir(dir)? {

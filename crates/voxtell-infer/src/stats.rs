@@ -44,7 +44,7 @@ pub struct CaseStatistics {
     pub source: String,
     /// Shape of the original voxel grid.
     pub shape: [usize; 3],
-    /// Voxel spacing in mm along the array axes (see [`spacing_from_affine`]).
+    /// Voxel spacing in mm along the array axes (see `voxtell_io::orientation::spacing`).
     pub spacing_mm: [f64; 3],
     /// One entry per prompt, in prompt order.
     pub prompts: Vec<MaskStatistics>,
@@ -66,15 +66,6 @@ pub fn voxel_volume_mm3(affine: &voxtell_io::Affine) -> f64 {
         - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
     det.abs()
-}
-
-/// Voxel spacing in mm along each array axis: the length of the affine's columns.
-pub fn spacing_from_affine(affine: &voxtell_io::Affine) -> [f64; 3] {
-    let mut out = [0.0; 3];
-    for (c, o) in out.iter_mut().enumerate() {
-        *o = (0..3).map(|r| affine[r][c] * affine[r][c]).sum::<f64>().sqrt();
-    }
-    out
 }
 
 /// Statistics of `mask` (non-zero where the value is not 0) in the grid described by `affine`.
@@ -230,7 +221,7 @@ mod tests {
         let [wmin, wmax] = st.bbox_world_mm.expect("bbox");
         assert_eq!(wmin, [14.0, -17.0, 21.0]);
         assert_eq!(wmax, [18.0, -14.0, 25.0]);
-        assert_eq!(spacing_from_affine(&affine), [2.0, 3.0, 4.0]);
+        assert_eq!(voxtell_io::orientation::spacing(&affine), [2.0, 3.0, 4.0]);
     }
 
     #[test]
@@ -251,7 +242,7 @@ mod tests {
         assert_eq!(wmax, [98.5, 48.0, -26.0]);
         let w = st.centroid_world_mm.expect("world");
         assert!(close(w[0], 98.0) && close(w[1], 46.0) && close(w[2], -27.0));
-        assert_eq!(spacing_from_affine(&affine), [2.0, 1.0, 0.5]);
+        assert_eq!(voxtell_io::orientation::spacing(&affine), [2.0, 1.0, 0.5]);
     }
 
     #[test]
@@ -278,7 +269,7 @@ mod tests {
             case: "ct".into(),
             source: "ct.nii.gz".into(),
             shape: [2, 2, 2],
-            spacing_mm: spacing_from_affine(&id),
+            spacing_mm: voxtell_io::orientation::spacing(&id),
             prompts: vec![
                 compute("liver", m.view(), &id),
                 compute("empty", Array3::zeros((2, 2, 2)).view(), &id),

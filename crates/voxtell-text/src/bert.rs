@@ -36,7 +36,7 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 use crate::encoder::{EncoderKind, EncoderSpec, Pooling};
 use crate::error::{Result, TextError};
 use crate::prompt::normalize;
-use crate::qwen::{EmbedMode, run_batched};
+use crate::qwen::{EmbedMode, embed_sequences};
 
 /// `max_seq_length` when the folder names none (all-MiniLM-L6-v2's).
 pub const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
@@ -368,20 +368,7 @@ impl BertEmbedder {
     /// Embed token sequences as they are (no lowercasing, no tokenizer, no truncation: at most
     /// `max_position_embeddings` tokens), pooled and normalised as the folder says.
     pub fn embed_token_ids(&self, ids: &[Vec<u32>], mode: EmbedMode) -> Result<Vec<Vec<f32>>> {
-        if let Some(i) = ids.iter().position(Vec::is_empty) {
-            return Err(TextError::Tokenize {
-                prompt: format!("token sequence #{i}"),
-                reason: "no tokens".into(),
-            });
-        }
-        match mode {
-            EmbedMode::OnePerPrompt => {
-                ids.iter().map(|row| self.run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
-            }
-            EmbedMode::Batched => {
-                run_batched(ids, |rows, len| rows * self.heads * len * len, |rows| self.run(rows))
-            }
-        }
+        embed_sequences(ids, mode, |rows, len| rows * self.heads * len * len, |rows| self.run(rows))
     }
 
     /// One right-padded batch through the model: a pooled (and normalised) vector per row.

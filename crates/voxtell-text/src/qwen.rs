@@ -235,20 +235,7 @@ impl QwenEmbedder {
     /// Embed token sequences as they are (no instruction, no tokenizer): the last-token vector
     /// of each, in order.
     pub fn embed_token_ids(&self, ids: &[Vec<u32>], mode: EmbedMode) -> Result<Vec<Vec<f32>>> {
-        if let Some(i) = ids.iter().position(Vec::is_empty) {
-            return Err(TextError::Tokenize {
-                prompt: format!("token sequence #{i}"),
-                reason: "no tokens".into(),
-            });
-        }
-        match mode {
-            EmbedMode::OnePerPrompt => {
-                ids.iter().map(|row| self.run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
-            }
-            EmbedMode::Batched => {
-                run_batched(ids, |rows, len| self.model.score_elements(rows, len), |rows| self.run(rows))
-            }
-        }
+        embed_sequences(ids, mode, |rows, len| self.model.score_elements(rows, len), |rows| self.run(rows))
     }
 
     /// One padded batch through the backbone: a vector per row.
@@ -260,6 +247,28 @@ impl QwenEmbedder {
 /// Run non-empty token sequences in padded batches: distinct sequences only, shortest first
 /// (stable: ties keep the input order), split by [`batches`]; `run` embeds one batch (a vector
 /// per row, in order). The vectors come back in the input order, duplicates sharing theirs.
+/// Embed token sequences one per forward or in batches ([`run_batched`]); `run` is the model's
+/// forward on rows of equal meaning (BERT and Qwen share this). Empty sequences are errors.
+pub(crate) fn embed_sequences(
+    ids: &[Vec<u32>],
+    mode: EmbedMode,
+    score_elements: impl Fn(usize, usize) -> usize,
+    run: impl Fn(&[&[u32]]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    if let Some(i) = ids.iter().position(Vec::is_empty) {
+        return Err(TextError::Tokenize {
+            prompt: format!("token sequence #{i}"),
+            reason: "no tokens".into(),
+        });
+    }
+    match mode {
+        EmbedMode::OnePerPrompt => {
+            ids.iter().map(|row| run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
+        }
+        EmbedMode::Batched => run_batched(ids, score_elements, run),
+    }
+}
+
 pub(crate) fn run_batched(
     ids: &[Vec<u32>],
     score_elements: impl Fn(usize, usize) -> usize,

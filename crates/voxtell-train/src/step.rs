@@ -375,9 +375,7 @@ impl Trainable {
         let text = std::fs::read_to_string(&plans_path).map_err(|e| TrainError::file(&plans_path, e))?;
         let plans: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::file(&plans_path, format!("not valid JSON: {e}")))?;
-        let safetensors = dir.join("model.safetensors");
-        let weights =
-            if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") };
+        let weights = voxtell_fusion::model::weights_file(dir);
         let ckpt = Checkpoint::open(&weights)?;
         let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
         if let Some(meta) = ModelMeta::from_dir(dir)? {
