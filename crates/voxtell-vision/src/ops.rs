@@ -203,8 +203,7 @@ impl CustomOp3 for Conv3d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (gx, gw) = self.grads(x, w, grad)?;
-        let gb = grad.sum((0, 2, 3, 4))?;
-        Ok((Some(gx), Some(gw), Some(gb)))
+        Ok((Some(gx), Some(gw), Some(bias_grad(grad)?)))
     }
 }
 
@@ -251,13 +250,14 @@ impl CustomOp2 for Conv3dGradWeight {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let out = dispatch!(s1, self.name(), |T| conv_gemm::backward_weight::<T>(
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "grad")?,
-            g,
-            false
-        )
-        .0);
+        let out = dispatch!(s1, self.name(), |T| {
+            let (x, gout) = (slice(s1, l1, "input")?, slice(s2, l2, "grad")?);
+            if conv_gemm::shifted_applies(g) {
+                conv_gemm::backward_weight_shifted::<T>(x, gout, g)
+            } else {
+                conv_gemm::backward_weight::<T>(x, gout, g, false).0
+            }
+        });
         let [kd, kh, kw] = g.kernel;
         Ok((out, Shape::from((g.c_out, g.c_in, kd, kh, kw))))
     }
@@ -387,7 +387,7 @@ impl CustomOp3 for ConvTranspose {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (gx, gw) = self.grads(x, w, grad)?;
-        Ok((Some(gx), Some(gw), Some(grad.sum((0, 2, 3, 4))?)))
+        Ok((Some(gx), Some(gw), Some(bias_grad(grad)?)))
     }
 }
 
@@ -637,6 +637,36 @@ impl CustomOp3 for InstanceNormAffineGrad {
 // ---------------------------------------------------------------------------------------------
 // leaky_relu, avg_pool3d
 
+/// The gradient of a per-channel bias from the output gradient (N, C, D, H, W): the sum over
+/// the batch and the voxels, shape (C). On the CPU one parallel pass (candle's `sum` over
+/// non-trailing axes runs on one thread with strided reads); see
+/// [`pointwise::channel_sums`] for the summation order.
+pub fn bias_grad(grad: &Tensor) -> Result<Tensor> {
+    dims5(grad.dims(), "bias gradient")?;
+    if !grad.device().is_cpu() {
+        return grad.sum((0, 2, 3, 4));
+    }
+    grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)
+}
+
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "voxtell-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [_, c, d, h, w] = dims5(l.dims(), "bias gradient")?;
+        let out = dispatch!(s, self.name(), |T| pointwise::channel_sums::<T>(
+            slice(s, l, "gradient")?,
+            c,
+            d * h * w
+        ));
+        Ok((out, Shape::from(c)))
+    }
+}
+
 /// Leaky ReLU in one pass: `x` where `x > 0`, else `slope · x` (the gradient at 0 is `slope`).
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     if !x.device().is_cpu() {
@@ -754,5 +784,35 @@ impl CustomOp1 for AvgPoolGrad {
         let dims = l.dims();
         let [d, h, w] = p.input;
         Ok((out, Shape::from((dims[0], dims[1], d, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bias_grad_is_the_sum_over_batch_and_voxels() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            // 3·5·7 voxels: not a multiple of the four partial sums.
+            let g = Tensor::randn(0.0f32, 1.0, (2, 3, 3, 5, 7), &Device::Cpu)?.to_dtype(dtype)?;
+            let want = g.to_dtype(DType::F64)?.sum((0, 2, 3, 4))?.to_vec1::<f64>()?;
+            let got = bias_grad(&g)?;
+            assert_eq!(got.dims(), &[3]);
+            assert_eq!(got.dtype(), dtype);
+            for (a, b) in got.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            // A non-contiguous input is made contiguous first.
+            let t = g.transpose(3, 4)?;
+            let want_t = t.to_dtype(DType::F64)?.sum((0, 2, 3, 4))?.to_vec1::<f64>()?;
+            let got_t = bias_grad(&t)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            for (a, b) in got_t.iter().zip(&want_t) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+        assert!(bias_grad(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?).is_err());
+        Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! The fast convolution paths (two direct AVX-512 kernels for stride 1 — W-vectorised NCDHW and
-//! channels-last — and tiled im2col + GEMM for the rest) against the scalar f64 reference, forward
-//! and backward, on shapes that reach each path: channel counts that are not multiples of the
-//! kernels' blocks, batch 2, kernel 5, strides. On a CPU without AVX-512 every case runs the GEMM
-//! path and is checked just the same.
+//! channels-last — and tiled im2col + GEMM for the rest; for the weight gradient of stride-1
+//! convolutions with at most 64 × 64 channels, one GEMM per tap on shifted padded grids) against
+//! the scalar f64 reference, forward and backward, on shapes that reach each path: channel counts
+//! that are not multiples of the kernels' blocks, batch 2, kernel 5, strides. On a CPU without
+//! AVX-512 every case runs the GEMM paths and is checked just the same.
 
 #![allow(clippy::unwrap_used)]
 

@@ -270,6 +270,99 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<
     gx
 }
 
+/// Whether [`backward_weight_shifted`] applies: stride 1, "same" output size, at most
+/// [`SHIFTED_MAX_PAIRS`] channel pairs (wide layers have small volumes, where im2col is cheap
+/// next to the GEMM) and padded copies of one batch item within [`TILE_ELEMS`] elements.
+pub(crate) fn shifted_applies(g: &ConvGeom) -> bool {
+    let padded: usize = (0..3).map(|a| g.input[a] + 2 * g.padding[a]).product();
+    g.stride == [1, 1, 1]
+        && g.output() == g.input
+        && g.taps() > 1
+        && g.c_in * g.c_out <= SHIFTED_MAX_PAIRS
+        && (g.c_in + g.c_out) * padded <= TILE_ELEMS
+}
+
+/// Largest `c_in · c_out` for [`backward_weight_shifted`].
+const SHIFTED_MAX_PAIRS: usize = 64 * 64;
+
+/// The weight gradient of a stride-1 convolution without an im2col matrix: the input is
+/// zero-padded to `(Dp, Hp, Wp)` and the output gradient is laid into a grid with the same
+/// strides (zero outside the output), so that for every tap `(a, b, c)` the gradient is one GEMM
+/// `gw[:, :, tap] += G · Xᵀ` of the output gradient with the padded input shifted by
+/// `a·Hp·Wp + b·Wp + c`, both read contiguously. Taps run in parallel, each into its own
+/// accumulator over the batch items in order, so the result does not depend on the thread
+/// count. Same result as [`backward_weight`] up to the summation order.
+pub(crate) fn backward_weight_shifted<T: Elem>(x: &[T], gout: &[T], g: &ConvGeom) -> Vec<T> {
+    debug_assert!(shifted_applies(g));
+    let [d, h, w] = g.input;
+    let [_, kh, kw] = g.kernel;
+    let [pd, ph, pw] = g.padding;
+    let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
+    let plane = dp * hp * wp;
+    let taps = g.taps();
+    let vox = d * h * w;
+    let pairs = g.c_out * g.c_in;
+    // Positions 0..len of the grid cover every output voxel (the last one is (d−1, h−1, w−1)).
+    let len = ((d - 1) * hp + (h - 1)) * wp + w;
+    let mut acc = vec![T::ZERO; taps * pairs];
+    let mut xp = vec![T::ZERO; g.c_in * plane];
+    let mut gp = vec![T::ZERO; g.c_out * plane];
+    // Copy `src` planes into `dst` grids at (z, y, x) + offset; the rest stays zero.
+    let place = |dst: &mut [T], src: &[T], offset: [usize; 3]| {
+        dst.par_chunks_mut(plane).zip(src.par_chunks(vox)).for_each(|(dst, src)| {
+            for z in 0..d {
+                for y in 0..h {
+                    let at = ((z + offset[0]) * hp + y + offset[1]) * wp + offset[2];
+                    dst[at..at + w].copy_from_slice(&src[(z * h + y) * w..][..w]);
+                }
+            }
+        });
+    };
+    for bi in 0..g.batch {
+        place(&mut xp, &x[bi * g.c_in * vox..][..g.c_in * vox], [pd, ph, pw]);
+        place(&mut gp, &gout[bi * g.c_out * vox..][..g.c_out * vox], [0, 0, 0]);
+        acc.par_chunks_mut(pairs).enumerate().for_each(|(tap, dst)| {
+            let (a, b, c) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+            let shift = (a * hp + b) * wp + c;
+            debug_assert!(shift + len <= plane);
+            // SAFETY: dst is this tap's c_out × c_in accumulator (row stride c_in); lhs the
+            // c_out × len gradient grid (row stride plane); rhs the len × c_in shifted input
+            // (element (q, ci) at ci·plane + shift + q); every read stays within its buffer.
+            unsafe {
+                gemm(
+                    g.c_out,
+                    g.c_in,
+                    len,
+                    dst.as_mut_ptr(),
+                    1,
+                    g.c_in as isize,
+                    true,
+                    gp.as_ptr(),
+                    1,
+                    plane as isize,
+                    xp.as_ptr().add(shift),
+                    plane as isize,
+                    1,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    }
+    // (tap, co, ci) → (co, ci, tap).
+    let mut gw = vec![T::ZERO; taps * pairs];
+    for (tap, block) in acc.chunks(pairs).enumerate() {
+        for (pair, &v) in block.iter().enumerate() {
+            gw[pair * taps + tap] = v;
+        }
+    }
+    gw
+}
+
 /// Gradients with respect to the weight (`c_out × c_in × taps`) and, when asked, the bias.
 pub(crate) fn backward_weight<T: Elem>(
     x: &[T],

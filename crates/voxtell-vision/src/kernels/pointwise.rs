@@ -110,6 +110,35 @@ pub(crate) fn instance_norm_backward<T: Elem>(
     (gx, affine)
 }
 
+/// Per-channel sums of an (N, C, vox) array over N and the voxels (the bias gradient of a
+/// convolution): each plane is summed in f64 with four interleaved partial sums, planes run in
+/// parallel, and the planes of a channel are added in batch order, so the result does not
+/// depend on the thread count.
+pub(crate) fn channel_sums<T: Elem>(x: &[T], c: usize, vox: usize) -> Vec<T> {
+    if vox == 0 || c == 0 {
+        return vec![T::ZERO; c];
+    }
+    let planes: Vec<f64> = x
+        .par_chunks(vox)
+        .map(|p| {
+            let mut acc = [0.0f64; 4];
+            let mut quads = p.chunks_exact(4);
+            for q in &mut quads {
+                for (a, &v) in acc.iter_mut().zip(q) {
+                    *a += v.to_f64();
+                }
+            }
+            let tail: f64 = quads.remainder().iter().map(|v| v.to_f64()).sum();
+            (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+        })
+        .collect();
+    let mut out = vec![0.0f64; c];
+    for (p, s) in planes.iter().enumerate() {
+        out[p % c] += s;
+    }
+    out.into_iter().map(T::from_f64).collect()
+}
+
 /// Leaky ReLU: `x` where `x > 0`, else `slope · x`.
 pub(crate) fn leaky_relu<T: Elem>(x: &[T], slope: f64) -> Vec<T> {
     let s = T::from_f64(slope);
