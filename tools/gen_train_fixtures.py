@@ -468,6 +468,11 @@ OPTIM_CONFIGS = {
     "momentum": dict(lr=OPTIM_LR, momentum=MOMENTUM, nesterov=False, weight_decay=0.0),
 }
 OPTIM_CLIP = 1.5
+# torch.optim.AdamW settings (amsgrad off); run on the same parameters and gradients.
+ADAMW_CONFIGS = {
+    "adamw": dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+    "adamw_nowd": dict(lr=0.003, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.0),
+}
 
 
 def optim_case():
@@ -483,9 +488,11 @@ def optim_case():
                 continue
             grads[(i, s)] = torch.randn(shp, generator=g, dtype=F64) * (0.5 * s)
             tensors[f"g{i}.step{s}"] = grads[(i, s)]
-    for name, kw in OPTIM_CONFIGS.items():
+    runs = [(n, torch.optim.SGD, kw) for n, kw in OPTIM_CONFIGS.items()]
+    runs += [(n, torch.optim.AdamW, kw) for n, kw in ADAMW_CONFIGS.items()]
+    for name, cls, kw in runs:
         ps = [torch.nn.Parameter(p.clone()) for p in p0]
-        opt = torch.optim.SGD(ps, **kw)
+        opt = cls(ps, **kw)
         for s in range(1, STEPS + 1):
             opt.zero_grad(set_to_none=True)
             for i, p in enumerate(ps):
@@ -512,13 +519,16 @@ def optim_case():
         "params": {f"p{i}": s for i, s in enumerate(OPTIM_SHAPES)},
         "steps": STEPS,
         "configs": {k: dict(v, dampening=0.0) for k, v in OPTIM_CONFIGS.items()},
+        "adamw_configs": {k: dict(v, betas=list(v["betas"]), amsgrad=False)
+                          for k, v in ADAMW_CONFIGS.items()},
         "no_grad_at_step": {f"p{i}": v for i, v in OPTIM_SKIP.items()},
         "clip_max_norm": OPTIM_CLIP,
         "clip_total_norm": float(total),
         "names": {
             "p{i}": "initial parameter",
             "g{i}.step{s}": "gradient set before step s (s = 1..3); absent = grad None",
-            "{config}.p{i}.step{s}": "parameter after step s of torch.optim.SGD(**configs[config])",
+            "{config}.p{i}.step{s}": "parameter after step s of torch.optim.SGD(**configs[config]) "
+                                     "or torch.optim.AdamW(**adamw_configs[config])",
             "clip.g{i}.step1": "g{i}.step1 after clip_grad_norm_([p0..p3], clip_max_norm)",
             "clip.total_norm": "the total norm clip_grad_norm_ returned (before clipping)",
         },

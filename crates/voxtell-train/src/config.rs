@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::loss::LossConfig;
+use crate::optim::{AdamWConfig, OptimizerConfig, SgdConfig};
 use crate::sampler::SamplerConfig;
 
 /// Where the initial weights come from.
@@ -56,9 +57,15 @@ pub struct ScheduleConfig {
     /// Linear warm-up epochs before the poly decay (default 0 from scratch, 50 when
     /// fine-tuning).
     pub warmup_epochs: Option<usize>,
+    /// The optimiser: nnU-Net's SGD (default) or AdamW.
+    pub optimizer: OptimizerKind,
     /// SGD momentum (Nesterov).
     pub momentum: f64,
-    /// Weight decay.
+    /// AdamW's moment decay rates.
+    pub betas: [f64; 2],
+    /// AdamW's ε.
+    pub eps: f64,
+    /// Weight decay: added to the gradient for SGD (L2), decoupled for AdamW.
     pub weight_decay: f64,
     /// Gradient-norm clip.
     pub clip: f64,
@@ -72,9 +79,40 @@ impl Default for ScheduleConfig {
             batch_size: 2,
             lr: None,
             warmup_epochs: None,
+            optimizer: OptimizerKind::Sgd,
             momentum: 0.99,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
             weight_decay: 3e-5,
             clip: 12.0,
+        }
+    }
+}
+
+/// Which optimiser [`ScheduleConfig`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with Nesterov momentum (nnU-Net's).
+    Sgd,
+    /// AdamW (decoupled weight decay).
+    AdamW,
+}
+
+impl ScheduleConfig {
+    /// The optimiser settings this schedule describes.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        match self.optimizer {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd(SgdConfig {
+                momentum: self.momentum,
+                nesterov: true,
+                weight_decay: self.weight_decay,
+            }),
+            OptimizerKind::AdamW => OptimizerConfig::AdamW(AdamWConfig {
+                betas: self.betas,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            }),
         }
     }
 }
@@ -257,6 +295,9 @@ impl TrainConfig {
         if !momentum_ok || !decay_ok || s.clip.is_nan() || s.clip <= 0.0 {
             return bad("schedule: momentum in [0, 1), weight_decay ≥ 0 and clip > 0 are required".into());
         }
+        if !(s.betas.iter().all(|b| (0.0..1.0).contains(b)) && s.eps.is_finite() && s.eps > 0.0) {
+            return bad(format!("schedule: betas {:?} must lie in [0, 1) and eps {} must be > 0", s.betas, s.eps));
+        }
         if self.loss.ds_weights.is_empty()
             || self.loss.ds_weights.iter().any(|w| w.is_nan() || *w < 0.0)
             || self.loss.ds_weights.iter().sum::<f64>() <= 0.0
@@ -347,12 +388,30 @@ plans = "plans.json"
             "[validation]\nfraction = 1.5\n",
             "typo = 3\n",
             "[sampling]\nforeground_probabilty = 0.5\n",
+            "[schedule]\noptimizer = \"adam\"\n",
+            "[schedule]\noptimizer = \"adamw\"\nbetas = [0.9, 1.0]\n",
+            "[schedule]\neps = 0.0\n",
         ] {
             let r = TrainConfig::from_toml(&format!("{MINIMAL}\n{extra}"));
             assert!(r.is_err(), "{extra}");
         }
         let no_arch = MINIMAL.replace("plans = \"plans.json\"", "");
         assert!(TrainConfig::from_toml(&no_arch).is_err());
+    }
+
+    #[test]
+    fn optimizer_choice() {
+        let c = TrainConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            c.schedule.optimizer_config(),
+            OptimizerConfig::Sgd(SgdConfig { momentum: 0.99, nesterov: true, weight_decay: 3e-5 })
+        );
+        let text = format!("{MINIMAL}\n[schedule]\noptimizer = \"adamw\"\nweight_decay = 0.01\nbetas = [0.8, 0.99]\n");
+        let c = TrainConfig::from_toml(&text).unwrap();
+        assert_eq!(
+            c.schedule.optimizer_config(),
+            OptimizerConfig::AdamW(AdamWConfig { betas: [0.8, 0.99], eps: 1e-8, weight_decay: 0.01 })
+        );
     }
 
     #[test]

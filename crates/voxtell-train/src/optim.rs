@@ -1,4 +1,4 @@
-//! Gradient clipping and SGD as PyTorch does them.
+//! Gradient clipping, SGD and AdamW as PyTorch does them.
 //!
 //! - [`clip_grad_norm`]: `torch.nn.utils.clip_grad_norm_` — the total L2 norm over all
 //!   gradients, and every gradient scaled by `max_norm / (norm + 1e-6)` when that is below 1.
@@ -7,6 +7,12 @@
 //!   `μ·buf + g` after; the step direction is `g + μ·buf` (Nesterov) or `buf`; `w −= lr·d`.
 //!   Parameters without a gradient are skipped entirely (no decay, no buffer), as PyTorch skips
 //!   parameters whose `grad` is `None`.
+//! - [`AdamW`]: `torch.optim.AdamW(betas, eps, weight_decay, amsgrad=False)`. For each parameter
+//!   that has a gradient, with its own step count `t`: `w −= lr·wd·w` (decoupled decay);
+//!   `m = β1·m + (1−β1)·g`; `v = β2·v + (1−β2)·g²`;
+//!   `w −= (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)`. Parameters without a gradient are
+//!   skipped, as with SGD.
+//! - [`Optimizer`]: either of the two, chosen by [`OptimizerConfig`].
 //!
 //! Gradients are passed by parameter name ([`Gradients`]), so that they can be averaged across
 //! workers between the backward pass and the update.
@@ -191,6 +197,271 @@ impl Sgd {
         let state =
             candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::file(path, e))?;
         self.load_state_dict(state, dtype, device)
+    }
+}
+
+/// Settings of [`AdamW`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Decay rates of the first and second moment estimates.
+    pub betas: [f64; 2],
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay (`w −= lr·wd·w` before the Adam step).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's: betas (0.9, 0.999), eps 1e-8, weight decay 1e-2.
+    fn default() -> Self {
+        AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 1e-2 }
+    }
+}
+
+/// The moment estimates of one parameter.
+#[derive(Debug, Clone)]
+struct Moments {
+    /// First moment `m`.
+    exp_avg: Tensor,
+    /// Second moment `v`.
+    exp_avg_sq: Tensor,
+    /// Steps this parameter has taken.
+    step: u64,
+}
+
+/// One AdamW update of a single tensor: returns the new weight and moments. Computed in f64
+/// and rounded once to the weight's dtype (moments are kept in the weight's dtype).
+fn adamw_update(
+    weight: &Tensor,
+    grad: &Tensor,
+    moments: Option<&Moments>,
+    config: &AdamWConfig,
+    lr: f64,
+) -> Result<(Tensor, Moments)> {
+    if weight.dims() != grad.dims() {
+        return Err(TrainError::Config(format!(
+            "gradient of shape {:?} for a weight of shape {:?}",
+            grad.dims(),
+            weight.dims()
+        )));
+    }
+    let dtype = weight.dtype();
+    let [b1, b2] = config.betas;
+    let mut w = weight.to_dtype(DType::F64)?;
+    let g = grad.to_dtype(DType::F64)?;
+    if config.weight_decay != 0.0 {
+        w = (&w * (1.0 - lr * config.weight_decay))?;
+    }
+    let (m, v, step) = match moments {
+        None => ((&g * (1.0 - b1))?, (g.sqr()? * (1.0 - b2))?, 1),
+        Some(s) => (
+            ((s.exp_avg.to_dtype(DType::F64)? * b1)? + (&g * (1.0 - b1))?)?,
+            ((s.exp_avg_sq.to_dtype(DType::F64)? * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+            s.step + 1,
+        ),
+    };
+    let t = i32::try_from(step).unwrap_or(i32::MAX);
+    let correction1 = 1.0 - b1.powi(t);
+    let correction2 = 1.0 - b2.powi(t);
+    let denom = ((v.sqrt()? / correction2.sqrt())? + config.eps)?;
+    let new_weight = (w - (m.div(&denom)? * (lr / correction1))?)?.to_dtype(dtype)?.detach();
+    let moments = Moments {
+        exp_avg: m.to_dtype(dtype)?.detach(),
+        exp_avg_sq: v.to_dtype(dtype)?.detach(),
+        step,
+    };
+    Ok((new_weight, moments))
+}
+
+/// AdamW with decoupled weight decay, as `torch.optim.AdamW` (no AMSGrad).
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    config: AdamWConfig,
+    moments: BTreeMap<String, Moments>,
+}
+
+impl AdamW {
+    /// A fresh optimiser (no moments yet).
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, moments: BTreeMap::new() }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Update every parameter of `params` that has a gradient in `grads` with learning rate
+    /// `lr`; the others are left alone. A gradient for a name that is not a parameter is an
+    /// error, and nothing is updated then.
+    pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
+        if let Some(name) = grads.keys().find(|k| !params.contains_key(*k)) {
+            return Err(TrainError::Config(format!("gradient for {name}, which is not a parameter")));
+        }
+        for (name, grad) in grads {
+            let var = &params[name];
+            let (w, m) = adamw_update(var.as_tensor(), grad, self.moments.get(name), &self.config, lr)?;
+            var.set(&w)?;
+            self.moments.insert(name.clone(), m);
+        }
+        Ok(())
+    }
+
+    /// The first moments by parameter name.
+    pub fn first_moments(&self) -> BTreeMap<String, Tensor> {
+        self.moments.iter().map(|(k, m)| (k.clone(), m.exp_avg.clone())).collect()
+    }
+
+    /// The state to save: `exp_avg.{name}`, `exp_avg_sq.{name}` and `step.{name}` (the step
+    /// count as a one-element f64 tensor).
+    pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (k, m) in &self.moments {
+            out.insert(format!("exp_avg.{k}"), m.exp_avg.clone());
+            out.insert(format!("exp_avg_sq.{k}"), m.exp_avg_sq.clone());
+            out.insert(format!("step.{k}"), Tensor::new(&[m.step as f64], &Device::Cpu)?);
+        }
+        Ok(out)
+    }
+
+    /// Restore the state saved by [`AdamW::state_dict`], moments converted to `dtype` and moved
+    /// to `device`. A parameter with only part of its state is an error.
+    pub fn load_state_dict(
+        &mut self,
+        state: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<()> {
+        let mut moments = BTreeMap::new();
+        for (key, step) in &state {
+            let Some(name) = key.strip_prefix("step.") else { continue };
+            let missing = |what: &str| {
+                TrainError::Config(format!("AdamW state of {name} has a step count but no {what}"))
+            };
+            let get = |what: &str| -> Result<Tensor> {
+                Ok(state.get(&format!("{what}.{name}")).ok_or_else(|| missing(what))?.to_dtype(dtype)?.to_device(device)?)
+            };
+            let count = step.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            let step = match count.as_slice() {
+                [c] if *c >= 1.0 && c.fract() == 0.0 => *c as u64,
+                _ => return Err(TrainError::Config(format!("AdamW step count of {name} is {count:?}"))),
+            };
+            moments.insert(name.to_string(), Moments { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, step });
+        }
+        if let Some(k) = state.keys().find(|k| {
+            let name = ["exp_avg.", "exp_avg_sq.", "step."].iter().find_map(|p| k.strip_prefix(p));
+            name.is_none_or(|n| !moments.contains_key(n))
+        }) {
+            return Err(TrainError::Config(format!("AdamW state entry {k} does not belong to a parameter's state")));
+        }
+        self.moments = moments;
+        Ok(())
+    }
+}
+
+/// Which optimiser, with its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// [`Sgd`].
+    Sgd(SgdConfig),
+    /// [`AdamW`].
+    AdamW(AdamWConfig),
+}
+
+impl Default for OptimizerConfig {
+    /// nnU-Net's SGD.
+    fn default() -> Self {
+        OptimizerConfig::Sgd(SgdConfig::default())
+    }
+}
+
+/// SGD or AdamW behind one interface.
+#[derive(Debug, Clone)]
+pub enum Optimizer {
+    /// Stochastic gradient descent.
+    Sgd(Sgd),
+    /// AdamW.
+    AdamW(AdamW),
+}
+
+impl Optimizer {
+    /// A fresh optimiser of the configured kind.
+    pub fn new(config: OptimizerConfig) -> Self {
+        match config {
+            OptimizerConfig::Sgd(c) => Optimizer::Sgd(Sgd::new(c)),
+            OptimizerConfig::AdamW(c) => Optimizer::AdamW(AdamW::new(c)),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            Optimizer::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            Optimizer::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+        }
+    }
+
+    /// Change the settings. The state is kept when the kind stays the same and dropped when
+    /// it changes.
+    pub fn set_config(&mut self, config: OptimizerConfig) {
+        match (&mut *self, config) {
+            (Optimizer::Sgd(o), OptimizerConfig::Sgd(c)) => o.set_config(c),
+            (Optimizer::AdamW(o), OptimizerConfig::AdamW(c)) => o.config = c,
+            (_, c) => *self = Optimizer::new(c),
+        }
+    }
+
+    /// One update; see [`Sgd::step`] and [`AdamW::step`].
+    pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.step(params, grads, lr),
+            Optimizer::AdamW(o) => o.step(params, grads, lr),
+        }
+    }
+
+    /// The momentum buffers (SGD) or first moments (AdamW) by parameter name.
+    pub fn momentum_buffers(&self) -> BTreeMap<String, Tensor> {
+        match self {
+            Optimizer::Sgd(o) => o.momentum_buffers().clone(),
+            Optimizer::AdamW(o) => o.first_moments(),
+        }
+    }
+
+    /// Every state tensor, by name (for saving).
+    pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
+        match self {
+            Optimizer::Sgd(o) => Ok(o.state_dict()),
+            Optimizer::AdamW(o) => o.state_dict(),
+        }
+    }
+
+    /// Restore a state saved by [`Optimizer::state_dict`] of the same kind.
+    pub fn load_state_dict(
+        &mut self,
+        state: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.load_state_dict(state, dtype, device),
+            Optimizer::AdamW(o) => o.load_state_dict(state, dtype, device),
+        }
+    }
+
+    /// Write the state to a safetensors file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        candle_core::safetensors::save(&self.state_dict()?, path).map_err(|e| TrainError::file(path, e))
+    }
+
+    /// Read a state written by [`Optimizer::save`].
+    pub fn load(&mut self, path: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<()> {
+        let path = path.as_ref();
+        let state =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+        self.load_state_dict(state, dtype, device).map_err(|e| TrainError::file(path, e))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The training step, split so that gradients can be averaged across workers before the
 //! update: [`Trainable::gradients`] is a pure function of (weights, batch) → (loss, gradients),
-//! and [`Trainable::apply`] clips the gradients and takes the SGD step.
+//! and [`Trainable::apply`] clips the gradients and takes the optimiser step (SGD or AdamW).
 //!
 //! A [`Trainable`] holds the parameters as a [`candle_nn::VarMap`] named by VoxTell's canonical
 //! checkpoint keys, the buffer `pos_embed` (never optimised), the [`VoxTellModel`] built from
@@ -19,7 +19,7 @@ use voxtell_fusion::{Checkpoint, FreshWeights, ModelMeta, TextEncoderSpec, VoxTe
 
 use crate::error::{Result, TrainError};
 use crate::loss::{LossConfig, deep_supervision_loss, deep_supervision_targets};
-use crate::optim::{Gradients, Sgd, SgdConfig, clip_grad_norm, global_grad_norm};
+use crate::optim::{Gradients, Optimizer, OptimizerConfig, clip_grad_norm, global_grad_norm};
 
 /// The positional-encoding buffer's key.
 pub const POS_EMBED: &str = "pos_embed";
@@ -45,8 +45,8 @@ pub enum WeightSource<'a> {
 pub struct StepOptions {
     /// The loss.
     pub loss: LossConfig,
-    /// The optimiser.
-    pub sgd: SgdConfig,
+    /// The optimiser (nnU-Net's SGD by default).
+    pub optimizer: OptimizerConfig,
     /// Limit on the total gradient L2 norm (`None`: no clipping).
     pub clip_norm: Option<f64>,
     /// Seed of fresh weights (from scratch, or everything but the encoder when only the encoder
@@ -58,7 +58,7 @@ impl Default for StepOptions {
     fn default() -> Self {
         StepOptions {
             loss: LossConfig::default(),
-            sgd: SgdConfig::default(),
+            optimizer: OptimizerConfig::default(),
             clip_norm: Some(DEFAULT_CLIP_NORM),
             init_seed: 0,
         }
@@ -84,7 +84,7 @@ pub struct Trainable {
     buffers: Arc<HashMap<String, Tensor>>,
     used: BTreeSet<String>,
     model: VoxTellModel,
-    optimizer: Sgd,
+    optimizer: Optimizer,
     options: StepOptions,
     dtype: DType,
     device: Device,
@@ -317,7 +317,7 @@ impl Trainable {
             buffers,
             used,
             model,
-            optimizer: Sgd::new(options.sgd),
+            optimizer: Optimizer::new(options.optimizer),
             options,
             dtype,
             device: device.clone(),
@@ -422,19 +422,19 @@ impl Trainable {
         &self.options
     }
 
-    /// Change the step settings (the optimiser keeps its momentum buffers).
+    /// Change the step settings (the optimiser keeps its state unless its kind changes).
     pub fn set_options(&mut self, options: StepOptions) {
-        self.optimizer.set_config(options.sgd);
+        self.optimizer.set_config(options.optimizer);
         self.options = options;
     }
 
-    /// The optimiser (momentum buffers for saving).
-    pub fn optimizer(&self) -> &Sgd {
+    /// The optimiser (its state for saving).
+    pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer
     }
 
     /// The optimiser, mutably (to restore its state when resuming).
-    pub fn optimizer_mut(&mut self) -> &mut Sgd {
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer {
         &mut self.optimizer
     }
 
@@ -494,7 +494,7 @@ impl Trainable {
         Ok((value, grads))
     }
 
-    /// Clip `grads` to the configured total norm and take one SGD step with learning rate `lr`;
+    /// Clip `grads` to the configured total norm and take one optimiser step with learning rate `lr`;
     /// the network then uses the new weights. A non-finite gradient norm is an error and leaves
     /// the weights and the optimiser state unchanged.
     pub fn apply(&mut self, mut grads: Gradients, lr: f64) -> Result<UpdateStats> {

@@ -31,7 +31,6 @@ use crate::curves::{self, EpochLog};
 use crate::data::{Dataset, Vocabulary, open_datasets};
 use crate::error::{Result, TrainError};
 use crate::loader::{Batch, Loader, LoaderConfig, make_batch};
-use crate::optim::SgdConfig;
 use crate::rng::Rng;
 use crate::sampler::{PromptKind, Sampler};
 use crate::schedule::PolySchedule;
@@ -290,11 +289,7 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     loss.ds_weights.truncate(outputs.max(1));
     let options = StepOptions {
         loss,
-        sgd: SgdConfig {
-            momentum: config.schedule.momentum,
-            nesterov: true,
-            weight_decay: config.schedule.weight_decay,
-        },
+        optimizer: config.schedule.optimizer_config(),
         clip_norm: Some(config.schedule.clip),
         init_seed: config.seed,
     };

@@ -26,7 +26,7 @@ use voxtell_fusion::{Checkpoint, VoxTellConfig, VoxTellModel};
 use voxtell_train::loss::{
     LossConfig, bce_with_logits, deep_supervision_targets, resize_nearest_exact, soft_dice_loss,
 };
-use voxtell_train::optim::SgdConfig;
+use voxtell_train::optim::{OptimizerConfig, SgdConfig};
 use voxtell_train::step::{StepOptions, Trainable, WeightSource};
 
 /// Relative floor of the f32 gradient tolerance. The brief asked for 1e-6; the single-element
@@ -83,11 +83,11 @@ impl Fixture {
                     .collect(),
                 ..LossConfig::default()
             },
-            sgd: SgdConfig {
+            optimizer: OptimizerConfig::Sgd(SgdConfig {
                 momentum: opt["momentum"].as_f64().unwrap(),
                 nesterov: opt["nesterov"].as_bool().unwrap(),
                 weight_decay: opt["weight_decay"].as_f64().unwrap(),
-            },
+            }),
             clip_norm: Some(c["clip_max_norm"].as_f64().unwrap()),
             init_seed: 0,
         }
