@@ -767,27 +767,12 @@ fn write_case(job: ToWrite, out_dir: &Path, outputs: Outputs) -> anyhow::Result<
         }
     }
     if outputs.statistics {
-        let geometry = masks.geometry();
-        let mut per_prompt = Vec::with_capacity(masks.len());
-        for (i, p) in case.prompts.iter().enumerate() {
-            let (orig, affine) = geometry.restore(masks.mask(i)?.view())?;
-            per_prompt.push(stats::compute(p, orig.view(), &affine));
-        }
-        let spacing = voxtell::io::orientation::spacing(&geometry.original_affine);
-        let s = stats::CaseStatistics {
-            case: case.name.clone(),
-            source: case.path.display().to_string(),
-            shape: geometry.original_shape,
-            spacing_mm: spacing,
-            prompts: per_prompt,
-        };
+        let s = stats::of_masks(&case.name, &case.path.display().to_string(), &masks)?;
         stats::write_statistics(&out_dir.join(naming::statistics_file(&case.name)), &s, true)?;
         written += 1;
     }
     if outputs.preview {
-        let all: Vec<_> = (0..masks.len()).map(|i| masks.mask(i)).collect::<Result<_, _>>()?;
-        let views: Vec<_> = all.iter().map(|m| m.view()).collect();
-        let p = preview::render(image.data.view(), &views, &case.prompts, image.geometry.spacing())?;
+        let p = preview::of_masks(&image, &masks)?;
         p.write_png(&out_dir.join(naming::preview_file(&case.name)), true)?;
         written += 1;
     }

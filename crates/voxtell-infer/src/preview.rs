@@ -183,6 +183,14 @@ impl Preview {
     }
 }
 
+/// [`render`] for a prediction: the (S, A, R) image `image` (as the predictor read it) with
+/// every mask of `masks`, labelled by its prompt.
+pub fn of_masks(image: &voxtell_io::RasVolume, masks: &crate::Masks) -> Result<Preview> {
+    let all: Vec<_> = (0..masks.len()).map(|i| masks.mask(i)).collect::<Result<_>>()?;
+    let views: Vec<_> = all.iter().map(|m| m.view()).collect();
+    render(image.data.view(), &views, masks.prompts(), image.geometry.spacing())
+}
+
 /// Renders the preview of `image_sar` with the masks `masks_sar` (non-zero where the value is
 /// not 0) labelled `labels` in the legend.
 ///

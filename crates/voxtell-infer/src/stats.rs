@@ -133,6 +133,24 @@ pub fn compute(prompt: &str, mask: ArrayView3<u8>, affine: &voxtell_io::Affine) 
     }
 }
 
+/// Statistics of every mask of a prediction, measured in the scan's own grid: `case` names the
+/// case and `source` the image it came from.
+pub fn of_masks(case: &str, source: &str, masks: &crate::Masks) -> Result<CaseStatistics> {
+    let geometry = masks.geometry();
+    let mut prompts = Vec::with_capacity(masks.len());
+    for (i, p) in masks.prompts().iter().enumerate() {
+        let (original, affine) = geometry.restore(masks.mask(i)?.view())?;
+        prompts.push(compute(p, original.view(), &affine));
+    }
+    Ok(CaseStatistics {
+        case: case.to_string(),
+        source: source.to_string(),
+        shape: geometry.original_shape,
+        spacing_mm: voxtell_io::orientation::spacing(&geometry.original_affine),
+        prompts,
+    })
+}
+
 /// Writes `stats` as pretty-printed JSON to `path`, atomically (a temporary file in the same
 /// folder, then a rename). An existing file is replaced only when `overwrite` is true; otherwise
 /// it is an [`InferError::Output`], as is every other failure, naming `path`.
