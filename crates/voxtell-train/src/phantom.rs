@@ -522,6 +522,18 @@ pub fn vocabulary_json(dataset_name: &str) -> Value {
     json!({ dataset_name: body })
 }
 
+/// The vocabulary entries as `(key, names)`: the key is a label name or a `+` union of label
+/// names ([`label_values`]); the first name is the default prompt, the others are synonyms.
+pub fn vocabulary_entries() -> Vec<(String, Vec<String>)> {
+    VOCABULARY.iter().map(|(k, names)| (k.to_string(), names.iter().map(|n| n.to_string()).collect())).collect()
+}
+
+/// The label values of a vocabulary key (`"liver+liver_lesion"` → `[1, 10]`); `None` when a
+/// part names no label of [`LABELS`].
+pub fn label_values(key: &str) -> Option<Vec<u8>> {
+    key.split('+').map(|name| LABELS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)).collect()
+}
+
 /// Held-out prompts for evaluation, none of them in [`vocabulary_json`]: `(vocabulary key,
 /// paraphrase)`.
 pub fn paraphrases() -> Vec<(String, String)> {

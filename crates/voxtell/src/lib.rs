@@ -8,7 +8,8 @@
 //! - [`vision`]: 3-D convolution engine and the ResEncL encoder;
 //! - [`fusion`]: the VoxTell network and checkpoint loading;
 //! - [`infer`]: the prediction pipeline;
-//! - [`train`]: text-prompted training and fine-tuning.
+//! - [`train`]: text-prompted training and fine-tuning;
+//! - [`demo`]: the embedded demo model (trained on synthetic phantoms) and its scoring.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), voxtell::io::IoError> {
@@ -28,3 +29,5 @@ pub use voxtell_io as io;
 pub use voxtell_text as text;
 pub use voxtell_train as train;
 pub use voxtell_vision as vision;
+
+pub mod demo;

@@ -1,0 +1,89 @@
+//! Score a phantom-trained model on held-out phantoms: every prompt of the demo bank (default
+//! names, training synonyms, held-out paraphrases) on `N` regenerated cases, Dice against the
+//! generator's truth; then the left/right check (a left prompt scored against the right
+//! structure's truth and the reverse).
+//!
+//! ```sh
+//! cargo run --release -p voxtell --example evaluate_demo -- [DEMO_DIR] [N]
+//! ```
+//!
+//! `DEMO_DIR` (default `assets/demo`) holds `model/`, `bank.npz` and `phantom.json`, as
+//! [`voxtell::demo::Demo::load`] reads them; `N` defaults to 5.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use voxtell::demo::{Demo, PromptOrigin, demo_dir, dice, prompts, truth};
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(demo_dir);
+    let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let mut demo = Demo::load(&dir)?;
+    let all = prompts();
+    let pairs: Vec<(&str, &str)> = all.iter().map(|p| (p.text.as_str(), p.key.as_str())).collect();
+    // Left/right pairs: (prompt index, the other side's key).
+    let swapped = |key: &str| -> Option<String> {
+        if key.ends_with("_left") {
+            Some(key.replace("_left", "_right"))
+        } else if key.ends_with("_right") {
+            Some(key.replace("_right", "_left"))
+        } else {
+            None
+        }
+    };
+    // key → origin → Dice values; prompt → Dice values; worst cross-side Dice.
+    let mut by_key: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut by_prompt: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut cross_worst = (0.0f64, String::new());
+    let t0 = Instant::now();
+    for c in 0..n {
+        let case = demo.held_out_case(c);
+        let texts: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
+        let masks = demo.segment(&case, &texts)?;
+        let scores = demo.score_masks(&case, &masks, &pairs)?;
+        for (p, s) in all.iter().zip(&scores) {
+            let origin = match p.origin {
+                PromptOrigin::Default => "default",
+                PromptOrigin::Synonym => "synonym",
+                PromptOrigin::Paraphrase => "paraphrase",
+            };
+            by_key.entry(p.key.clone()).or_default().entry(origin).or_default().push(s.dice);
+            by_prompt.entry(p.text.clone()).or_default().push(s.dice);
+        }
+        for (i, p) in all.iter().enumerate() {
+            if let Some(other) = swapped(&p.key) {
+                let d = dice(masks.mask(i)?.view(), truth(&case, &other)?.view());
+                if d > cross_worst.0 {
+                    cross_worst = (d, format!("{:?} vs the {other} truth, case {c}", p.text));
+                }
+            }
+        }
+        println!("case {c} ({}, {:.0} s so far)", case.axcodes, t0.elapsed().as_secs_f64());
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("\n{:<20} {:>8} {:>8} {:>10} {:>8}", "structure", "default", "synonym", "paraphrase", "min");
+    let mut worst = f64::INFINITY;
+    for (key, origins) in &by_key {
+        let all_values: Vec<f64> = origins.values().flatten().copied().collect();
+        worst = worst.min(min(&all_values));
+        let col = |o: &str| origins.get(o).map_or("-".to_string(), |v| format!("{:.3}", mean(v)));
+        println!(
+            "{key:<20} {:>8} {:>8} {:>10} {:>8.3}",
+            col("default"),
+            col("synonym"),
+            col("paraphrase"),
+            min(&all_values)
+        );
+    }
+    let (worst_prompt, worst_mean) = by_prompt
+        .iter()
+        .map(|(p, v)| (p.clone(), mean(v)))
+        .fold((String::new(), f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+    println!("\nlowest single Dice {worst:.3}; lowest prompt mean {worst_mean:.3} ({worst_prompt:?})");
+    println!("left/right: highest Dice against the other side {:.3} ({})", cross_worst.0, cross_worst.1);
+    println!("{n} cases × {} prompts in {:.1} s", pairs.len(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
