@@ -123,6 +123,9 @@ pub struct PhantomArgs {
     /// Slice spacing range in mm, e.g. 2.5,4.0.
     #[arg(long, value_delimiter = ',')]
     pub slice_spacing: Option<Vec<f64>>,
+    /// Liver lesion radius range in mm, e.g. 9,20.
+    #[arg(long, value_delimiter = ',')]
+    pub lesion_radius: Option<Vec<f64>>,
 }
 
 /// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
@@ -141,6 +144,9 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = &args.slice_spacing {
         options.slice_spacing_mm = range(r, "--slice-spacing")?;
+    }
+    if let Some(r) = &args.lesion_radius {
+        options.lesion_radius_mm = range(r, "--lesion-radius")?;
     }
     let dir = write_dataset(&args.out, &args.name, &options)?;
     let vocab = vocabulary_json(&args.name);

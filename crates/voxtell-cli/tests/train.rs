@@ -39,3 +39,36 @@ fn a_bad_config_is_reported_with_its_path() {
     assert!(!ok);
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+#[test]
+fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("data");
+    let o = out.to_str().unwrap();
+    let args =
+        ["phantom", o, "--cases", "2", "--seed", "3", "--inplane-spacing", "6,7", "--slice-spacing", "7,8"];
+    let (ok, err) = voxtell(&[&args[..], &["--lesion-radius", "12,14"]].concat());
+    assert!(ok, "{err}");
+    let ds = out.join("Dataset001_Phantom");
+    for f in ["imagesTr/Dataset001_Phantom_000_0000.nii.gz", "labelsTr/Dataset001_Phantom_001.nii.gz"] {
+        assert!(ds.join(f).is_file(), "{f}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ds.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(json["phantom"]["options"]["lesion_radius_mm"], serde_json::json!([12.0, 14.0]));
+    // Every vocabulary prompt and negative, then the held-out paraphrases, once each.
+    let vocab: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("vocabulary.json")).unwrap()).unwrap();
+    let in_vocab: usize =
+        vocab["Dataset001_Phantom"].as_object().unwrap().values().map(|v| v.as_array().unwrap().len()).sum();
+    let prompts = std::fs::read_to_string(out.join("prompts.txt")).unwrap();
+    let lines: Vec<&str> = prompts.lines().collect();
+    assert_eq!(lines.len(), in_vocab + voxtell::train::phantom::paraphrases().len());
+    assert_eq!(lines.iter().collect::<std::collections::BTreeSet<_>>().len(), lines.len());
+    // A bad range is refused before anything is written.
+    let bad = tmp.path().join("bad");
+    let (ok, err) = voxtell(&["phantom", bad.to_str().unwrap(), "--lesion-radius", "30,10"]);
+    assert!(!ok);
+    assert!(err.contains("lesion_radius_mm"), "{err}");
+    assert!(!bad.join("Dataset001_Phantom/dataset.json").exists());
+}

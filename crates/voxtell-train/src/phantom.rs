@@ -129,6 +129,8 @@ pub struct PhantomOptions {
     pub lesion_case_fraction: f64,
     /// Most liver lesions per case (1 to this many are placed in a case that has lesions).
     pub max_liver_lesions: usize,
+    /// Radius range of liver lesions, mm (before `scale`).
+    pub lesion_radius_mm: [f64; 2],
     /// Fraction of cases with a cyst in one kidney (when `include_lesions`).
     pub kidney_cyst_fraction: f64,
     /// Fraction of cases stored in a non-RAS voxel order (a random axis permutation and flips
@@ -153,6 +155,7 @@ impl Default for PhantomOptions {
             include_lesions: true,
             lesion_case_fraction: 0.8,
             max_liver_lesions: 3,
+            lesion_radius_mm: [9.0, 20.0],
             kidney_cyst_fraction: 0.3,
             non_ras_fraction: 1.0 / 3.0,
         }
@@ -169,6 +172,10 @@ impl PhantomOptions {
             if !(r[0].is_finite() && r[1].is_finite() && r[0] >= 0.3 && r[0] <= r[1] && r[1] <= 20.0) {
                 return bad(format!("{name} {r:?} must be an ordered range within [0.3, 20] mm"));
             }
+        }
+        let l = self.lesion_radius_mm;
+        if !(l[0].is_finite() && l[1].is_finite() && l[0] >= 1.0 && l[0] <= l[1] && l[1] <= 60.0) {
+            return bad(format!("lesion_radius_mm {l:?} must be an ordered range within [1, 60] mm"));
         }
         let n = self.noise_sd_hu;
         if !(n[0].is_finite() && n[1].is_finite() && n[0] >= 0.0 && n[0] <= n[1]) {
@@ -222,6 +229,7 @@ impl PhantomOptions {
             position_jitter_mm: value(self.position_jitter_mm, 0.0, 50.0, 12.0),
             intensity_jitter_hu: value(self.intensity_jitter_hu, 0.0, 100.0, 15.0),
             noise_sd_hu: range(self.noise_sd_hu, 0.0, 1000.0),
+            lesion_radius_mm: range(self.lesion_radius_mm, 1.0, 60.0),
             blur_voxels: value(self.blur_voxels, 0.0, 3.0, 0.5),
             ..self.clone()
         }
@@ -491,20 +499,93 @@ pub fn write_dataset(dir: impl AsRef<Path>, name: &str, options: &PhantomOptions
 const VOCABULARY: [(&str, &[&str]); 10] = [
     (
         "liver+liver_lesion",
-        &["liver", "hepatic organ", "the liver including lesions", "whole liver", "liver with its lesions"],
+        &[
+            "liver",
+            "hepatic organ",
+            "the liver including lesions",
+            "whole liver",
+            "liver with its lesions",
+            "hepar",
+            "liver parenchyma",
+        ],
     ),
     (
         "liver_lesion",
-        &["liver lesion", "lesion in the liver", "hepatic lesion", "liver tumor", "focal liver lesion"],
+        &[
+            "liver lesion",
+            "lesion in the liver",
+            "hepatic lesion",
+            "liver tumor",
+            "focal liver lesion",
+            "liver mass",
+            "hepatic metastasis",
+        ],
     ),
-    ("spleen", &["spleen", "splenic organ", "the spleen", "lien"]),
-    ("kidney_left", &["left kidney", "kidney on the left side", "left renal organ", "the left kidney"]),
-    ("kidney_right", &["right kidney", "kidney on the right side", "right renal organ", "the right kidney"]),
-    ("vertebrae", &["vertebrae", "spine", "vertebral bodies", "vertebral column", "spinal vertebrae"]),
-    ("aorta", &["aorta", "aortic vessel", "the aorta", "main artery", "descending aorta"]),
-    ("urinary_bladder", &["urinary bladder", "bladder", "the urinary bladder", "vesica urinaria"]),
-    ("lung_left", &["left lung", "lung on the left side", "left pulmonary organ", "the left lung"]),
-    ("lung_right", &["right lung", "lung on the right side", "right pulmonary organ", "the right lung"]),
+    ("spleen", &["spleen", "splenic organ", "the spleen", "lien", "splenic parenchyma"]),
+    (
+        "kidney_left",
+        &[
+            "left kidney",
+            "kidney on the left side",
+            "left renal organ",
+            "the left kidney",
+            "left renal parenchyma",
+        ],
+    ),
+    (
+        "kidney_right",
+        &[
+            "right kidney",
+            "kidney on the right side",
+            "right renal organ",
+            "the right kidney",
+            "right renal parenchyma",
+        ],
+    ),
+    (
+        "vertebrae",
+        &[
+            "vertebrae",
+            "spine",
+            "vertebral bodies",
+            "vertebral column",
+            "spinal vertebrae",
+            "vertebra",
+            "bony spine",
+            "lumbar and thoracic spine",
+        ],
+    ),
+    (
+        "aorta",
+        &[
+            "aorta",
+            "aortic vessel",
+            "the aorta",
+            "main artery",
+            "descending aorta",
+            "abdominal aorta",
+            "thoracic aorta",
+            "aortic artery",
+        ],
+    ),
+    (
+        "urinary_bladder",
+        &["urinary bladder", "bladder", "the urinary bladder", "vesica urinaria", "bladder organ"],
+    ),
+    (
+        "lung_left",
+        &["left lung", "lung on the left side", "left pulmonary organ", "the left lung", "left lung lobes"],
+    ),
+    (
+        "lung_right",
+        &[
+            "right lung",
+            "lung on the right side",
+            "right pulmonary organ",
+            "the right lung",
+            "right lung lobes",
+        ],
+    ),
 ];
 
 /// Concepts absent from every phantom.
@@ -525,7 +606,10 @@ pub fn vocabulary_json(dataset_name: &str) -> Value {
 /// The vocabulary entries as `(key, names)`: the key is a label name or a `+` union of label
 /// names ([`label_values`]); the first name is the default prompt, the others are synonyms.
 pub fn vocabulary_entries() -> Vec<(String, Vec<String>)> {
-    VOCABULARY.iter().map(|(k, names)| (k.to_string(), names.iter().map(|n| n.to_string()).collect())).collect()
+    VOCABULARY
+        .iter()
+        .map(|(k, names)| (k.to_string(), names.iter().map(|n| n.to_string()).collect()))
+        .collect()
 }
 
 /// The label values of a vocabulary key (`"liver+liver_lesion"` → `[1, 10]`); `None` when a

@@ -316,6 +316,23 @@ fn written_files_do_not_depend_on_threads() {
 }
 
 #[test]
+fn lesion_radius_sets_the_lesion_size_and_nothing_else() {
+    // The same draws with other radii: the anatomy is unchanged, lesions grow with the range.
+    let base = PhantomOptions { lesion_case_fraction: 1.0, ..small(4) };
+    let big = PhantomOptions { lesion_radius_mm: [25.0, 30.0], ..base.clone() };
+    let small_lesions = PhantomOptions { lesion_radius_mm: [5.0, 6.0], ..base.clone() };
+    let count = |c: &PhantomCase| c.labels.iter().filter(|&&l| l == LIVER_LESION).count();
+    let (mut sum_small, mut sum_big) = (0, 0);
+    for i in 0..3 {
+        let (a, b) = (phantom::generate_case(&small_lesions, i), phantom::generate_case(&big, i));
+        assert_eq!(without_lesion_label(&a.labels), without_lesion_label(&b.labels), "case {i}");
+        sum_small += count(&a);
+        sum_big += count(&b);
+    }
+    assert!(sum_big > 5 * sum_small.max(1), "{sum_small} vs {sum_big} lesion voxels");
+}
+
+#[test]
 fn options_are_validated() {
     assert!(PhantomOptions::default().validate().is_ok());
     let bad = [
@@ -324,6 +341,8 @@ fn options_are_validated() {
         PhantomOptions { noise_sd_hu: [f64::NAN, 2.0], ..PhantomOptions::default() },
         PhantomOptions { non_ras_fraction: 1.5, ..PhantomOptions::default() },
         PhantomOptions { scale: 0.0, ..PhantomOptions::default() },
+        PhantomOptions { lesion_radius_mm: [20.0, 10.0], ..PhantomOptions::default() },
+        PhantomOptions { lesion_radius_mm: [0.5, 10.0], ..PhantomOptions::default() },
     ];
     for o in bad {
         assert!(o.validate().is_err(), "{o:?}");

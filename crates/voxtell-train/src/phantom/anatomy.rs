@@ -519,7 +519,7 @@ impl Anatomy {
         }
         if has_liver && o.max_liver_lesions > 0 {
             for _ in 0..count {
-                let radius = lesion_rng.range(9.0, 20.0) * s;
+                let radius = lesion_rng.range(o.lesion_radius_mm[0], o.lesion_radius_mm[1]) * s;
                 if let Some(lesion) =
                     self.place_lesion(&mut lesion_rng, radius, &self.liver, |a, p| a.liver_lesion_site(p))
                 {
