@@ -21,6 +21,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    voxtell::tune_allocator();
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
     let patch = args.first().copied().unwrap_or(192);
     let repeats = args.get(1).copied().unwrap_or(1);

@@ -32,6 +32,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    voxtell::tune_allocator();
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
     let prompts = args.first().copied().unwrap_or(1);
     let patch = args.get(1).copied().unwrap_or(192);

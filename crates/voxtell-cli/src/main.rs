@@ -79,6 +79,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    voxtell::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Predict(args) => match predict::run(*args) {
