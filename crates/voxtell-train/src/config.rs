@@ -296,7 +296,10 @@ impl TrainConfig {
             return bad("schedule: momentum in [0, 1), weight_decay ≥ 0 and clip > 0 are required".into());
         }
         if !(s.betas.iter().all(|b| (0.0..1.0).contains(b)) && s.eps.is_finite() && s.eps > 0.0) {
-            return bad(format!("schedule: betas {:?} must lie in [0, 1) and eps {} must be > 0", s.betas, s.eps));
+            return bad(format!(
+                "schedule: betas {:?} must lie in [0, 1) and eps {} must be > 0",
+                s.betas, s.eps
+            ));
         }
         if self.loss.ds_weights.is_empty()
             || self.loss.ds_weights.iter().any(|w| w.is_nan() || *w < 0.0)
@@ -406,7 +409,9 @@ plans = "plans.json"
             c.schedule.optimizer_config(),
             OptimizerConfig::Sgd(SgdConfig { momentum: 0.99, nesterov: true, weight_decay: 3e-5 })
         );
-        let text = format!("{MINIMAL}\n[schedule]\noptimizer = \"adamw\"\nweight_decay = 0.01\nbetas = [0.8, 0.99]\n");
+        let text = format!(
+            "{MINIMAL}\n[schedule]\noptimizer = \"adamw\"\nweight_decay = 0.01\nbetas = [0.8, 0.99]\n"
+        );
         let c = TrainConfig::from_toml(&text).unwrap();
         assert_eq!(
             c.schedule.optimizer_config(),

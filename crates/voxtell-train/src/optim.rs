@@ -266,11 +266,8 @@ fn adamw_update(
     let correction2 = 1.0 - b2.powi(t);
     let denom = ((v.sqrt()? / correction2.sqrt())? + config.eps)?;
     let new_weight = (w - (m.div(&denom)? * (lr / correction1))?)?.to_dtype(dtype)?.detach();
-    let moments = Moments {
-        exp_avg: m.to_dtype(dtype)?.detach(),
-        exp_avg_sq: v.to_dtype(dtype)?.detach(),
-        step,
-    };
+    let moments =
+        Moments { exp_avg: m.to_dtype(dtype)?.detach(), exp_avg_sq: v.to_dtype(dtype)?.detach(), step };
     Ok((new_weight, moments))
 }
 
@@ -340,20 +337,29 @@ impl AdamW {
                 TrainError::Config(format!("AdamW state of {name} has a step count but no {what}"))
             };
             let get = |what: &str| -> Result<Tensor> {
-                Ok(state.get(&format!("{what}.{name}")).ok_or_else(|| missing(what))?.to_dtype(dtype)?.to_device(device)?)
+                Ok(state
+                    .get(&format!("{what}.{name}"))
+                    .ok_or_else(|| missing(what))?
+                    .to_dtype(dtype)?
+                    .to_device(device)?)
             };
             let count = step.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
             let step = match count.as_slice() {
                 [c] if *c >= 1.0 && c.fract() == 0.0 => *c as u64,
                 _ => return Err(TrainError::Config(format!("AdamW step count of {name} is {count:?}"))),
             };
-            moments.insert(name.to_string(), Moments { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, step });
+            moments.insert(
+                name.to_string(),
+                Moments { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, step },
+            );
         }
         if let Some(k) = state.keys().find(|k| {
             let name = ["exp_avg.", "exp_avg_sq.", "step."].iter().find_map(|p| k.strip_prefix(p));
             name.is_none_or(|n| !moments.contains_key(n))
         }) {
-            return Err(TrainError::Config(format!("AdamW state entry {k} does not belong to a parameter's state")));
+            return Err(TrainError::Config(format!(
+                "AdamW state entry {k} does not belong to a parameter's state"
+            )));
         }
         self.moments = moments;
         Ok(())

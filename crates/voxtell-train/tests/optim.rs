@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use voxtell_train::optim::{AdamWConfig, Gradients, Optimizer, OptimizerConfig, Sgd, SgdConfig, clip_grad_norm};
+use voxtell_train::optim::{
+    AdamWConfig, Gradients, Optimizer, OptimizerConfig, Sgd, SgdConfig, clip_grad_norm,
+};
 
 fn fixture() -> (HashMap<String, Tensor>, serde_json::Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/train");
