@@ -18,6 +18,7 @@ use std::time::Instant;
 use voxtell::demo::{Demo, PromptOrigin, demo_dir, dice, prompts, truth};
 
 fn main() -> Result<(), Box<dyn Error>> {
+    voxtell::tune_allocator();
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(demo_dir);
     let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let mut demo = Demo::load(&dir)?;
@@ -77,6 +78,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             col("paraphrase"),
             min(&all_values)
         );
+    }
+    let mut prompt_means: Vec<(f64, &String)> = by_prompt.iter().map(|(p, v)| (mean(v), p)).collect();
+    prompt_means.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("\nthe ten lowest prompts (mean Dice over the cases):");
+    for (m, p) in prompt_means.iter().take(10) {
+        println!("  {m:.3}  {p:?}");
     }
     let (worst_prompt, worst_mean) = by_prompt
         .iter()

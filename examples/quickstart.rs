@@ -16,7 +16,7 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use voxtell::demo::{Demo, demo_dir};
+use voxtell::demo::{Demo, demo_dir, repository_root};
 use voxtell::infer::{naming, preview, stats};
 use voxtell::io::{Volume, WriteOptions, write_nifti};
 
@@ -33,7 +33,11 @@ const PROMPTS: [(&str, &str); 6] = [
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| demo_dir().join("../../target/quickstart"));
+    voxtell::tune_allocator();
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join("target/quickstart"));
     std::fs::create_dir_all(&out)?;
     let t0 = Instant::now();
     let mut demo = Demo::load(demo_dir())?;
@@ -43,7 +47,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let scan = out.join("phantom.nii.gz");
     let write = WriteOptions { overwrite: true };
     write_nifti(&scan, case.image.mapv(|v| v as i16).view(), &case.affine, write)?;
-    println!("held-out phantom (stored {}, spacing {:.1?} mm): {}", case.axcodes, case.spacing(), scan.display());
+    println!(
+        "held-out phantom (stored {}, spacing {:.1?} mm): {}",
+        case.axcodes,
+        case.spacing(),
+        scan.display()
+    );
 
     // Segment it as `voxtell predict` would: read the file, predict, write.
     let volume = voxtell::io::read(&scan)?;

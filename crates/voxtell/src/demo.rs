@@ -55,9 +55,15 @@ pub enum DemoError {
     Io(#[from] voxtell_io::IoError),
 }
 
+/// The root of this checkout (two levels above this crate's folder).
+pub fn repository_root() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.ancestors().nth(2).unwrap_or(crate_dir).to_path_buf()
+}
+
 /// The demo folder of this checkout (`assets/demo/`).
 pub fn demo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo")
+    repository_root().join("assets/demo")
 }
 
 /// How a prompt relates to the training vocabulary.
@@ -146,14 +152,16 @@ impl Demo {
     /// on the CPU in f32.
     pub fn load(dir: impl AsRef<Path>) -> Result<Demo, DemoError> {
         let dir = dir.as_ref();
-        let file_err = |path: PathBuf, e: &dyn std::fmt::Display| DemoError::File { path, reason: e.to_string() };
+        let file_err =
+            |path: PathBuf, e: &dyn std::fmt::Display| DemoError::File { path, reason: e.to_string() };
         let path = dir.join("phantom.json");
         let text = std::fs::read_to_string(&path).map_err(|e| file_err(path.clone(), &e))?;
         let phantom: PhantomOptions = serde_json::from_str(&text).map_err(|e| file_err(path.clone(), &e))?;
         let path = dir.join("bank.npz");
         let bank = EmbeddingBank::read(&path).map_err(|e| file_err(path.clone(), &e))?;
         let vectors = PromptVectors::new(bank, None, DType::F32, &Device::Cpu);
-        let predictor = Predictor::from_dir(dir.join("model"), vectors, PredictOptions::default(), &Device::Cpu)?;
+        let predictor =
+            Predictor::from_dir(dir.join("model"), vectors, PredictOptions::default(), &Device::Cpu)?;
         Ok(Demo { phantom, predictor })
     }
 
