@@ -22,13 +22,14 @@ CASES=60
 SEED=1
 INPLANE=5.0,6.0
 SLICE=6.5,7.5
+LESION=15,28
 
 cargo build --release -p voxtell-cli --manifest-path "$ROOT/Cargo.toml"
 VOXTELL="$ROOT/target/release/voxtell"
 
 if [ ! -d "$WORK/data/Dataset001_Phantom" ]; then
     "$VOXTELL" phantom "$WORK/data" --cases "$CASES" --seed "$SEED" \
-        --inplane-spacing "$INPLANE" --slice-spacing "$SLICE"
+        --inplane-spacing "$INPLANE" --slice-spacing "$SLICE" --lesion-radius "$LESION"
 fi
 
 if [ ! -x "$WORK/venv/bin/python" ]; then
