@@ -78,6 +78,36 @@ impl Default for SgdConfig {
     }
 }
 
+/// A gradient must have its weight's shape.
+fn check_shapes(weight: &Tensor, grad: &Tensor) -> Result<()> {
+    if weight.dims() != grad.dims() {
+        return Err(TrainError::Config(format!(
+            "gradient of shape {:?} for a weight of shape {:?}",
+            grad.dims(),
+            weight.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Every gradient must belong to a parameter (checked before anything is updated).
+fn check_names(params: &HashMap<String, Var>, grads: &Gradients) -> Result<()> {
+    match grads.keys().find(|k| !params.contains_key(*k)) {
+        Some(name) => Err(TrainError::Config(format!("gradient for {name}, which is not a parameter"))),
+        None => Ok(()),
+    }
+}
+
+/// Write an optimiser state to a safetensors file.
+fn save_state(state: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(state, path).map_err(|e| TrainError::file(path, e))
+}
+
+/// Read an optimiser state written by [`save_state`].
+fn read_state(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::file(path, e))
+}
+
 /// One SGD update of a single tensor: returns the new weight and the new momentum buffer
 /// (`None` without momentum). `buffer` is the previous buffer, `None` on the first step. The
 /// arithmetic is done in f64 and rounded once to the weight's dtype (PyTorch rounds after every
@@ -90,13 +120,7 @@ pub fn sgd_update(
     config: &SgdConfig,
     lr: f64,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    if weight.dims() != grad.dims() {
-        return Err(TrainError::Config(format!(
-            "gradient of shape {:?} for a weight of shape {:?}",
-            grad.dims(),
-            weight.dims()
-        )));
-    }
+    check_shapes(weight, grad)?;
     // In f64, rounded once to the weight's dtype at the end.
     let dtype = weight.dtype();
     let w = weight.to_dtype(DType::F64)?;
@@ -144,9 +168,7 @@ impl Sgd {
     /// `lr`; the others are left alone. A gradient for a name that is not a parameter is an
     /// error, and nothing is updated then.
     pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
-        if let Some(name) = grads.keys().find(|k| !params.contains_key(*k)) {
-            return Err(TrainError::Config(format!("gradient for {name}, which is not a parameter")));
-        }
+        check_names(params, grads)?;
         for (name, grad) in grads {
             let var = &params[name];
             let (new_weight, new_buffer) =
@@ -187,15 +209,13 @@ impl Sgd {
 
     /// Write the momentum buffers to a safetensors file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        candle_core::safetensors::save(&self.state_dict(), path).map_err(|e| TrainError::file(path, e))
+        save_state(&self.state_dict(), path.as_ref())
     }
 
     /// Read momentum buffers written by [`Sgd::save`].
     pub fn load(&mut self, path: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<()> {
         let path = path.as_ref();
-        let state =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+        let state = read_state(path)?;
         self.load_state_dict(state, dtype, device)
     }
 }
@@ -239,13 +259,7 @@ fn adamw_update(
     config: &AdamWConfig,
     lr: f64,
 ) -> Result<(Tensor, Moments)> {
-    if weight.dims() != grad.dims() {
-        return Err(TrainError::Config(format!(
-            "gradient of shape {:?} for a weight of shape {:?}",
-            grad.dims(),
-            weight.dims()
-        )));
-    }
+    check_shapes(weight, grad)?;
     let dtype = weight.dtype();
     let [b1, b2] = config.betas;
     let mut w = weight.to_dtype(DType::F64)?;
@@ -293,9 +307,7 @@ impl AdamW {
     /// `lr`; the others are left alone. A gradient for a name that is not a parameter is an
     /// error, and nothing is updated then.
     pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
-        if let Some(name) = grads.keys().find(|k| !params.contains_key(*k)) {
-            return Err(TrainError::Config(format!("gradient for {name}, which is not a parameter")));
-        }
+        check_names(params, grads)?;
         for (name, grad) in grads {
             let var = &params[name];
             let (w, m) = adamw_update(var.as_tensor(), grad, self.moments.get(name), &self.config, lr)?;
@@ -458,15 +470,13 @@ impl Optimizer {
 
     /// Write the state to a safetensors file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        candle_core::safetensors::save(&self.state_dict()?, path).map_err(|e| TrainError::file(path, e))
+        save_state(&self.state_dict()?, path.as_ref())
     }
 
     /// Read a state written by [`Optimizer::save`].
     pub fn load(&mut self, path: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<()> {
         let path = path.as_ref();
-        let state =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+        let state = read_state(path)?;
         self.load_state_dict(state, dtype, device).map_err(|e| TrainError::file(path, e))
     }
 }

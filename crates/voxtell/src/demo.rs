@@ -107,10 +107,18 @@ pub fn prompts() -> Vec<DemoPrompt> {
 /// The truth of vocabulary `key` for `case`, in the (S, A, R) layout the predictor's masks use:
 /// 1 where the case's label is one of the key's labels.
 pub fn truth(case: &PhantomCase, key: &str) -> Result<Array3<u8>, DemoError> {
+    truth_of(&ras_labels(case)?, key)
+}
+
+/// The case's label map reoriented to (S, A, R), as the predictor reads a scan.
+fn ras_labels(case: &PhantomCase) -> Result<Array3<f32>, DemoError> {
+    Ok(Volume::new(case.labels.mapv(f32::from), case.affine).to_ras()?.data)
+}
+
+/// [`truth`] from labels already in (S, A, R).
+fn truth_of(labels: &Array3<f32>, key: &str) -> Result<Array3<u8>, DemoError> {
     let values = phantom::label_values(key).ok_or_else(|| DemoError::UnknownKey(key.to_string()))?;
-    let labels = Volume::new(case.labels.mapv(f32::from), case.affine);
-    let ras = labels.to_ras()?;
-    Ok(ras.data.mapv(|v| u8::from(values.iter().any(|&l| f32::from(l) == v))))
+    Ok(labels.mapv(|v| u8::from(values.iter().any(|&l| f32::from(l) == v))))
 }
 
 /// Dice of two binary masks of equal shape (1 when both are empty).
@@ -191,10 +199,11 @@ impl Demo {
         masks: &Masks,
         prompts: &[(&str, &str)],
     ) -> Result<Vec<Score>, DemoError> {
+        let labels = ras_labels(case)?;
         let mut out = Vec::with_capacity(prompts.len());
         for (i, (prompt, key)) in prompts.iter().enumerate() {
             let mask = masks.mask(i)?;
-            let truth = truth(case, key)?;
+            let truth = truth_of(&labels, key)?;
             let count = |a: &Array3<u8>| a.iter().filter(|&&v| v != 0).count() as u64;
             out.push(Score {
                 prompt: prompt.to_string(),
