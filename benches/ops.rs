@@ -45,6 +45,29 @@ fn conv3d(c: &mut Criterion) {
     group.finish();
 }
 
+/// The stride-1 shapes again with [`ops::ConvPrecision::Bf16`] (bf16 products, f32 sums; f32
+/// where the CPU lacks AVX-512 BF16, which the group name then says).
+fn conv3d_bf16(c: &mut Criterion) {
+    let name = if ops::bf16_supported() { "conv3d_bf16" } else { "conv3d_bf16_unsupported_f32" };
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10);
+    for (ci, co, s) in
+        [(32, 32, 96), (64, 64, 96), (128, 128, 48), (256, 256, 24), (320, 320, 12), (32, 32, 192)]
+    {
+        let x = randn(&[1, ci, s, s, s], 1.0);
+        let w = randn(&[co, ci, 3, 3, 3], 0.05);
+        let b = randn(&[co], 0.1);
+        group.throughput(Throughput::Elements((2 * ci * co * 27 * s * s * s) as u64));
+        group.bench_function(BenchmarkId::new(format!("{ci}to{co}_s1"), format!("{s}")), |bench| {
+            bench.iter(|| {
+                ops::with_conv_precision(ops::ConvPrecision::Bf16, || ops::conv3d(&x, &w, Some(&b), [1; 3]))
+                    .expect("conv3d")
+            })
+        });
+    }
+    group.finish();
+}
+
 fn conv3d_backward(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv3d_backward");
     group.sample_size(10);
@@ -93,5 +116,5 @@ fn others(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv3d, conv3d_backward, others);
+criterion_group!(benches, conv3d, conv3d_bf16, conv3d_backward, others);
 criterion_main!(benches);

@@ -3,10 +3,15 @@
 //! report the peak resident memory.
 //!
 //! ```text
-//! cargo run --release -p voxtell --example bench_model -- [prompts=1] [patch=192] [budget_gib=8] [share=1]
+//! cargo run --release -p voxtell --example bench_model -- [prompts=1] [patch=192] [budget_gib=8] [share=1] [f32|bf16]
 //! ```
 //! `share=0` runs the decoder the official way (skip repeated per prompt) to measure what
-//! sharing the skip half of the first convolutions saves.
+//! sharing the skip half of the first convolutions saves; `bf16` runs the stride-1
+//! convolutions with bf16 products (`ConvPrecision::Bf16`); `both` runs f32 and then bf16 on
+//! the same input and reports bf16's fidelity: the largest logit difference and, with the
+//! random network's logits thresholded at f32's 10 %, 50 % and 90 % quantiles (as a calibrated
+//! model's 0 would split them) and at 0, the voxels whose mask agrees and the Dice of the
+//! bf16 mask against the f32 one (the peak RSS then covers both runs).
 //! Run one prompt count per process so that each peak RSS is its own. Compare with
 //! `tools/.venv/bin/python benches/pytorch_bench.py --only model --prompts 1,4,13`.
 
@@ -14,6 +19,7 @@ use std::time::Instant;
 
 use voxtell::candle::{DType, Device, Tensor};
 use voxtell::fusion::{FreshWeights, VoxTellConfig, VoxTellModel};
+use voxtell::vision::ops::{ConvPrecision, with_conv_precision};
 
 /// VoxTell's released encoder plan (`arch_kwargs` of `plans.json`).
 const PLAN: &str = r#"{"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
@@ -31,9 +37,49 @@ fn peak_rss_mib() -> Option<f64> {
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
 }
 
+/// bf16 against f32 logits, per prompt: largest difference, and mask agreement and Dice at
+/// f32's 10/50/90 % quantiles and at 0.
+fn fidelity(reference: &[f32], bf16: &[f32], prompts: usize) {
+    let n = reference.len() / prompts;
+    for p in 0..prompts {
+        let (a, b) = (&reference[p * n..(p + 1) * n], &bf16[p * n..(p + 1) * n]);
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!("prompt {p}: max |logit bf16 − f32| {worst:.4} (max |logit| {scale:.3})");
+        let mut sorted = a.to_vec();
+        sorted.sort_unstable_by(f32::total_cmp);
+        for (label, t) in
+            [("q10", sorted[n / 10]), ("q50", sorted[n / 2]), ("q90", sorted[n * 9 / 10]), ("0", 0.0)]
+        {
+            let (mut same, mut both, mut either) = (0usize, 0usize, 0usize);
+            for (x, y) in a.iter().zip(b) {
+                let (m, k) = (*x > t, *y > t);
+                same += usize::from(m == k);
+                both += usize::from(m && k);
+                either += usize::from(m) + usize::from(k);
+            }
+            let positive = a.iter().filter(|&&x| x > t).count() as f64 / n as f64;
+            let dice = if either == 0 { 1.0 } else { 2.0 * both as f64 / either as f64 };
+            println!(
+                "  threshold {label:>3} ({t:+.4}, {:.1} % positive): agreement {:.5} %, Dice {dice:.6}",
+                100.0 * positive,
+                100.0 * same as f64 / n as f64
+            );
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     voxtell::tune_allocator();
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let precisions = match args.get(4).map(String::as_str) {
+        None | Some("f32") => vec![ConvPrecision::F32],
+        Some("bf16") => vec![ConvPrecision::Bf16],
+        Some("both") => vec![ConvPrecision::F32, ConvPrecision::Bf16],
+        Some(other) => return Err(format!("precision {other:?}: f32, bf16 or both").into()),
+    };
+    args.truncate(4);
+    let args: Vec<usize> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let prompts = args.first().copied().unwrap_or(1);
     let patch = args.get(1).copied().unwrap_or(192);
     let budget_gib = args.get(2).copied().unwrap_or(8);
@@ -58,13 +104,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let group = model.prompt_group_for_budget((budget_gib as u64) << 30, 4);
     let image = Tensor::randn(0f32, 1.0, (1, 1, patch, patch, patch), &Device::Cpu)?;
     let text = Tensor::randn(0f32, 1.0, (1, prompts, 2560), &Device::Cpu)?;
-    let t = Instant::now();
-    let out = model.forward_grouped(&image, &text, group)?;
-    let dt = t.elapsed().as_secs_f64();
-    println!(
-        "patch {patch}³, {prompts} prompt(s) in groups of {group}, skip half shared: {share}: {dt:.2} s; logits {:?}",
-        out.outputs[0].dims()
-    );
+    let mut logits = Vec::new();
+    for precision in precisions {
+        let t = Instant::now();
+        let out = with_conv_precision(precision, || model.forward_grouped(&image, &text, group))?;
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "patch {patch}³, {prompts} prompt(s) in groups of {group}, skip half shared: {share}, {precision:?}: {dt:.2} s; logits {:?}",
+            out.outputs[0].dims()
+        );
+        logits.push(out.outputs[0].flatten_all()?.to_vec1::<f32>()?);
+    }
+    if let [reference, bf16] = &logits[..] {
+        fidelity(reference, bf16, prompts);
+    }
     if let Some(p) = peak_rss_mib() {
         println!("peak RSS: {p:.0} MiB");
     }

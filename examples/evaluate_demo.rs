@@ -4,11 +4,12 @@
 //! structure's truth and the reverse).
 //!
 //! ```sh
-//! cargo run --release -p voxtell --example evaluate_demo -- [DEMO_DIR] [N]
+//! cargo run --release -p voxtell --example evaluate_demo -- [DEMO_DIR] [N] [f32|bf16]
 //! ```
 //!
 //! `DEMO_DIR` (default `assets/demo`) holds `model/`, `bank.npz` and `phantom.json`, as
-//! [`voxtell::demo::Demo::load`] reads them; `N` defaults to 5.
+//! [`voxtell::demo::Demo::load`] reads them; `N` defaults to 5. `bf16` runs the network's
+//! convolutions with bf16 products ([`voxtell::infer::ConvPrecision::Bf16`]).
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -16,12 +17,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use voxtell::demo::{Demo, PromptOrigin, demo_dir, dice, prompts, truth};
+use voxtell::infer::{ConvPrecision, PredictOptions};
 
 fn main() -> Result<(), Box<dyn Error>> {
     voxtell::tune_allocator();
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(demo_dir);
     let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let mut demo = Demo::load(&dir)?;
+    let precision = match std::env::args().nth(3).as_deref() {
+        None | Some("f32") => ConvPrecision::F32,
+        Some("bf16") => ConvPrecision::Bf16,
+        Some(other) => return Err(format!("precision {other:?}: f32 or bf16").into()),
+    };
+    demo.predictor.set_options(PredictOptions { precision, ..demo.predictor.options().clone() });
     let all = prompts();
     let pairs: Vec<(&str, &str)> = all.iter().map(|p| (p.text.as_str(), p.key.as_str())).collect();
     // Left/right pairs: (prompt index, the other side's key).

@@ -235,21 +235,21 @@ def nnunet_checkpoint(net, plans):
     }
 
 
-def synthetic_ct(size, seed):
-    """int16 HU volume indexed [R, A, S]: air, an ellipsoid body, lungs, an organ, a spine."""
+def synthetic_ct(shape, seed):
+    """int16 HU volume of `shape` (R, A, S) voxels, indexed [R, A, S]: air, an ellipsoid body,
+    lungs, an organ, a spine (proportions relative to each axis)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    c = (size - 1) / 2.0
-    x, y, z = np.ogrid[:size, :size, :size]
-    x = (x - c) / size  # toward R
-    y = (y - c) / size  # toward A
-    z = (z - c) / size  # toward S
+    x, y, z = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    x = (x - (shape[0] - 1) / 2.0) / shape[0]  # toward R
+    y = (y - (shape[1] - 1) / 2.0) / shape[1]  # toward A
+    z = (z - (shape[2] - 1) / 2.0) / shape[2]  # toward S
 
     def ellipsoid(cx, cy, cz, rx, ry, rz):
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
 
-    hu = np.full((size, size, size), -1000.0, dtype=np.float32)
+    hu = np.full(tuple(shape), -1000.0, dtype=np.float32)
     hu[ellipsoid(0, 0, 0, 0.42, 0.30, 0.47)] = 40.0  # soft tissue
     hu[ellipsoid(-0.17, 0.02, 0.18, 0.12, 0.16, 0.20)] = -850.0  # lungs
     hu[ellipsoid(0.17, 0.02, 0.18, 0.12, 0.16, 0.20)] = -850.0
@@ -264,9 +264,8 @@ def write_nifti(path, vol):
     import nibabel as nib
     import numpy as np
 
-    n = vol.shape[0]
     affine = np.eye(4)
-    affine[:3, 3] = -(n - 1) / 2.0  # 1 mm spacing, RAS, centred on the origin
+    affine[:3, 3] = -(np.array(vol.shape) - 1) / 2.0  # 1 mm spacing, RAS, centred on the origin
     img = nib.Nifti1Image(vol, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
@@ -286,8 +285,13 @@ def write_bank(path, n, dim, seed):
 def cmd_make(args):
     d = Path(args.dir)
     sizes = model_sizes(args.small)
+    shape = [int(v) for v in args.shape.split(",")] if args.shape else [args.size] * 3
+    if len(shape) != 3 or min(shape) < 1:
+        sys.exit(f"make: --shape wants three positive sizes R,A,S, got {args.shape!r}")
     want = {"format_version": FORMAT_VERSION, "small": args.small, "size": args.size,
             "prompts": args.prompts, "seed": args.seed, "model": sizes}
+    if args.shape:
+        want["shape"] = shape
     marker = d / "bench_config.json"
     files = [d / "plans.json", d / "fold_0" / "checkpoint_final.pth", d / "ct.nii.gz",
              d / "bank.npz"]
@@ -313,7 +317,7 @@ def cmd_make(args):
     os.replace(tmp, d / "fold_0" / "checkpoint_final.pth")
     del net
     t1 = time.perf_counter()
-    write_nifti(d / "ct.nii.gz", synthetic_ct(args.size, args.seed))
+    write_nifti(d / "ct.nii.gz", synthetic_ct(shape, args.seed))
     write_bank(d / "bank.npz", args.prompts, sizes["text_embedding_dim"], args.seed)
     t2 = time.perf_counter()
     info = dict(want, parameters=n_params,
@@ -321,7 +325,7 @@ def cmd_make(args):
     marker.write_text(json.dumps(info, indent=1) + "\n")
     print(f"make: {d}: {n_params / 1e6:.1f} M parameters "
           f"({info['checkpoint_bytes'] / 2**20:.0f} MiB checkpoint, {t1 - t0:.1f} s), "
-          f"ct.nii.gz {args.size}^3, bank {args.prompts} x {sizes['text_embedding_dim']} "
+          f"ct.nii.gz {'x'.join(map(str, shape))}, bank {args.prompts} x {sizes['text_embedding_dim']} "
           f"({t2 - t1:.1f} s)")
     return 0
 
@@ -420,6 +424,8 @@ def main():
     m = sub.add_parser("make", help="build the model folder, ct.nii.gz and bank.npz in DIR")
     m.add_argument("dir")
     m.add_argument("--size", type=int, default=192, help="volume edge in voxels")
+    m.add_argument("--shape", help="volume size R,A,S in voxels instead of --size cubed "
+                   "(e.g. 512,512,300 for a whole CT)")
     m.add_argument("--prompts", type=int, default=13, help="prompts in the bank")
     m.add_argument("--small", action="store_true", help="a small model for smoke tests")
     m.add_argument("--seed", type=int, default=20260101)

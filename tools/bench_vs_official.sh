@@ -5,7 +5,7 @@
 # prompt count, the median wall time and median peak RSS of each tool and the ratios ours/official.
 #
 # Usage: tools/bench_vs_official.sh [--small] [--repeats R] [--prompts "1 4 13"] [--threads T]
-#                                   [--size N]
+#                                   [--size N] [--bf16]
 #   --small     a small model (patch 64^3, features 8..64, text dim 64) on a 96^3 volume: a smoke
 #               test of this script in seconds, NOT a benchmark
 #   --repeats   runs per tool and prompt count (default 3); the tools alternate, and which one
@@ -13,6 +13,8 @@
 #   --prompts   the prompt counts to measure (default "1 4 13")
 #   --threads   CPU threads for both tools: `--threads T` / torch.set_num_threads(T) (default 2)
 #   --size      volume edge in voxels (default 192, or 96 with --small)
+#   --bf16      also run `voxtell predict --precision bf16` ("ours-bf16") in the rotation and
+#               report it against the official tool and its masks against ours in f32
 # Environment: PYTHON (default tools/.venv/bin/python, the venv of tools/README.md);
 # BENCH_NO_TIME=1 uses the getrusage fallback below even where /usr/bin/time exists.
 #
@@ -42,6 +44,7 @@ REPEATS=3
 PROMPTS="1 4 13"
 THREADS=2
 SIZE=""
+BF16=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1; shift ;;
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
         --prompts) PROMPTS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --size) SIZE="$2"; shift 2 ;;
+        --bf16) BF16=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -112,12 +116,18 @@ median() {
 run_official() { # K OUT
     measure "official-$1-$r" "$PY" "$HELPER" run "$CASE" --prompts "$1" --threads "$THREADS" --out "$2"
 }
-run_ours() { # K OUT
-    local p=() i
-    for ((i = 0; i < $1; i++)); do p+=("prompt $i"); done
-    measure "ours-$1-$r" "$VOXTELL" predict -i "$CASE/ct.nii.gz" -m "$CASE" \
-        --embeddings "$CASE/bank.npz" -p "${p[@]}" -o "$2" --threads "$THREADS" --device cpu -q
+run_ours() { # K OUT [NAME EXTRA_ARGS...]
+    local k="$1" out="$2" name="${3:-ours}" p=() i
+    shift 2; [ $# -gt 0 ] && shift
+    for ((i = 0; i < k; i++)); do p+=("prompt $i"); done
+    measure "$name-$k-$r" "$VOXTELL" predict -i "$CASE/ct.nii.gz" -m "$CASE" \
+        --embeddings "$CASE/bank.npz" -p "${p[@]}" -o "$out" --threads "$THREADS" --device cpu -q "$@"
 }
+run_ours-bf16() { # K OUT
+    run_ours "$1" "$2" ours-bf16 --precision bf16
+}
+TOOLS=(official ours)
+if [ "$BF16" = 1 ]; then TOOLS+=(ours-bf16); fi
 
 echo "== $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo '?')), load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" >&2
 echo "== threads $THREADS, repeats $REPEATS, volume ${SIZE}^3, peak RSS from $RSS_TOOL" >&2
@@ -127,10 +137,11 @@ RESULTS="$TMP/results.tsv"
 AGREE=()
 for k in $PROMPTS; do
     for ((r = 1; r <= REPEATS; r++)); do
-        rm -rf "$TMP/out-official" "$TMP/out-ours"
-        mkdir -p "$TMP/out-official" "$TMP/out-ours"
-        if [ $((r % 2)) = 1 ]; then order="official ours"; else order="ours official"; fi
+        # The order of the tools reverses every other repeat.
+        order="${TOOLS[*]}"
+        if [ $((r % 2)) = 0 ]; then order="$(tr ' ' '\n' <<<"$order" | tac | tr '\n' ' ')"; fi
         for tool in $order; do
+            rm -rf "$TMP/out-$tool"; mkdir -p "$TMP/out-$tool"
             res="$(run_"$tool" "$k" "$TMP/out-$tool")"
             printf '%s\t%s\t%s\t%s\n' "$k" "$tool" ${res} >>"$RESULTS"
             echo "   $k prompt(s), run $r/$REPEATS, $tool: $(cut -d' ' -f1 <<<"$res") s, $(awk '{printf "%.0f", $2 / 1024}' <<<"$res") MiB" >&2
@@ -138,6 +149,12 @@ for k in $PROMPTS; do
     done
     agree="$("$PY" "$HELPER" compare "$TMP/out-official" "$TMP/out-ours" | awk '/worst agreement/ {print $(NF - 1)}')"
     AGREE+=("$k prompt(s): ${agree:-?} % of mask voxels identical (worst prompt, last run)")
+    if [ "$BF16" = 1 ]; then
+        for ref in official ours; do
+            agree="$("$PY" "$HELPER" compare "$TMP/out-$ref" "$TMP/out-ours-bf16" | awk '/worst agreement/ {print $(NF - 1)}')"
+            AGREE+=("$k prompt(s), bf16 against $ref: ${agree:-?} % of mask voxels identical (worst prompt, last run)")
+        done
+    fi
 done
 
 col() { # K TOOL FIELD(3 = wall s, 4 = RSS KiB)
@@ -152,11 +169,14 @@ printf '| %7s | %17s | %13s | %24s | %21s | %17s | %9s |\n' "${H[@]}"
 printf '|%s|%s|%s|%s|%s|%s|%s|\n' --------: ------------------: --------------: \
     -------------------------: ----------------------: ------------------: ----------:
 for k in $PROMPTS; do
-    ot="$(col "$k" official 3)"; ut="$(col "$k" ours 3)"
-    orss="$(col "$k" official 4)"; urss="$(col "$k" ours 4)"
-    awk -v k="$k" -v ot="$ot" -v ut="$ut" -v o="$orss" -v u="$urss" 'BEGIN {
-        printf "| %7d | %17.2f | %13.2f | %24.3f | %21.0f | %17.0f | %9.3f |\n",
-            k, ot, ut, ut / ot, o / 1024, u / 1024, u / o }'
+    for tool in "${TOOLS[@]:1}"; do
+        ot="$(col "$k" official 3)"; ut="$(col "$k" "$tool" 3)"
+        orss="$(col "$k" official 4)"; urss="$(col "$k" "$tool" 4)"
+        label="$k"; [ "$tool" = ours ] || label="$k bf16"
+        awk -v k="$label" -v ot="$ot" -v ut="$ut" -v o="$orss" -v u="$urss" 'BEGIN {
+            printf "| %7s | %17.2f | %13.2f | %24.3f | %21.0f | %17.0f | %9.3f |\n",
+                k, ot, ut, ut / ot, o / 1024, u / 1024, u / o }'
+    done
 done
 echo
 for line in "${AGREE[@]}"; do echo "$line"; done

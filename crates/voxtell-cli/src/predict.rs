@@ -19,7 +19,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use voxtell::candle::{DType, Device};
 use voxtell::infer::naming::{self, OutputMode};
-use voxtell::infer::{Accumulate, Masks, PredictOptions, Predictor, components, preview, stats};
+use voxtell::infer::{
+    Accumulate, ConvPrecision, Masks, PredictOptions, Predictor, components, preview, stats,
+};
 use voxtell::io::{DicomOptions, RasVolume, WriteOptions};
 use voxtell::text::{EmbeddingBank, PromptVectors, resolve_text_model};
 
@@ -94,6 +96,11 @@ pub struct PredictArgs {
     /// Accumulator precision: f16 (the official numerics) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     pub accumulate: String,
+    /// Arithmetic of the network's convolutions on the CPU: f32 (the official numerics) or
+    /// bf16 (bf16 products, f32 sums, on CPUs with AVX-512 BF16: about 1.3× faster, masks
+    /// differ from f32 at 0.1–0.2 % of voxels; falls back to f32 elsewhere).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub precision: String,
     /// Memory budget of one prediction's working set, e.g. 8G or 512M (default: 80 % of the
     /// available memory). Prompts run in groups when all would not fit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -266,7 +273,18 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
         accumulate: args.accumulate.parse::<Accumulate>()?,
         max_memory: args.max_memory,
         keep_logits: args.save_probabilities,
+        precision: if args.precision == "bf16" { ConvPrecision::Bf16 } else { ConvPrecision::F32 },
     };
+    if options.precision == ConvPrecision::Bf16 {
+        if !device.is_cpu() {
+            log.info(
+                "--precision bf16 applies to the CPU kernels; on this device the network runs in f32"
+                    .to_string(),
+            );
+        } else if !voxtell::vision::ops::bf16_supported() {
+            log.info("this CPU has no AVX-512 BF16: --precision bf16 falls back to f32".to_string());
+        }
+    }
     let model = voxtell::fusion::VoxTellModel::from_dir(&model_dir, DType::F32, &device)
         .with_context(|| format!("loading the model from {}", model_dir.display()))?;
     let dim = model.config().text_dim;

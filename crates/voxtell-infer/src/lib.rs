@@ -17,3 +17,4 @@ pub mod window;
 pub use error::{InferError, Result};
 pub use predict::{Masks, Plan, PredictOptions, Predictor, segment};
 pub use sliding::{Accumulate, Logits};
+pub use voxtell_vision::ops::ConvPrecision;

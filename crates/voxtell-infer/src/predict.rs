@@ -10,6 +10,7 @@ use ndarray::{Array3, s};
 use voxtell_fusion::VoxTellModel;
 use voxtell_io::{RasGeometry, RasVolume, Volume, WriteOptions};
 use voxtell_text::PromptVectors;
+use voxtell_vision::ops::{ConvPrecision, with_conv_precision};
 
 use crate::error::{InferError, Result};
 use crate::preprocess::{self, Bbox};
@@ -29,11 +30,22 @@ pub struct PredictOptions {
     pub max_memory: Option<u64>,
     /// Keep the blended logits in the result ([`Masks::logits`], [`Masks::probabilities`]).
     pub keep_logits: bool,
+    /// Arithmetic of the network's stride-1 convolutions on the CPU: f32 (the default, the
+    /// official numerics) or bf16 products with f32 sums where the CPU has AVX-512 BF16
+    /// (faster; masks agree with f32 on most but not all voxels — docs/performance.md). Other
+    /// devices ignore it.
+    pub precision: ConvPrecision,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
-        PredictOptions { step_size: 0.5, accumulate: Accumulate::F16, max_memory: None, keep_logits: false }
+        PredictOptions {
+            step_size: 0.5,
+            accumulate: Accumulate::F16,
+            max_memory: None,
+            keep_logits: false,
+            precision: ConvPrecision::F32,
+        }
     }
 }
 
@@ -45,7 +57,7 @@ pub struct Plan {
     pub tiles: usize,
     /// Prompts accumulated together in one pass over the tiles.
     pub prompt_group: usize,
-    /// Prompts run through the network's decoder at once.
+    /// Prompts run through the network's decoder at once (always 1 on the CPU).
     pub decoder_group: usize,
     /// Passes over the tiles (1 unless memory is short).
     pub passes: usize,
@@ -198,7 +210,12 @@ impl Predictor {
             if base + per_prompt_decoder > budget {
                 continue;
             }
-            let decoder_group = ((budget - base) / per_prompt_decoder).clamp(1, g);
+            // On the CPU the decoder runs one prompt at a time: batching prompts through it was
+            // slower there (4 prompts at 192³: 65 s and 18.6 GB batched, 43 s and 7.8 GB one
+            // at a time; docs/performance.md) — its kernels already keep both cores busy, and
+            // a batch only multiplies the full-resolution activations. On a GPU a batch pays.
+            let most = if self.device.is_cpu() { 1 } else { g };
+            let decoder_group = ((budget - base) / per_prompt_decoder).clamp(1, most);
             let passes = n.div_ceil(g);
             return Ok(Plan {
                 tiles,
@@ -252,7 +269,9 @@ impl Predictor {
             let image = Tensor::from_slice(tile.data, (1, 1, patch[0], patch[1], patch[2]), &self.device)?;
             let text =
                 texts.get(pass).ok_or_else(|| InferError::Invalid(format!("no prompt group {pass}")))?;
-            let out = self.model.forward_grouped(&image, text, plan.decoder_group)?;
+            let out = with_conv_precision(self.options.precision, || {
+                self.model.forward_grouped(&image, text, plan.decoder_group)
+            })?;
             let logits = out
                 .outputs
                 .into_iter()

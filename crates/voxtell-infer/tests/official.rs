@@ -375,3 +375,50 @@ fn e_f32_accumulation_is_within_1e5_of_an_f64_reference() {
         assert!(worst <= 1e-5 * scale, "prompt {i}: {worst} vs max |L| {scale}");
     }
 }
+
+#[test]
+fn f_on_the_cpu_all_prompts_share_a_pass_and_the_decoder_takes_one_at_a_time() {
+    let mut p = predictor(Accumulate::F16);
+    let shape = [40, 48, 56];
+    // Ample memory: one pass for all prompts, decoder still one prompt at a time.
+    p.set_options(PredictOptions { max_memory: Some(64 << 30), ..PredictOptions::default() });
+    let plan = p.plan(shape, 5).unwrap();
+    assert_eq!((plan.prompt_group, plan.passes, plan.decoder_group), (5, 1, 1));
+    assert!(plan.estimated_bytes <= plan.budget_bytes);
+    // A budget below one prompt's working set is refused, naming the budget.
+    p.set_options(PredictOptions { max_memory: Some(1 << 10), ..PredictOptions::default() });
+    let err = p.plan(shape, 5).unwrap_err().to_string();
+    assert!(err.contains("budget"), "{err}");
+}
+
+/// `ConvPrecision::Bf16` on the end-to-end fixtures: the masks stay close to the official tool's
+/// (most voxels; the fixture network is small and random, so many logits lie near 0) and the
+/// logits within a small fraction of their range. Where the CPU lacks AVX-512 BF16 the setting
+/// falls back to f32 and the masks are the f32 ones.
+#[test]
+fn g_bf16_precision_stays_close_to_the_official_masks() {
+    let cfg = config();
+    let mut p = predictor(Accumulate::F16);
+    p.set_options(PredictOptions { precision: voxtell_infer::ConvPrecision::Bf16, ..p.options().clone() });
+    for (name, case) in cfg["cases"].as_object().unwrap() {
+        let prompts = strings(&case["prompts"]);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let volume = voxtell_io::read(dir().join(case["file"].as_str().unwrap())).unwrap();
+        let masks = p.predict(&volume, &refs).unwrap();
+        let official = f16_array(&tensors(&format!("{name}.safetensors"))["logits"]);
+        for (i, prompt) in prompts.iter().enumerate() {
+            let ours = masks.logits(i).unwrap().to_f32();
+            let theirs = official.slice(s![i, .., .., ..]).mapv(f16::to_f32);
+            let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = ours.iter().zip(theirs.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let same = ours.iter().zip(theirs.iter()).filter(|(a, b)| (**a > 0.0) == (**b > 0.0)).count();
+            let agreement = same as f64 / ours.len() as f64;
+            eprintln!(
+                "{name} {prompt:?}: bf16 masks agree on {:.4} %, max |Δlogit| {worst:.4} of {scale:.3}",
+                100.0 * agreement
+            );
+            assert!(agreement >= 0.997, "{name} {prompt:?}: bf16 masks agree on only {agreement}");
+            assert!(worst <= 0.02 * scale, "{name} {prompt:?}: max |Δlogit| {worst} of {scale}");
+        }
+    }
+}

@@ -87,11 +87,16 @@ fn direct_path_shapes() {
     check(1, 16, 16, [4, 4, 48], 3, [1, 1, 1], true);
 }
 
-/// Channels-last direct kernel: both channel counts ≥ 64, or a volume narrower than 16 along W;
-/// channel counts that are not multiples of its 32-channel tile, and W not a multiple of 14.
+/// Channels-last direct kernel: both channel counts ≥ 32, or a volume narrower than 16 along W;
+/// channel counts that are not multiples of its 32-channel tile, and W not a multiple of 14; the
+/// output written straight to NCDHW with a last channel block of 3 (c_out 35), batch 2, and tasks
+/// of several depth slices.
 #[test]
 fn channels_last_path_shapes() {
     check(1, 64, 70, [3, 4, 18], 3, [1, 1, 1], true);
+    check(2, 32, 35, [4, 9, 17], 3, [1, 1, 1], true);
+    // Deep enough for tasks of several depth slices, the last one short; kernel 5.
+    check(2, 40, 32, [19, 4, 15], 5, [1, 1, 1], true);
     check(2, 3, 40, [4, 5, 9], 3, [1, 1, 1], true);
     check(1, 66, 64, [3, 3, 15], 3, [1, 1, 1], false);
     check(1, 5, 7, [5, 6, 3], 5, [1, 1, 1], true);
@@ -116,4 +121,79 @@ fn f64_takes_the_gemm_path_with_the_same_result() {
             .unwrap();
     let diff = (y32.to_dtype(DType::F64).unwrap() - y64).unwrap().abs().unwrap().max_all().unwrap();
     assert!(diff.to_scalar::<f64>().unwrap() < 1e-5);
+}
+
+/// bf16 rounding (nearest, ties to even), as the bf16 kernel rounds its inputs and weights.
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// The bf16 convolution: with inputs and weights rounded to bf16 first, it is the exact
+/// convolution of the rounded values up to f32 summation (checked against the f64 reference
+/// on the rounded values); against the unrounded f32 convolution it is within bf16's relative
+/// precision. Odd channel counts (a zero-padded pair), channel counts past one 32-wide block,
+/// batch 2, kernel 5 and narrow volumes. Where the CPU lacks AVX-512 BF16 the setting falls
+/// back to f32, which must then equal the default path bit for bit.
+#[test]
+fn bf16_precision_is_the_convolution_of_bf16_rounded_values() {
+    use ops::{ConvPrecision, with_conv_precision};
+    let dev = Device::Cpu;
+    for (n, ci, co, dims, k) in [
+        (1, 8, 8, [5, 6, 20], 3),
+        (1, 9, 33, [4, 7, 18], 3),
+        (2, 16, 40, [3, 5, 9], 3),
+        (1, 12, 16, [6, 6, 6], 5),
+        (1, 64, 64, [6, 8, 30], 3),
+        (2, 32, 32, [19, 6, 20], 3),
+    ] {
+        let what = format!("bf16 n{n} {ci}->{co} {dims:?} k{k}");
+        let in_shape = [n, ci, dims[0], dims[1], dims[2]];
+        let w_shape = [co, ci, k, k, k];
+        let xv = data(in_shape.iter().product(), 11);
+        let wv: Vec<f32> = data(w_shape.iter().product(), 12).iter().map(|v| v * 0.2).collect();
+        let bv = data(co, 13);
+        let x = Tensor::from_vec(xv.clone(), in_shape.to_vec(), &dev).unwrap();
+        let w = Tensor::from_vec(wv.clone(), w_shape.to_vec(), &dev).unwrap();
+        let b = Tensor::from_vec(bv.clone(), co, &dev).unwrap();
+        let ours =
+            with_conv_precision(ConvPrecision::Bf16, || ops::conv3d(&x, &w, Some(&b), [1, 1, 1])).unwrap();
+        let f32_out = ops::conv3d(&x, &w, Some(&b), [1, 1, 1]).unwrap();
+        let pad = [(k - 1) / 2; 3];
+        let b64 = to64(&bv);
+        if ops::bf16_supported() {
+            let (r, _) = reference::conv3d(
+                &to64(&round_bf16(&xv)),
+                in_shape,
+                &to64(&round_bf16(&wv)),
+                w_shape,
+                Some(&b64[..]),
+                [1, 1, 1],
+                pad,
+            )
+            .unwrap();
+            assert_close(&ours, &r, &what);
+            // Against exact arithmetic on the unrounded values: bf16's 8-bit mantissa.
+            let (exact, _) =
+                reference::conv3d(&to64(&xv), in_shape, &to64(&wv), w_shape, Some(&b64[..]), [1, 1, 1], pad)
+                    .unwrap();
+            let o: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+            let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let worst = o.iter().zip(&exact).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+            assert!(worst <= 2e-2 * scale && worst > 0.0, "{what}: {worst:e} of {scale:e}");
+        } else {
+            let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+            let e: Vec<f32> = f32_out.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, e, "{what}: the f32 fallback differs from the default path");
+        }
+    }
+    // Strided and 1×1×1 convolutions stay f32 under the bf16 setting.
+    let x = Tensor::from_vec(data(16 * 6 * 6 * 6, 14), (1, 16, 6, 6, 6), &dev).unwrap();
+    for (k, s) in [(3, [2, 2, 2]), (1, [1, 1, 1])] {
+        let w = Tensor::from_vec(data(8 * 16 * k * k * k, 15), (8, 16, k, k, k), &dev).unwrap();
+        let a = with_conv_precision(ConvPrecision::Bf16, || ops::conv3d(&x, &w, None, s)).unwrap();
+        let e = ops::conv3d(&x, &w, None, s).unwrap();
+        let (a, e): (Vec<f32>, Vec<f32>) =
+            (a.flatten_all().unwrap().to_vec1().unwrap(), e.flatten_all().unwrap().to_vec1().unwrap());
+        assert_eq!(a, e, "k{k} s{s:?}: not f32 under the bf16 setting");
+    }
 }

@@ -1,13 +1,14 @@
-//! Direct convolution for stride 1 in f32 with AVX-512 on a channels-last copy of the input, for
-//! layers with many channels (where vectorising over W wastes lanes on small volumes and the
-//! GEMM library leaves half the machine idle).
+//! Direct convolution for stride 1 with AVX-512 on channels-last windows of the input, in f32 or
+//! with bf16 products (AVX-512 BF16), for layers with 32 or more channels.
 //!
-//! The input is copied once into a zero-padded `N × Dp × Hp × Wp × C` buffer. The micro-kernel
-//! holds [`X_T`] consecutive output voxels along W × 32 output channels in 28 registers; for each
-//! tap and input channel it loads two 16-channel weight vectors and broadcasts one input value
-//! per voxel (28 FMAs per 16 loads). The result is written channels-last and transposed back to
-//! NCDHW at the end; at the sizes this path is chosen for, both copies are small next to the
-//! arithmetic.
+//! Work is split into tasks of a few output depth slices. Each task copies the input slabs it
+//! reads into a zero-padded channels-last window (`slabs × Hp × Wp × C`, kept per thread between
+//! calls), so every tap is a plain shifted read. The micro-kernel holds [`X_T`] consecutive
+//! output voxels along W × 32 output channels in 28 registers; for each tap and input channel it
+//! loads two 16-channel weight vectors and broadcasts one input value per voxel (28 FMAs per 16
+//! loads) — in bf16 one 32-bit pair of input channels per voxel and `vdpbf16ps`, two products
+//! per lane. Each finished tile goes straight into the NCDHW output, so no padded copy of the
+//! whole input and no channels-last output exist.
 
 use rayon::prelude::*;
 
@@ -29,37 +30,6 @@ fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool)
     p
 }
 
-/// Zero-padded channels-last copy of `x` (`batch × c × D × H × W`), with slack at the end for the
-/// last tile's reads.
-fn pad_cl(x: &[f32], g: &ConvGeom) -> (Vec<f32>, [usize; 3]) {
-    let [d, h, w] = g.input;
-    let [pd, ph, pw] = g.padding;
-    let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
-    let c = g.c_in;
-    let mut out = vec![0.0f32; g.batch * dp * hp * wp * c + (X_T + 2 * pw + 2) * c];
-    let plane = d * h * w;
-    let body = g.batch * dp * hp * wp * c;
-    // One task per (batch, padded depth) slab; each transposes its rows.
-    out[..body].par_chunks_mut(hp * wp * c).enumerate().for_each(|(i, slab)| {
-        let (n, zp) = (i / dp, i % dp);
-        if zp < pd || zp >= pd + d {
-            return;
-        }
-        let z = zp - pd;
-        let xb = &x[n * c * plane..(n + 1) * c * plane];
-        for y in 0..h {
-            let row = &mut slab[((y + ph) * wp + pw) * c..][..w * c];
-            for ci in 0..c {
-                let src = &xb[ci * plane + (z * h + y) * w..][..w];
-                for (xx, &v) in src.iter().enumerate() {
-                    row[xx * c + ci] = v;
-                }
-            }
-        }
-    });
-    (out, [dp, hp, wp])
-}
-
 /// Stride-1 convolution of `x` with `w` (forward, or the input gradient when `transpose_flip`,
 /// with `g` describing that convolution's own input and output).
 pub(crate) fn run(
@@ -71,55 +41,200 @@ pub(crate) fn run(
     w_c_in: usize,
     transpose_flip: bool,
 ) -> Vec<f32> {
-    let taps = g.taps();
-    let packed = pack(w, w_c_out, w_c_in, taps, transpose_flip);
-    let (xp, [_, hp, wp]) = pad_cl(x, g);
-    let [od, oh, ow] = g.output();
-    let blocks = g.c_out.div_ceil(CO_T);
-    let cpad = blocks * CO_T;
-    let dp = od + g.kernel[0] - 1;
-    // Channels-last output with padded channels: batch × Do × Ho × Wo × cpad.
-    let mut out_cl = vec![0.0f32; g.batch * od * oh * ow * cpad];
-    let mut tap_off = Vec::with_capacity(taps);
-    for a in 0..g.kernel[0] {
-        for b in 0..g.kernel[1] {
-            for c in 0..g.kernel[2] {
-                tap_off.push(((a * hp + b) * wp + c) * g.c_in);
+    let packed = pack(w, w_c_out, w_c_in, g.taps(), transpose_flip);
+    let c = g.c_in;
+    drive(
+        x,
+        bias,
+        g,
+        c,
+        |channel_row: ChannelRow<'_>, row: &mut [f32]| {
+            for ci in 0..c {
+                for (xx, &v) in channel_row.get(ci).iter().enumerate() {
+                    row[xx * c + ci] = v;
+                }
             }
-        }
+        },
+        |window: &[f32], cb: usize, tap_off: &[usize], n_vox: usize, bias: &[f32], dst: &mut [f32]| {
+            let block = &packed[cb * tap_off.len() * c * CO_T..(cb + 1) * tap_off.len() * c * CO_T];
+            tile(window, block, bias, tap_off, c, n_vox, CO_T, dst);
+        },
+    )
+}
+
+/// One input row (fixed batch, depth and height) across the channels of an NCDHW volume.
+#[derive(Clone, Copy)]
+struct ChannelRow<'a> {
+    x: &'a [f32],
+    start: usize,
+    plane: usize,
+    len: usize,
+}
+
+impl<'a> ChannelRow<'a> {
+    /// The row of channel `c`.
+    fn get(&self, c: usize) -> &'a [f32] {
+        &self.x[c * self.plane + self.start..][..self.len]
     }
-    let mut bias_p = vec![0.0f32; cpad];
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks of `drive` write disjoint elements (each its own output depth slices) and
+// the buffer outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer to element `i` (a method, so that closures capture the wrapper, not the raw
+    /// pointer field).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Output depth slices per task (fewer when the volume is shallow), so that a task's
+/// channels-last window of `slices + kd − 1` padded input slabs is converted about once.
+const Z_CHUNK: usize = 8;
+
+thread_local! {
+    /// Each worker thread's channels-last input window, kept between convolutions so that its
+    /// pages are touched once.
+    static WINDOW_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WINDOW_U32: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A window element: f32 channels, or bf16 pairs of channels in a `u32`.
+trait WindowElem: Copy + Default + Send + Sync + 'static {
+    fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+impl WindowElem for f32 {
+    fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        WINDOW_F32.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.len() < len {
+                w.resize(len, 0.0);
+            }
+            f(&mut w[..len])
+        })
+    }
+}
+
+impl WindowElem for u32 {
+    fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        WINDOW_U32.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.len() < len {
+                w.resize(len, 0);
+            }
+            f(&mut w[..len])
+        })
+    }
+}
+
+/// The stride-1 channels-last driver shared by the f32 and the bf16 kernel. Tasks take
+/// (batch, chunk of output depth slices); each builds a zero-padded channels-last window of
+/// the input slabs its slices read (`per_vox` elements per voxel, one row at a time by
+/// `fill_row(channel_rows, row)`), runs `tile(window, co_block, tap_offsets, n_vox, bias,
+/// buffer)` over its outputs and writes each tile straight into the NCDHW output. No padded
+/// copy of the whole input and no channels-last copy of the output exist at any time.
+fn drive<E: WindowElem>(
+    x: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    per_vox: usize,
+    fill_row: impl Fn(ChannelRow<'_>, &mut [E]) + Sync,
+    tile: impl Fn(&[E], usize, &[usize], usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let [d, h, w] = g.input;
+    let [pd, ph, pw] = g.padding;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let [od, oh, ow] = g.output();
+    let kd = g.kernel[0];
+    let taps = g.taps();
+    let blocks = g.c_out.div_ceil(CO_T);
+    let mut bias_p = vec![0.0f32; blocks * CO_T];
     if let Some(b) = bias {
         bias_p[..g.c_out].copy_from_slice(b);
     }
-    // Tasks: (batch, output depth slice); each writes its own slice of the output.
-    out_cl.par_chunks_mut(oh * ow * cpad).enumerate().for_each(|(i, slice)| {
-        let (n, z) = (i / od, i % od);
-        let base = ((n * dp + z) * hp) * wp * g.c_in;
-        for cb in 0..blocks {
-            let wb = &packed[cb * taps * g.c_in * CO_T..(cb + 1) * taps * g.c_in * CO_T];
-            let bb = &bias_p[cb * CO_T..(cb + 1) * CO_T];
-            for y in 0..oh {
-                let mut x0 = 0;
-                while x0 < ow {
-                    let n_vox = (ow - x0).min(X_T);
-                    let src = base + (y * wp + x0) * g.c_in;
-                    let dst = &mut slice[(y * ow + x0) * cpad + cb * CO_T..];
-                    tile(&xp[src..], wb, bb, &tap_off, g.c_in, n_vox, cpad, dst);
-                    x0 += X_T;
-                }
+    let mut tap_off = Vec::with_capacity(taps);
+    for a in 0..kd {
+        for b in 0..g.kernel[1] {
+            for c in 0..g.kernel[2] {
+                tap_off.push(((a * hp + b) * wp + c) * per_vox);
             }
         }
-    });
-    // Back to NCDHW, dropping the padding channels.
-    let vox = od * oh * ow;
-    let mut out = vec![0.0f32; g.batch * g.c_out * vox];
-    out.par_chunks_mut(vox).enumerate().for_each(|(p, plane)| {
-        let (n, co) = (p / g.c_out, p % g.c_out);
-        let src = &out_cl[n * vox * cpad..(n + 1) * vox * cpad];
-        for (v, o) in plane.iter_mut().enumerate() {
-            *o = src[v * cpad + co];
-        }
+    }
+    let chunk = od.div_ceil(4 * super::threads()).clamp(1, Z_CHUNK);
+    let chunks = od.div_ceil(chunk);
+    let slab = hp * wp * per_vox;
+    let (plane_in, vox_out) = (d * h * w, od * oh * ow);
+    let mut out = vec![0.0f32; g.batch * g.c_out * vox_out];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..g.batch * chunks).into_par_iter().for_each(|task| {
+        let (n, z0) = (task / chunks, (task % chunks) * chunk);
+        let nz = (od - z0).min(chunk);
+        let depth = nz + kd - 1;
+        let xb = &x[n * g.c_in * plane_in..(n + 1) * g.c_in * plane_in];
+        E::with_window(depth * slab + (X_T + 2 * pw + 2) * per_vox, |window| {
+            // Padded input slabs z0 .. z0 + depth (padded coordinates): zero where padding,
+            // converted rows elsewhere.
+            for (s, slab_buf) in window[..depth * slab].chunks_mut(slab).enumerate() {
+                let zp = z0 + s;
+                if zp < pd || zp >= pd + d {
+                    slab_buf.fill(E::default());
+                    continue;
+                }
+                let z = zp - pd;
+                slab_buf[..ph * wp * per_vox].fill(E::default());
+                slab_buf[(ph + h) * wp * per_vox..].fill(E::default());
+                for y in 0..h {
+                    let row = &mut slab_buf[(y + ph) * wp * per_vox..][..wp * per_vox];
+                    row[..pw * per_vox].fill(E::default());
+                    row[(pw + w) * per_vox..].fill(E::default());
+                    let of_channel = ChannelRow { x: xb, start: (z * h + y) * w, plane: plane_in, len: w };
+                    fill_row(of_channel, &mut row[pw * per_vox..(pw + w) * per_vox]);
+                }
+            }
+            window[depth * slab..].fill(E::default());
+            let mut buf = [0.0f32; X_T * CO_T];
+            for cb in 0..blocks {
+                let co0 = cb * CO_T;
+                let nco = (g.c_out - co0).min(CO_T);
+                let bb = &bias_p[co0..co0 + CO_T];
+                for zl in 0..nz {
+                    for y in 0..oh {
+                        let mut x0 = 0;
+                        while x0 < ow {
+                            let n_vox = (ow - x0).min(X_T);
+                            tile(
+                                &window[((zl * hp + y) * wp + x0) * per_vox..],
+                                cb,
+                                &tap_off,
+                                n_vox,
+                                bb,
+                                &mut buf,
+                            );
+                            let first = (n * g.c_out + co0) * vox_out + ((z0 + zl) * oh + y) * ow + x0;
+                            for c in 0..nco {
+                                // SAFETY: element (n, co0 + c, z0 + zl, y, x0 .. x0 + n_vox) lies
+                                // in `out` and belongs to this task's depth slices alone.
+                                let dst = unsafe {
+                                    std::slice::from_raw_parts_mut(out_ptr.at(first + c * vox_out), n_vox)
+                                };
+                                for (v, o) in dst.iter_mut().enumerate() {
+                                    *o = buf[v * CO_T + c];
+                                }
+                            }
+                            x0 += X_T;
+                        }
+                    }
+                }
+            }
+        });
     });
     out
 }
@@ -193,6 +308,199 @@ mod avx512 {
                         let xv = _mm512_set1_ps(*xt.add(v * c_in + ci));
                         acc0[v] = _mm512_fmadd_ps(xv, w0, acc0[v]);
                         acc1[v] = _mm512_fmadd_ps(xv, w1, acc1[v]);
+                    }
+                }
+            }
+            let d = dst.as_mut_ptr();
+            for v in 0..n_vox {
+                _mm512_storeu_ps(d.add(v * vox_stride), acc0[v]);
+                _mm512_storeu_ps(d.add(v * vox_stride + 16), acc1[v]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 products, f32 accumulation (AVX-512 BF16)
+
+/// Whether this CPU has the AVX-512 BF16 dot product (`vdpbf16ps`) the bf16 kernel needs.
+pub(crate) fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Round to bf16 (nearest, ties to even; what `vcvtneps2bf16` does).
+fn bf16_bits(v: f32) -> u32 {
+    u32::from(half::bf16::from_f32(v).to_bits())
+}
+
+/// Two bf16 values in one 32-bit lane: `lo` in the low half (the even element of a
+/// `vdpbf16ps` pair), `hi` in the high half.
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+/// Pack `w` (`c_out × c_in × taps`) as bf16 pairs of input channels:
+/// `[co_block][tap][ci_pair][CO_T]`, each lane `(w[o, 2p], w[o, 2p + 1])`, zero-filled past
+/// `c_out` and past an odd `c_in`.
+fn pack_bf16(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<u32> {
+    let pairs = c_in.div_ceil(2);
+    let mut p = vec![0u32; c_out.div_ceil(CO_T) * taps * pairs * CO_T];
+    for o in 0..c_out {
+        for t in 0..taps {
+            for q in 0..pairs {
+                let at = |i: usize| if i < c_in { w[(o * c_in + i) * taps + t] } else { 0.0 };
+                p[(((o / CO_T) * taps + t) * pairs + q) * CO_T + o % CO_T] = pair(at(2 * q), at(2 * q + 1));
+            }
+        }
+    }
+    p
+}
+
+/// `out[i] = pair(lo[i], hi[i])` (`hi` zero when `None`), 16 at a time with
+/// `vcvtne2ps2bf16` where the CPU has it. The instruction flushes denormal inputs to zero, which
+/// the scalar rounding does not; nothing else differs.
+fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    let n = lo.len();
+    assert!(out.len() >= n && hi.is_none_or(|h| h.len() >= n));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if bf16_available() && std::arch::is_x86_feature_detected!("avx512bw") {
+        done = n - n % 16;
+        // SAFETY: the features were detected; every access is below `done` ≤ the lengths
+        // asserted above.
+        unsafe { avx512bf16::pairs(lo, hi, out, done) };
+    }
+    for i in done..n {
+        out[i] = pair(lo[i], hi.map_or(0.0, |h| h[i]));
+    }
+}
+
+/// Stride-1 forward convolution with inputs and weights rounded to bf16 and products summed in
+/// f32 (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
+pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (c, pairs) = (g.c_in, g.c_in.div_ceil(2));
+    let packed = pack_bf16(w, g.c_out, c, g.taps());
+    drive(
+        x,
+        bias,
+        g,
+        pairs,
+        |channel_row: ChannelRow<'_>, row: &mut [u32]| {
+            let mut converted = vec![0u32; channel_row.len];
+            for q in 0..pairs {
+                let hi = (2 * q + 1 < c).then(|| channel_row.get(2 * q + 1));
+                pairs_of_row(channel_row.get(2 * q), hi, &mut converted);
+                for (xx, &v) in converted.iter().enumerate() {
+                    row[xx * pairs + q] = v;
+                }
+            }
+        },
+        |window: &[u32], cb: usize, tap_off: &[usize], n_vox: usize, bias: &[f32], dst: &mut [f32]| {
+            let block = &packed[cb * tap_off.len() * pairs * CO_T..(cb + 1) * tap_off.len() * pairs * CO_T];
+            tile_bf16(window, block, bias, tap_off, pairs, n_vox, CO_T, dst);
+        },
+    )
+}
+
+/// One bf16 tile: `n_vox` (≤ X_T) voxels × CO_T channels, input channels in pairs.
+#[allow(clippy::too_many_arguments)]
+fn tile_bf16(
+    x: &[u32],
+    w: &[u32],
+    bias: &[f32],
+    tap_off: &[usize],
+    pairs: usize,
+    n_vox: usize,
+    vox_stride: usize,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * pairs + pairs;
+        assert!(
+            last_read <= x.len()
+                && (n_vox - 1) * vox_stride + CO_T <= dst.len()
+                && w.len() >= tap_off.len() * pairs * CO_T
+                && bias.len() >= CO_T
+        );
+        assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
+        // SAFETY: AVX-512F and AVX-512 BF16 are present (asserted); the reads and writes stay
+        // within the bounds asserted above.
+        unsafe { avx512bf16::tile(x, w, bias, tap_off, pairs, n_vox, vox_stride, dst) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w, bias, tap_off, pairs, n_vox, vox_stride, dst);
+        unreachable!("the bf16 kernel requires x86_64 AVX-512 BF16");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16 {
+    use std::arch::x86_64::*;
+
+    use super::{CO_T, X_T};
+
+    /// `out[i] = bf16(lo[i]) | bf16(hi[i]) << 16` for `i < n` (`n` a multiple of 16).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32], n: usize) {
+        // 16-bit lane 2i takes converted element i (from `lo`), lane 2i + 1 element 16 + i
+        // (from `hi`).
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
+            18, 2, 17, 1, 16, 0,
+        );
+        let zero = _mm512_setzero_ps();
+        // SAFETY: i + 16 ≤ n ≤ the slices' lengths (the caller's contract).
+        unsafe {
+            for i in (0..n).step_by(16) {
+                let a = _mm512_loadu_ps(lo.as_ptr().add(i));
+                let b = hi.map_or(zero, |h| _mm512_loadu_ps(h.as_ptr().add(i)));
+                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+                let r = _mm512_permutexvar_epi16(interleave, both);
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), r);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        x: &[u32],
+        w: &[u32],
+        bias: &[f32],
+        tap_off: &[usize],
+        pairs: usize,
+        n_vox: usize,
+        vox_stride: usize,
+        dst: &mut [f32],
+    ) {
+        // SAFETY: bounds checked by the caller; see `super::tile_bf16`.
+        unsafe {
+            let b0 = _mm512_loadu_ps(bias.as_ptr());
+            let b1 = _mm512_loadu_ps(bias.as_ptr().add(16));
+            let mut acc0 = [b0; X_T];
+            let mut acc1 = [b1; X_T];
+            let xp = x.as_ptr();
+            let mut wp = w.as_ptr();
+            for &off in tap_off {
+                let xt = xp.add(off);
+                for q in 0..pairs {
+                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.cast()));
+                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(16).cast()));
+                    wp = wp.add(CO_T);
+                    for v in 0..X_T {
+                        let xv: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*xt.add(v * pairs + q) as i32));
+                        acc0[v] = _mm512_dpbf16_ps(acc0[v], xv, w0);
+                        acc1[v] = _mm512_dpbf16_ps(acc1[v], xv, w1);
                     }
                 }
             }
