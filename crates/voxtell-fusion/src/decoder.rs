@@ -152,7 +152,9 @@ impl FusionDecoder {
         Ok(Some(halves))
     }
 
-    /// [`FusionDecoder::forward`] with the shared halves already computed.
+    /// [`FusionDecoder::forward`] with the shared halves already computed. `skips` are all the
+    /// encoder outputs or, when `shared` is given, just the lowest one (`&skips[n..]`): the
+    /// others are read only through the shared halves.
     pub fn forward_shared(
         &self,
         skips: &[Tensor],
@@ -160,31 +162,35 @@ impl FusionDecoder {
         embeddings: &[Tensor],
     ) -> Result<Vec<Tensor>> {
         let n_st = self.stages.len();
-        if skips.len() != n_st + 1 || embeddings.len() != n_st {
+        let lowest_only = shared.is_some() && skips.len() == 1;
+        if (skips.len() != n_st + 1 && !lowest_only)
+            || embeddings.len() != n_st
+            || shared.is_some_and(|h| h.len() != n_st)
+        {
             return Err(FusionError::Config(format!(
-                "decoder expects {} skips and {n_st} embeddings, got {} and {}",
+                "decoder expects {} skips (or the lowest alone with shared halves), {n_st} embeddings and {n_st} shared halves, got {}, {} and {:?}",
                 n_st + 1,
                 skips.len(),
-                embeddings.len()
+                embeddings.len(),
+                shared.map(<[Tensor]>::len)
             )));
         }
         let (b, p, _) = embeddings[0].dims3()?;
         // The lowest skip, repeated per prompt: batch index = b·P + prompt.
-        let mut lres = repeat_prompts(&skips[n_st], p)?;
+        let lowest = skips.last().ok_or_else(|| FusionError::Config("no skips".into()))?;
+        let mut lres = repeat_prompts(lowest, p)?;
         let mut outputs = Vec::with_capacity(n_st);
         for (i, st) in self.stages.iter().enumerate() {
-            let skip = &skips[n_st - 1 - i];
             let up = ops::conv_transpose3d(&lres, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
             let pre = if let Some(shared) = shared.map(|h| &h[i]) {
-                // First conv: the upsampled half per prompt, plus the shared skip half.
-                let own = ops::conv3d(&up, &st.first_up, None, [1, 1, 1])?;
+                // First conv: the upsampled half per prompt, plus the shared skip half (with the
+                // bias) added inside the convolution's output, each image's half serving its P
+                // prompts.
+                let pre = ops::conv3d_add(&up, &st.first_up, shared, [1, 1, 1])?;
                 drop(up);
-                let dims = own.dims().to_vec();
-                let pre = own
-                    .reshape((b, p, dims[1], dims[2], dims[3], dims[4]))?
-                    .broadcast_add(&shared.unsqueeze(1)?)?;
-                pre.reshape(dims)?
+                pre
             } else {
+                let skip = &skips[n_st - 1 - i];
                 let both = Tensor::cat(&[&up, &repeat_prompts(skip, p)?], 1)?;
                 drop(up);
                 ops::conv3d(&both, &st.first_full, st.first_bias.as_ref(), [1, 1, 1])?
@@ -196,7 +202,7 @@ impl FusionDecoder {
             let mut x = ops::instance_norm3d_act(&pre, w, bb, self.eps, Some(self.slope))?;
             drop(pre);
             if let Some(rest) = &st.rest {
-                x = rest.forward(&x)?;
+                x = rest.forward_owned(x)?;
             }
             let e = embeddings[n_st - 1 - i].reshape(((), embeddings[n_st - 1 - i].dim(2)?))?;
             if i + 1 == n_st {

@@ -323,7 +323,7 @@ impl VoxTellModel {
                 self.config.text_dim
             )));
         }
-        let skips = self.encoder.forward(image)?;
+        let mut skips = self.encoder.forward(image)?;
         let mem_feat = &skips[self.config.decoder_layer];
         // 'b c d h w -> b (h w d) c'
         let (_, mc, md, mh, mw) = mem_feat.dims5()?;
@@ -345,6 +345,11 @@ impl VoxTellModel {
             .collect::<Result<Vec<_>>>()?;
         let group = group.clamp(1, p);
         let shared = self.decoder.shared_halves(&skips)?;
+        if shared.is_some() {
+            // The decoder now reads only the lowest skip; free the others (at 192³ the
+            // full-resolution one alone is 0.9 GB).
+            skips = skips.split_off(skips.len() - 1);
+        }
         let mut per_scale: Vec<Vec<Tensor>> = Vec::new();
         let mut start = 0;
         while start < p {

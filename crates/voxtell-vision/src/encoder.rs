@@ -217,6 +217,19 @@ impl ConvNormAct {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // The conv output is dropped as soon as the fused norm + activation has read it.
         let y = ops::conv3d(x, &self.weight, self.bias.as_ref(), self.stride)?;
+        self.norm_act(y)
+    }
+
+    /// [`ConvNormAct::forward`] taking the input by value: it is released (unless other handles
+    /// to it exist, as in training) once the convolution has read it, before the norm allocates
+    /// its output — one activation fewer at the peak.
+    pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        let y = ops::conv3d(&x, &self.weight, self.bias.as_ref(), self.stride)?;
+        drop(x);
+        self.norm_act(y)
+    }
+
+    fn norm_act(&self, y: Tensor) -> Result<Tensor> {
         let (w, b) = match &self.norm {
             Some((w, b)) => (Some(w), Some(b)),
             None => (None, None),
@@ -269,7 +282,17 @@ impl StackedConvBlocks {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = self.convs[0].forward(x)?;
         for c in &self.convs[1..] {
-            y = c.forward(&y)?;
+            y = c.forward_owned(y)?;
+        }
+        Ok(y)
+    }
+
+    /// [`StackedConvBlocks::forward`] taking the input by value (released once read; see
+    /// [`ConvNormAct::forward_owned`]).
+    pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        let mut y = x;
+        for c in &self.convs {
+            y = c.forward_owned(y)?;
         }
         Ok(y)
     }
@@ -322,10 +345,8 @@ impl BasicBlockD {
 
     /// Apply the block.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let residual = {
-            let h = self.conv1.forward(x)?;
-            self.conv2.forward(&h)?
-        };
+        // conv1's output is released once conv2 has read it.
+        let residual = self.conv2.forward_owned(self.conv1.forward(x)?)?;
         let mut skip = match self.pool {
             Some(k) => ops::avg_pool3d(x, k)?,
             None => x.clone(),
@@ -333,7 +354,7 @@ impl BasicBlockD {
         if let Some(p) = &self.projection {
             skip = p.forward(&skip)?;
         }
-        Ok(ops::leaky_relu(&(residual + skip)?, self.slope)?)
+        Ok(ops::add_leaky_relu(&residual, &skip, self.slope)?)
     }
 }
 

@@ -25,4 +25,7 @@ pub use encoder::{
     ArchKwargs, BasicBlockD, BlockSettings, ConvNormAct, NormKwargs, ResidualEncoder, StackedConvBlocks,
 };
 pub use error::{Result, VisionError};
-pub use ops::{avg_pool3d, conv_transpose3d, conv3d, instance_norm3d, instance_norm3d_act, leaky_relu};
+pub use ops::{
+    add_leaky_relu, avg_pool3d, conv_transpose3d, conv3d, conv3d_add, instance_norm3d, instance_norm3d_act,
+    leaky_relu,
+};

@@ -130,6 +130,88 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: [usize
     }
 }
 
+/// `conv3d(x, weight, None, stride) + addend`, the sum added into the convolution's own output
+/// (no separate sum tensor). `addend` is (N / r, Cout, D', H', W') for an output of
+/// (N, Cout, D', H', W'): each addend sample serves `r` consecutive output samples (in the
+/// fusion decoder, the prompts of an image share the skip half of a convolution this way).
+/// Same values as `conv3d(x, weight, None, stride)?` plus the repeated addend.
+pub fn conv3d_add(x: &Tensor, weight: &Tensor, addend: &Tensor, stride: [usize; 3]) -> Result<Tensor> {
+    let geom = conv_geom(x.dims(), weight.dims(), None, stride)?;
+    let [od, oh, ow] = geom.output();
+    let [na, ca, ad, ah, aw] = dims5(addend.dims(), "conv3d_add addend")?;
+    if ca != geom.c_out || [ad, ah, aw] != [od, oh, ow] || na == 0 || geom.batch % na != 0 {
+        bail!(
+            "conv3d_add: addend {:?} does not fit the output ({}, {}, {od}, {oh}, {ow}) (its batch must divide the output's)",
+            addend.dims(),
+            geom.batch,
+            geom.c_out
+        );
+    }
+    let repeat = geom.batch / na;
+    if !x.device().is_cpu() {
+        let out = composed::conv3d(x, weight, None, stride)?;
+        let dims = out.dims().to_vec();
+        return out
+            .reshape((na, repeat, dims[1], od, oh, ow))?
+            .broadcast_add(&addend.unsqueeze(1)?)?
+            .reshape(dims);
+    }
+    let op = Conv3dAdd { conv: Conv3d { geom, bf16: conv_precision() == ConvPrecision::Bf16 }, repeat };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &addend.contiguous()?, op)
+}
+
+struct Conv3dAdd {
+    conv: Conv3d,
+    /// Output samples per addend sample.
+    repeat: usize,
+}
+
+impl CustomOp3 for Conv3dAdd {
+    fn name(&self) -> &'static str {
+        "voxtell-conv3d-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.conv.geom;
+        let sample = g.c_out * g.out_voxels();
+        let out = dispatch!(s1, CustomOp3::name(self), |T| {
+            let mut out = conv_forward::<T>(
+                slice(s1, l1, "conv3d input")?,
+                slice(s2, l2, "conv3d weight")?,
+                None,
+                g,
+                self.conv.bf16,
+            );
+            pointwise::add_repeated(&mut out, slice(s3, l3, "conv3d addend")?, sample, self.repeat);
+            out
+        });
+        Ok((out, out_shape(g)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        addend: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.conv.grads(x, w, grad)?;
+        let mut dims = addend.dims().to_vec();
+        dims.insert(1, self.repeat);
+        let ga = grad.reshape(dims)?.sum(1)?;
+        Ok((Some(gx), Some(gw), Some(ga)))
+    }
+}
+
 fn conv_geom(x: &[usize], w: &[usize], b: Option<&[usize]>, stride: [usize; 3]) -> Result<ConvGeom> {
     let [n, ci, d, h, wd] = dims5(x, "conv3d input")?;
     let [co, wci, kd, kh, kw] = dims5(w, "conv3d weight")?;
@@ -722,6 +804,60 @@ impl CustomOp1 for ChannelSum {
             d * h * w
         ));
         Ok((out, Shape::from(c)))
+    }
+}
+
+/// `leaky_relu(a + b, slope)` in one pass and one output tensor (the residual sum of a ResNet
+/// block is never materialised); `a` and `b` have the same shape, `slope ≥ 0`. Same values as
+/// `leaky_relu(&(a + b)?, slope)`.
+pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        bail!("add_leaky_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if slope.is_nan() || slope < 0.0 {
+        bail!("add_leaky_relu: slope {slope} must be non-negative");
+    }
+    if !a.device().is_cpu() {
+        return composed::leaky_relu(&(a + b)?, slope);
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu { slope })
+}
+
+struct AddLeakyRelu {
+    slope: f64,
+}
+
+impl CustomOp2 for AddLeakyRelu {
+    fn name(&self) -> &'static str {
+        "voxtell-add-leaky-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s1, self.name(), |T| pointwise::add_leaky_relu::<T>(
+            slice(s1, l1, "a")?,
+            slice(s2, l2, "b")?,
+            self.slope
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With slope ≥ 0 the output is positive exactly where the sum is, so the output tells
+        // where the activation passed the gradient through.
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &LeakyReluGrad { slope: self.slope })?;
+        Ok((Some(g.clone()), Some(g)))
     }
 }
 
