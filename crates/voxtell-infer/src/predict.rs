@@ -213,7 +213,8 @@ impl Predictor {
             // On the CPU the decoder runs one prompt at a time: batching prompts through it was
             // slower there (4 prompts at 192³: 65 s and 18.6 GB batched, 43 s and 7.8 GB one
             // at a time; docs/performance.md) — its kernels already keep both cores busy, and
-            // a batch only multiplies the full-resolution activations. On a GPU a batch pays.
+            // a batch only multiplies the full-resolution activations. On a GPU the budget
+            // decides (not measured there yet).
             let most = if self.device.is_cpu() { 1 } else { g };
             let decoder_group = ((budget - base) / per_prompt_decoder).clamp(1, most);
             let passes = n.div_ceil(g);
