@@ -40,13 +40,13 @@ pub mod demo;
 /// zero-fills every page of every large tensor again on first touch. A network that allocates
 /// and frees tens of MiB per operation spends about half its time there (measured: 4.4 s of
 /// system time in a 8.8 s phantom evaluation, 0.5 s after this call). This raises the mmap
-/// threshold to 1 GiB and turns heap trimming off, so freed buffers are reused: the resident size
-/// stays at its peak once reached (the peak itself rises a little, about 1–2 %), and a
-/// prediction of several tiles no longer pays the page zeroing again for every tile (two
-/// full-size tiles: 36.1 → 33.8 s, system time 6.6 → 2.9 s, with trimming above 1 GiB still
-/// on). Call it first thing in `main`, before threads start. Nothing is changed when
-/// `VOXTELL_SYSTEM_MALLOC` is set or when the user tunes glibc through `MALLOC_MMAP_THRESHOLD_` /
-/// `MALLOC_TRIM_THRESHOLD_`.
+/// threshold to 1 GiB and turns heap trimming off, so freed buffers are reused: the resident
+/// size stays at its peak once reached (the peak itself barely changes, within ±2 % here), and
+/// a prediction of several tiles no longer pays the page zeroing again for every tile (two
+/// full-size tiles: 36.1 → 33.5 s, system time 6.6 → 2.5 s, against trimming above 1 GiB; see
+/// docs/performance.md). Call it first thing in `main`, before threads start. Nothing is
+/// changed when `VOXTELL_SYSTEM_MALLOC` is set or when the user tunes glibc through
+/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`.
 pub fn tune_allocator() -> bool {
     let user_choice = ["VOXTELL_SYSTEM_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
         .iter()
