@@ -19,6 +19,9 @@ pub(crate) const CO_T: usize = 32;
 /// Output voxels along W per tile.
 const X_T: usize = 14;
 
+/// One tile's result, voxel-major: `[voxel][CO_T]`.
+type TileBuf = [f32; X_T * CO_T];
+
 /// Pack `w` (`c_out × c_in × taps`) as `[co_block][tap][ci][CO_T]`, zero-filled past `c_out`;
 /// with `transpose_flip`, pack the adjoint kernel (channels swapped, taps reversed).
 fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool) -> Vec<f32> {
@@ -55,9 +58,9 @@ pub(crate) fn run(
                 }
             }
         },
-        |window: &[f32], cb: usize, tap_off: &[usize], n_vox: usize, bias: &[f32], dst: &mut [f32]| {
+        |window: &[f32], cb: usize, tap_off: &[usize], bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * c * CO_T..(cb + 1) * tap_off.len() * c * CO_T];
-            tile(window, block, bias, tap_off, c, n_vox, CO_T, dst);
+            tile(window, block, bias, tap_off, c, dst);
         },
     )
 }
@@ -111,35 +114,37 @@ trait WindowElem: Copy + Default + Send + Sync + 'static {
     fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
 
+/// The first `len` elements of a thread's window buffer, grown when too short.
+fn with_buffer<T: Copy + Default, R>(
+    buffer: &std::cell::RefCell<Vec<T>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut w = buffer.borrow_mut();
+    if w.len() < len {
+        w.resize(len, T::default());
+    }
+    f(&mut w[..len])
+}
+
 impl WindowElem for f32 {
     fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
-        WINDOW_F32.with(|w| {
-            let mut w = w.borrow_mut();
-            if w.len() < len {
-                w.resize(len, 0.0);
-            }
-            f(&mut w[..len])
-        })
+        WINDOW_F32.with(|w| with_buffer(w, len, f))
     }
 }
 
 impl WindowElem for u32 {
     fn with_window<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
-        WINDOW_U32.with(|w| {
-            let mut w = w.borrow_mut();
-            if w.len() < len {
-                w.resize(len, 0);
-            }
-            f(&mut w[..len])
-        })
+        WINDOW_U32.with(|w| with_buffer(w, len, f))
     }
 }
 
 /// The stride-1 channels-last driver shared by the f32 and the bf16 kernel. Tasks take
 /// (batch, chunk of output depth slices); each builds a zero-padded channels-last window of
 /// the input slabs its slices read (`per_vox` elements per voxel, one row at a time by
-/// `fill_row(channel_rows, row)`), runs `tile(window, co_block, tap_offsets, n_vox, bias,
-/// buffer)` over its outputs and writes each tile straight into the NCDHW output. No padded
+/// `fill_row(channel_rows, row)`), runs `tile(window, co_block, tap_offsets, bias, buffer)` over
+/// its outputs (a full tile of [`X_T`] voxels; past the row's end they are discarded) and writes
+/// each tile straight into the NCDHW output. No padded
 /// copy of the whole input and no channels-last copy of the output exist at any time.
 fn drive<E: WindowElem>(
     x: &[f32],
@@ -147,7 +152,7 @@ fn drive<E: WindowElem>(
     g: &ConvGeom,
     per_vox: usize,
     fill_row: impl Fn(ChannelRow<'_>, &mut [E]) + Sync,
-    tile: impl Fn(&[E], usize, &[usize], usize, &[f32], &mut [f32]) + Sync,
+    tile: impl Fn(&[E], usize, &[usize], &[f32], &mut TileBuf) + Sync,
 ) -> Vec<f32> {
     let [d, h, w] = g.input;
     let [pd, ph, pw] = g.padding;
@@ -200,7 +205,7 @@ fn drive<E: WindowElem>(
                 }
             }
             window[depth * slab..].fill(E::default());
-            let mut buf = [0.0f32; X_T * CO_T];
+            let mut buf: TileBuf = [0.0; X_T * CO_T];
             for cb in 0..blocks {
                 let co0 = cb * CO_T;
                 let nco = (g.c_out - co0).min(CO_T);
@@ -210,14 +215,7 @@ fn drive<E: WindowElem>(
                         let mut x0 = 0;
                         while x0 < ow {
                             let n_vox = (ow - x0).min(X_T);
-                            tile(
-                                &window[((zl * hp + y) * wp + x0) * per_vox..],
-                                cb,
-                                &tap_off,
-                                n_vox,
-                                bb,
-                                &mut buf,
-                            );
+                            tile(&window[((zl * hp + y) * wp + x0) * per_vox..], cb, &tap_off, bb, &mut buf);
                             let first = (n * g.c_out + co0) * vox_out + ((z0 + zl) * oh + y) * ow + x0;
                             for c in 0..nco {
                                 // SAFETY: element (n, co0 + c, z0 + zl, y, x0 .. x0 + n_vox) lies
@@ -239,35 +237,21 @@ fn drive<E: WindowElem>(
     out
 }
 
-/// One tile: `n_vox` (≤ X_T) voxels × CO_T channels.
-#[allow(clippy::too_many_arguments)]
-fn tile(
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    tap_off: &[usize],
-    c_in: usize,
-    n_vox: usize,
-    vox_stride: usize,
-    dst: &mut [f32],
-) {
+/// One tile: [`X_T`] voxels × [`CO_T`] channels into `dst`.
+fn tile(x: &[f32], w: &[f32], bias: &[f32], tap_off: &[usize], c_in: usize, dst: &mut TileBuf) {
     #[cfg(target_arch = "x86_64")]
     {
-        // Bounds the kernel relies on: the last voxel's last tap reads within `x`; the last
-        // stored voxel lies within `dst`.
+        // Bounds the kernel relies on: the last voxel's last tap reads within `x`; `dst` holds
+        // the whole tile by its type.
         let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * c_in + c_in;
-        assert!(
-            last_read <= x.len()
-                && (n_vox - 1) * vox_stride + CO_T <= dst.len()
-                && w.len() >= tap_off.len() * c_in * CO_T
-        );
+        assert!(last_read <= x.len() && w.len() >= tap_off.len() * c_in * CO_T && bias.len() >= CO_T);
         // SAFETY: AVX-512F was detected by the caller (`direct::applies`); the reads and writes
         // stay within the bounds asserted above.
-        unsafe { avx512::tile(x, w, bias, tap_off, c_in, n_vox, vox_stride, dst) }
+        unsafe { avx512::tile(x, w, bias, tap_off, c_in, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, c_in, n_vox, vox_stride, dst);
+        let _ = (x, w, bias, tap_off, c_in, dst);
         unreachable!("the channels-last kernel requires x86_64 AVX-512");
     }
 }
@@ -276,19 +260,16 @@ fn tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{CO_T, X_T};
+    use super::{CO_T, TileBuf, X_T};
 
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile(
         x: &[f32],
         w: &[f32],
         bias: &[f32],
         tap_off: &[usize],
         c_in: usize,
-        n_vox: usize,
-        vox_stride: usize,
-        dst: &mut [f32],
+        dst: &mut TileBuf,
     ) {
         // SAFETY: bounds checked by the caller; see `super::tile`.
         unsafe {
@@ -312,9 +293,9 @@ mod avx512 {
                 }
             }
             let d = dst.as_mut_ptr();
-            for v in 0..n_vox {
-                _mm512_storeu_ps(d.add(v * vox_stride), acc0[v]);
-                _mm512_storeu_ps(d.add(v * vox_stride + 16), acc1[v]);
+            for v in 0..X_T {
+                _mm512_storeu_ps(d.add(v * CO_T), acc0[v]);
+                _mm512_storeu_ps(d.add(v * CO_T + 16), acc1[v]);
             }
         }
     }
@@ -385,6 +366,7 @@ fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
 /// Stride-1 forward convolution with inputs and weights rounded to bf16 and products summed in
 /// f32 (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
 pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
     let (c, pairs) = (g.c_in, g.c_in.div_ceil(2));
     let packed = pack_bf16(w, g.c_out, c, g.taps());
     drive(
@@ -402,42 +384,26 @@ pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom)
                 }
             }
         },
-        |window: &[u32], cb: usize, tap_off: &[usize], n_vox: usize, bias: &[f32], dst: &mut [f32]| {
+        |window: &[u32], cb: usize, tap_off: &[usize], bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * pairs * CO_T..(cb + 1) * tap_off.len() * pairs * CO_T];
-            tile_bf16(window, block, bias, tap_off, pairs, n_vox, CO_T, dst);
+            tile_bf16(window, block, bias, tap_off, pairs, dst);
         },
     )
 }
 
-/// One bf16 tile: `n_vox` (≤ X_T) voxels × CO_T channels, input channels in pairs.
-#[allow(clippy::too_many_arguments)]
-fn tile_bf16(
-    x: &[u32],
-    w: &[u32],
-    bias: &[f32],
-    tap_off: &[usize],
-    pairs: usize,
-    n_vox: usize,
-    vox_stride: usize,
-    dst: &mut [f32],
-) {
+/// One bf16 tile: [`X_T`] voxels × [`CO_T`] channels into `dst`, input channels in pairs.
+fn tile_bf16(x: &[u32], w: &[u32], bias: &[f32], tap_off: &[usize], pairs: usize, dst: &mut TileBuf) {
     #[cfg(target_arch = "x86_64")]
     {
         let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * pairs + pairs;
-        assert!(
-            last_read <= x.len()
-                && (n_vox - 1) * vox_stride + CO_T <= dst.len()
-                && w.len() >= tap_off.len() * pairs * CO_T
-                && bias.len() >= CO_T
-        );
-        assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
-        // SAFETY: AVX-512F and AVX-512 BF16 are present (asserted); the reads and writes stay
+        assert!(last_read <= x.len() && w.len() >= tap_off.len() * pairs * CO_T && bias.len() >= CO_T);
+        // SAFETY: AVX-512F and AVX-512 BF16 were checked by `run_bf16`; the reads and writes stay
         // within the bounds asserted above.
-        unsafe { avx512bf16::tile(x, w, bias, tap_off, pairs, n_vox, vox_stride, dst) }
+        unsafe { avx512bf16::tile(x, w, bias, tap_off, pairs, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, pairs, n_vox, vox_stride, dst);
+        let _ = (x, w, bias, tap_off, pairs, dst);
         unreachable!("the bf16 kernel requires x86_64 AVX-512 BF16");
     }
 }
@@ -446,7 +412,7 @@ fn tile_bf16(
 mod avx512bf16 {
     use std::arch::x86_64::*;
 
-    use super::{CO_T, X_T};
+    use super::{CO_T, TileBuf, X_T};
 
     /// `out[i] = bf16(lo[i]) | bf16(hi[i]) << 16` for `i < n` (`n` a multiple of 16).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -471,16 +437,13 @@ mod avx512bf16 {
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile(
         x: &[u32],
         w: &[u32],
         bias: &[f32],
         tap_off: &[usize],
         pairs: usize,
-        n_vox: usize,
-        vox_stride: usize,
-        dst: &mut [f32],
+        dst: &mut TileBuf,
     ) {
         // SAFETY: bounds checked by the caller; see `super::tile_bf16`.
         unsafe {
@@ -505,9 +468,9 @@ mod avx512bf16 {
                 }
             }
             let d = dst.as_mut_ptr();
-            for v in 0..n_vox {
-                _mm512_storeu_ps(d.add(v * vox_stride), acc0[v]);
-                _mm512_storeu_ps(d.add(v * vox_stride + 16), acc1[v]);
+            for v in 0..X_T {
+                _mm512_storeu_ps(d.add(v * CO_T), acc0[v]);
+                _mm512_storeu_ps(d.add(v * CO_T + 16), acc1[v]);
             }
         }
     }
