@@ -627,6 +627,27 @@ fn accumulating_in_f32_differs_little_from_f16() {
 }
 
 #[test]
+fn precision_bf16_runs_and_an_unknown_precision_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f32, bf16) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    let mut a = args!["-i", image("mr_small"), "-q"];
+    a.extend(prompts(&["Liver"]));
+    let r = predict(&f32, &a);
+    assert!(r.ok, "{}", r.stderr);
+    let mut b = a.clone();
+    b.extend(args!["--precision", "bf16"]);
+    let r = predict(&bf16, &b);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(entries(&f32), entries(&bf16));
+    let mut c = a.clone();
+    c.extend(args!["--precision", "fp8"]);
+    let bad = tmp.path().join("bad");
+    let r = predict(&bad, &c);
+    assert!(!r.ok && r.stderr.contains("--precision") && r.stderr.contains("fp8"), "{}", r.stderr);
+    assert!(entries(&bad).is_empty());
+}
+
+#[test]
 fn a_tiny_memory_budget_fails_naming_max_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -800,6 +821,7 @@ fn help_mentions_every_flag() {
         "--threads",
         "--step-size",
         "--accumulate",
+        "--precision",
         "--max-memory",
         "--save-probabilities",
         "--statistics",
