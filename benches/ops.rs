@@ -15,57 +15,50 @@ fn randn(shape: &[usize], std: f64) -> Tensor {
     Tensor::randn(0f32, std as f32, shape, &Device::Cpu).expect("random tensor")
 }
 
-fn conv3d(c: &mut Criterion) {
-    let mut group = c.benchmark_group("conv3d");
+/// (c_in, c_out, input size, stride): VoxTell's encoder convolutions.
+const SHAPES: [(usize, usize, usize, usize); 11] = [
+    (32, 32, 96, 1),
+    (64, 64, 96, 1),
+    (128, 128, 48, 1),
+    (256, 256, 24, 1),
+    (320, 320, 12, 1),
+    (32, 64, 192, 2),
+    (64, 128, 96, 2),
+    (128, 256, 48, 2),
+    (256, 320, 24, 2),
+    (320, 320, 12, 2),
+    (32, 32, 192, 1),
+];
+
+/// The shapes of [`SHAPES`] as one group at `precision`.
+fn conv3d_at(c: &mut Criterion, name: &str, precision: ops::ConvPrecision) {
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
-    // (c_in, c_out, input size, stride)
-    let shapes = [
-        (32, 32, 96, 1),
-        (64, 64, 96, 1),
-        (128, 128, 48, 1),
-        (256, 256, 24, 1),
-        (320, 320, 12, 1),
-        (32, 64, 192, 2),
-        (64, 128, 96, 2),
-        (128, 256, 48, 2),
-        (256, 320, 24, 2),
-        (320, 320, 12, 2),
-        (32, 32, 192, 1),
-    ];
-    for (ci, co, s, stride) in shapes {
+    for (ci, co, s, stride) in SHAPES {
         let x = randn(&[1, ci, s, s, s], 1.0);
         let w = randn(&[co, ci, 3, 3, 3], 0.05);
         let b = randn(&[co], 0.1);
         let o = (s - 1) / stride + 1;
         group.throughput(Throughput::Elements((2 * ci * co * 27 * o * o * o) as u64));
         group.bench_function(BenchmarkId::new(format!("{ci}to{co}_s{stride}"), format!("{s}")), |bench| {
-            bench.iter(|| ops::conv3d(&x, &w, Some(&b), [stride; 3]).expect("conv3d"))
-        });
-    }
-    group.finish();
-}
-
-/// The stride-1 shapes again with [`ops::ConvPrecision::Bf16`] (bf16 products, f32 sums; f32
-/// where the CPU lacks AVX-512 BF16, which the group name then says).
-fn conv3d_bf16(c: &mut Criterion) {
-    let name = if ops::bf16_supported() { "conv3d_bf16" } else { "conv3d_bf16_unsupported_f32" };
-    let mut group = c.benchmark_group(name);
-    group.sample_size(10);
-    for (ci, co, s) in
-        [(32, 32, 96), (64, 64, 96), (128, 128, 48), (256, 256, 24), (320, 320, 12), (32, 32, 192)]
-    {
-        let x = randn(&[1, ci, s, s, s], 1.0);
-        let w = randn(&[co, ci, 3, 3, 3], 0.05);
-        let b = randn(&[co], 0.1);
-        group.throughput(Throughput::Elements((2 * ci * co * 27 * s * s * s) as u64));
-        group.bench_function(BenchmarkId::new(format!("{ci}to{co}_s1"), format!("{s}")), |bench| {
             bench.iter(|| {
-                ops::with_conv_precision(ops::ConvPrecision::Bf16, || ops::conv3d(&x, &w, Some(&b), [1; 3]))
+                ops::with_conv_precision(precision, || ops::conv3d(&x, &w, Some(&b), [stride; 3]))
                     .expect("conv3d")
             })
         });
     }
     group.finish();
+}
+
+fn conv3d(c: &mut Criterion) {
+    conv3d_at(c, "conv3d", ops::ConvPrecision::F32);
+}
+
+/// The same shapes with [`ops::ConvPrecision::Bf16`] (bf16 products, f32 sums; f32 where the CPU
+/// lacks AVX-512 BF16, which the group name then says).
+fn conv3d_bf16(c: &mut Criterion) {
+    let name = if ops::bf16_supported() { "conv3d_bf16" } else { "conv3d_bf16_unsupported_f32" };
+    conv3d_at(c, name, ops::ConvPrecision::Bf16);
 }
 
 fn conv3d_backward(c: &mut Criterion) {

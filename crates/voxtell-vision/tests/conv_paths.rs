@@ -1,5 +1,5 @@
-//! The fast convolution paths (two direct AVX-512 kernels for stride 1 — W-vectorised NCDHW and
-//! channels-last — and tiled im2col + GEMM for the rest; for the weight gradient of stride-1
+//! The fast convolution paths (two direct AVX-512 kernels — W-vectorised NCDHW for stride 1 and
+//! channels-last for stride 1 and strided layers — and tiled im2col + GEMM for the rest; for the weight gradient of stride-1
 //! convolutions with at most 64 × 64 channels, one GEMM per tap on shifted padded grids) against
 //! the scalar f64 reference, forward and backward, on shapes that reach each path: channel counts
 //! that are not multiples of the kernels' blocks, batch 2, kernel 5, strides. On a CPU without
@@ -102,6 +102,19 @@ fn channels_last_path_shapes() {
     check(1, 5, 7, [5, 6, 3], 5, [1, 1, 1], true);
 }
 
+/// Strided layers with ≥ 32 input and output channels and output rows of ≥ 8 voxels take the
+/// channels-last kernel: stride 2 on every axis with odd and even sizes (tasks of several depth
+/// slices, rows of more than one tile), anisotropic strides, kernel 5, batch 2; shorter rows
+/// take the GEMM path.
+#[test]
+fn strided_channels_last_path_shapes() {
+    check(1, 32, 64, [19, 12, 33], 3, [2, 2, 2], true);
+    check(2, 40, 35, [7, 6, 16], 3, [2, 2, 2], false);
+    check(1, 33, 32, [6, 9, 31], 3, [1, 2, 2], true);
+    check(1, 32, 32, [9, 5, 24], 5, [2, 1, 3], true);
+    check(1, 32, 32, [4, 5, 12], 3, [2, 2, 2], true);
+}
+
 #[test]
 fn gemm_path_shapes() {
     check(2, 6, 7, [7, 5, 9], 3, [2, 2, 2], true);
@@ -138,15 +151,17 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
 fn bf16_precision_is_the_convolution_of_bf16_rounded_values() {
     use ops::{ConvPrecision, with_conv_precision};
     let dev = Device::Cpu;
-    for (n, ci, co, dims, k) in [
-        (1, 8, 8, [5, 6, 20], 3),
-        (1, 9, 33, [4, 7, 18], 3),
-        (2, 16, 40, [3, 5, 9], 3),
-        (1, 12, 16, [6, 6, 6], 5),
-        (1, 64, 64, [6, 8, 30], 3),
-        (2, 32, 32, [19, 6, 20], 3),
+    for (n, ci, co, dims, k, s) in [
+        (1, 8, 8, [5, 6, 20], 3, [1, 1, 1]),
+        (1, 9, 33, [4, 7, 18], 3, [1, 1, 1]),
+        (2, 16, 40, [3, 5, 9], 3, [1, 1, 1]),
+        (1, 12, 16, [6, 6, 6], 5, [1, 1, 1]),
+        (1, 64, 64, [6, 8, 30], 3, [1, 1, 1]),
+        (2, 32, 32, [19, 6, 20], 3, [1, 1, 1]),
+        (1, 32, 64, [9, 8, 31], 3, [2, 2, 2]),
+        (2, 34, 32, [5, 7, 18], 3, [1, 2, 2]),
     ] {
-        let what = format!("bf16 n{n} {ci}->{co} {dims:?} k{k}");
+        let what = format!("bf16 n{n} {ci}->{co} {dims:?} k{k} s{s:?}");
         let in_shape = [n, ci, dims[0], dims[1], dims[2]];
         let w_shape = [co, ci, k, k, k];
         let xv = data(in_shape.iter().product(), 11);
@@ -155,9 +170,8 @@ fn bf16_precision_is_the_convolution_of_bf16_rounded_values() {
         let x = Tensor::from_vec(xv.clone(), in_shape.to_vec(), &dev).unwrap();
         let w = Tensor::from_vec(wv.clone(), w_shape.to_vec(), &dev).unwrap();
         let b = Tensor::from_vec(bv.clone(), co, &dev).unwrap();
-        let ours =
-            with_conv_precision(ConvPrecision::Bf16, || ops::conv3d(&x, &w, Some(&b), [1, 1, 1])).unwrap();
-        let f32_out = ops::conv3d(&x, &w, Some(&b), [1, 1, 1]).unwrap();
+        let ours = with_conv_precision(ConvPrecision::Bf16, || ops::conv3d(&x, &w, Some(&b), s)).unwrap();
+        let f32_out = ops::conv3d(&x, &w, Some(&b), s).unwrap();
         let pad = [(k - 1) / 2; 3];
         let b64 = to64(&bv);
         if ops::bf16_supported() {
@@ -167,15 +181,14 @@ fn bf16_precision_is_the_convolution_of_bf16_rounded_values() {
                 &to64(&round_bf16(&wv)),
                 w_shape,
                 Some(&b64[..]),
-                [1, 1, 1],
+                s,
                 pad,
             )
             .unwrap();
             assert_close(&ours, &r, &what);
             // Against exact arithmetic on the unrounded values: bf16's 8-bit mantissa.
             let (exact, _) =
-                reference::conv3d(&to64(&xv), in_shape, &to64(&wv), w_shape, Some(&b64[..]), [1, 1, 1], pad)
-                    .unwrap();
+                reference::conv3d(&to64(&xv), in_shape, &to64(&wv), w_shape, Some(&b64[..]), s, pad).unwrap();
             let o: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
             let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let worst = o.iter().zip(&exact).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
@@ -186,7 +199,8 @@ fn bf16_precision_is_the_convolution_of_bf16_rounded_values() {
             assert_eq!(a, e, "{what}: the f32 fallback differs from the default path");
         }
     }
-    // Strided and 1×1×1 convolutions stay f32 under the bf16 setting.
+    // Strided convolutions with fewer than 32 channels and 1×1×1 convolutions stay f32 under the
+    // bf16 setting.
     let x = Tensor::from_vec(data(16 * 6 * 6 * 6, 14), (1, 16, 6, 6, 6), &dev).unwrap();
     for (k, s) in [(3, [2, 2, 2]), (1, [1, 1, 1])] {
         let w = Tensor::from_vec(data(8 * 16 * k * k * k, 15), (8, 16, k, k, k), &dev).unwrap();

@@ -10,7 +10,8 @@
 //! Applies to f32, stride 1, odd kernels, on CPUs with AVX-512F; [`forward`] returns `None`
 //! otherwise and the caller falls back to the GEMM path. Layers with ≥ 32 input and output
 //! channels, and volumes narrower than 16 voxels along W, go to the channels-last kernel of
-//! [`super::direct_cl`] instead (`VOXTELL_CONV_CL=0|1` forces the choice, for benchmarking).
+//! [`super::direct_cl`] instead (`VOXTELL_CONV_CL=0|1` forces the choice, for benchmarking);
+//! so do strided layers with ≥ 32 input and output channels.
 
 use std::any::TypeId;
 
@@ -42,6 +43,22 @@ fn channels_last(g: &ConvGeom) -> bool {
     g.input[2] < 16 || std::env::var_os("VOXTELL_CONV_CL").map_or(g.c_in >= 32 && g.c_out >= 32, |v| v == "1")
 }
 
+/// Whether the channels-last kernel runs this strided forward convolution: f32, odd kernels
+/// larger than 1×1×1, AVX-512F, ≥ 32 input and output channels and output rows of ≥ 8 voxels
+/// (`VOXTELL_CONV_CL=0|1` forces the choice). Stride 2 (`cargo bench -p voxtell --bench ops --
+/// _s2/`): 32→64 at 192³ 107 GFLOP/s on the GEMM path, 256 on this one; 256→320 at 24³ 156
+/// and 262; but 320→320 at 12³ (rows of 6, under half a tile, and 1.1 MB of weights per
+/// 32-channel block streamed for every tile) 194 and 68.
+fn strided_channels_last<T: Elem>(g: &ConvGeom) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && g.stride != [1, 1, 1]
+        && g.kernel.iter().all(|k| k % 2 == 1)
+        && g.kernel != [1, 1, 1]
+        && avx512()
+        && std::env::var_os("VOXTELL_CONV_CL")
+            .map_or(g.c_in >= 32 && g.c_out >= 32 && g.output()[2] >= 8, |v| v == "1")
+}
+
 fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -66,23 +83,26 @@ fn into_t<T: 'static>(v: Vec<f32>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
-/// Stride-1 forward convolution, or `None` when this path does not apply.
+/// Forward convolution on a direct kernel (stride 1, or strided on the channels-last kernel),
+/// or `None` when none applies.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) -> Option<Vec<T>> {
-    if !applies::<T>(g) {
+    let strided = strided_channels_last::<T>(g);
+    if !applies::<T>(g) && !strided {
         return None;
     }
-    if channels_last(g) {
+    if strided || channels_last(g) {
         return Some(into_t(direct_cl::run(as_f32(x), as_f32(w), b.map(as_f32), g, g.c_out, g.c_in, false)));
     }
     let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), false);
     Some(into_t(run(as_f32(x), &packed, b.map(as_f32), g)))
 }
 
-/// Stride-1 forward convolution with bf16 products and f32 sums
-/// ([`direct_cl::run_bf16`]), or `None` where it does not apply: not f32, not a stride-1 odd
-/// kernel larger than 1×1×1, fewer than 8 input channels (nothing to gain), or no AVX-512 BF16.
+/// Forward convolution with bf16 products and f32 sums ([`direct_cl::run_bf16`]), or `None`
+/// where it does not apply: not f32, not an odd kernel larger than 1×1×1 with stride 1 or on
+/// the strided channels-last path, fewer than 8 input channels (nothing to gain), or no
+/// AVX-512 BF16.
 pub(crate) fn forward_bf16<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) -> Option<Vec<T>> {
-    if !applies::<T>(g) || g.c_in < 8 || !direct_cl::bf16_available() {
+    if !(applies::<T>(g) || strided_channels_last::<T>(g)) || g.c_in < 8 || !direct_cl::bf16_available() {
         return None;
     }
     Some(into_t(direct_cl::run_bf16(as_f32(x), as_f32(w), b.map(as_f32), g)))

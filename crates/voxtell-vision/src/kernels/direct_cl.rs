@@ -1,5 +1,5 @@
-//! Direct convolution for stride 1 with AVX-512 on channels-last windows of the input, in f32 or
-//! with bf16 products (AVX-512 BF16), for layers with 32 or more channels.
+//! Direct convolution with AVX-512 on channels-last windows of the input, in f32 or with bf16
+//! products (AVX-512 BF16), for layers with 32 or more channels; any stride.
 //!
 //! Work is split into tasks of a few output depth slices. Each task copies the input slabs it
 //! reads into a zero-padded channels-last window (`slabs × Hp × Wp × C`, kept per thread between
@@ -7,7 +7,8 @@
 //! output voxels along W × 32 output channels in 28 registers; for each tap and input channel it
 //! loads two 16-channel weight vectors and broadcasts one input value per voxel (28 FMAs per 16
 //! loads) — in bf16 one 32-bit pair of input channels per voxel and `vdpbf16ps`, two products
-//! per lane. Each finished tile goes straight into the NCDHW output, so no padded copy of the
+//! per lane. A stride only changes which window voxels a tile reads (every `s`-th along W,
+//! every `s`-th row and slab). Each finished tile goes straight into the NCDHW output, so no padded copy of the
 //! whole input and no channels-last output exist.
 
 use rayon::prelude::*;
@@ -33,8 +34,8 @@ fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool)
     p
 }
 
-/// Stride-1 convolution of `x` with `w` (forward, or the input gradient when `transpose_flip`,
-/// with `g` describing that convolution's own input and output).
+/// Convolution of `x` with `w` (forward, or, when `transpose_flip`, the input gradient of a
+/// stride-1 convolution, with `g` describing that gradient convolution's own input and output).
 pub(crate) fn run(
     x: &[f32],
     w: &[f32],
@@ -58,9 +59,9 @@ pub(crate) fn run(
                 }
             }
         },
-        |window: &[f32], cb: usize, tap_off: &[usize], bias: &[f32], dst: &mut TileBuf| {
+        |window: &[f32], cb: usize, tap_off: &[usize], vstride: usize, bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * c * CO_T..(cb + 1) * tap_off.len() * c * CO_T];
-            tile(window, block, bias, tap_off, c, dst);
+            tile(window, block, bias, tap_off, vstride, c, dst);
         },
     )
 }
@@ -98,8 +99,9 @@ impl OutPtr {
     }
 }
 
-/// Output depth slices per task (fewer when the volume is shallow), so that a task's
-/// channels-last window of `slices + kd − 1` padded input slabs is converted about once.
+/// Output depth slices per task at stride 1 (fewer when the volume is shallow), so that a
+/// task's channels-last window of `slices + kd − 1` padded input slabs is converted about once;
+/// at depth stride `s`, `(Z_CHUNK − 1) / s + 1` slices (a window of about as many slabs).
 const Z_CHUNK: usize = 8;
 
 thread_local! {
@@ -139,26 +141,28 @@ impl WindowElem for u32 {
     }
 }
 
-/// The stride-1 channels-last driver shared by the f32 and the bf16 kernel. Tasks take
-/// (batch, chunk of output depth slices); each builds a zero-padded channels-last window of
-/// the input slabs its slices read (`per_vox` elements per voxel, one row at a time by
-/// `fill_row(channel_rows, row)`), runs `tile(window, co_block, tap_offsets, bias, buffer)` over
-/// its outputs (a full tile of [`X_T`] voxels; past the row's end they are discarded) and writes
-/// each tile straight into the NCDHW output. No padded
-/// copy of the whole input and no channels-last copy of the output exist at any time.
+/// The channels-last driver shared by the f32 and the bf16 kernel. Tasks take (batch, chunk of
+/// output depth slices); each builds a zero-padded channels-last window of the input slabs its
+/// slices read (`per_vox` elements per voxel, one row at a time by
+/// `fill_row(channel_rows, row)`), runs `tile(window, co_block, tap_offsets, voxel_stride, bias,
+/// buffer)` over its outputs (a full tile of [`X_T`] voxels, `voxel_stride` window elements
+/// apart; past the row's end they are discarded) and writes each tile straight into the NCDHW
+/// output. No padded copy of the whole input and no channels-last copy of the output exist at
+/// any time.
 fn drive<E: WindowElem>(
     x: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeom,
     per_vox: usize,
     fill_row: impl Fn(ChannelRow<'_>, &mut [E]) + Sync,
-    tile: impl Fn(&[E], usize, &[usize], &[f32], &mut TileBuf) + Sync,
+    tile: impl Fn(&[E], usize, &[usize], usize, &[f32], &mut TileBuf) + Sync,
 ) -> Vec<f32> {
     let [d, h, w] = g.input;
     let [pd, ph, pw] = g.padding;
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     let [od, oh, ow] = g.output();
     let kd = g.kernel[0];
+    let [sd, sh, sw] = g.stride;
     let taps = g.taps();
     let blocks = g.c_out.div_ceil(CO_T);
     let mut bias_p = vec![0.0f32; blocks * CO_T];
@@ -173,7 +177,7 @@ fn drive<E: WindowElem>(
             }
         }
     }
-    let chunk = od.div_ceil(4 * super::threads()).clamp(1, Z_CHUNK);
+    let chunk = od.div_ceil(4 * super::threads()).clamp(1, (Z_CHUNK - 1) / sd + 1);
     let chunks = od.div_ceil(chunk);
     let slab = hp * wp * per_vox;
     let (plane_in, vox_out) = (d * h * w, od * oh * ow);
@@ -182,13 +186,14 @@ fn drive<E: WindowElem>(
     (0..g.batch * chunks).into_par_iter().for_each(|task| {
         let (n, z0) = (task / chunks, (task % chunks) * chunk);
         let nz = (od - z0).min(chunk);
-        let depth = nz + kd - 1;
+        let depth = sd * (nz - 1) + kd;
         let xb = &x[n * g.c_in * plane_in..(n + 1) * g.c_in * plane_in];
-        E::with_window(depth * slab + (X_T + 2 * pw + 2) * per_vox, |window| {
-            // Padded input slabs z0 .. z0 + depth (padded coordinates): zero where padding,
-            // converted rows elsewhere.
+        // Past the last slab, the last tile of a row reads up to `sw · X_T` voxels on.
+        E::with_window(depth * slab + (sw * X_T + 2 * pw + 2) * per_vox, |window| {
+            // Padded input slabs sd·z0 .. sd·z0 + depth (padded coordinates): zero where
+            // padding, converted rows elsewhere.
             for (s, slab_buf) in window[..depth * slab].chunks_mut(slab).enumerate() {
-                let zp = z0 + s;
+                let zp = sd * z0 + s;
                 if zp < pd || zp >= pd + d {
                     slab_buf.fill(E::default());
                     continue;
@@ -215,7 +220,8 @@ fn drive<E: WindowElem>(
                         let mut x0 = 0;
                         while x0 < ow {
                             let n_vox = (ow - x0).min(X_T);
-                            tile(&window[((zl * hp + y) * wp + x0) * per_vox..], cb, &tap_off, bb, &mut buf);
+                            let at = ((sd * zl * hp + sh * y) * wp + sw * x0) * per_vox;
+                            tile(&window[at..], cb, &tap_off, sw * per_vox, bb, &mut buf);
                             let first = (n * g.c_out + co0) * vox_out + ((z0 + zl) * oh + y) * ow + x0;
                             for c in 0..nco {
                                 // SAFETY: element (n, co0 + c, z0 + zl, y, x0 .. x0 + n_vox) lies
@@ -237,21 +243,29 @@ fn drive<E: WindowElem>(
     out
 }
 
-/// One tile: [`X_T`] voxels × [`CO_T`] channels into `dst`.
-fn tile(x: &[f32], w: &[f32], bias: &[f32], tap_off: &[usize], c_in: usize, dst: &mut TileBuf) {
+/// One tile: [`X_T`] voxels `vstride` elements apart × [`CO_T`] channels into `dst`.
+fn tile(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    tap_off: &[usize],
+    vstride: usize,
+    c_in: usize,
+    dst: &mut TileBuf,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         // Bounds the kernel relies on: the last voxel's last tap reads within `x`; `dst` holds
         // the whole tile by its type.
-        let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * c_in + c_in;
+        let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * vstride + c_in;
         assert!(last_read <= x.len() && w.len() >= tap_off.len() * c_in * CO_T && bias.len() >= CO_T);
         // SAFETY: AVX-512F was detected by the caller (`direct::applies`); the reads and writes
         // stay within the bounds asserted above.
-        unsafe { avx512::tile(x, w, bias, tap_off, c_in, dst) }
+        unsafe { avx512::tile(x, w, bias, tap_off, vstride, c_in, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, c_in, dst);
+        let _ = (x, w, bias, tap_off, vstride, c_in, dst);
         unreachable!("the channels-last kernel requires x86_64 AVX-512");
     }
 }
@@ -268,6 +282,7 @@ mod avx512 {
         w: &[f32],
         bias: &[f32],
         tap_off: &[usize],
+        vstride: usize,
         c_in: usize,
         dst: &mut TileBuf,
     ) {
@@ -286,7 +301,7 @@ mod avx512 {
                     let w1 = _mm512_loadu_ps(wp.add(16));
                     wp = wp.add(CO_T);
                     for v in 0..X_T {
-                        let xv = _mm512_set1_ps(*xt.add(v * c_in + ci));
+                        let xv = _mm512_set1_ps(*xt.add(v * vstride + ci));
                         acc0[v] = _mm512_fmadd_ps(xv, w0, acc0[v]);
                         acc1[v] = _mm512_fmadd_ps(xv, w1, acc1[v]);
                     }
@@ -363,8 +378,8 @@ fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
     }
 }
 
-/// Stride-1 forward convolution with inputs and weights rounded to bf16 and products summed in
-/// f32 (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
+/// Forward convolution with inputs and weights rounded to bf16 and products summed in f32
+/// (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
 pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
     let (c, pairs) = (g.c_in, g.c_in.div_ceil(2));
@@ -384,26 +399,35 @@ pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom)
                 }
             }
         },
-        |window: &[u32], cb: usize, tap_off: &[usize], bias: &[f32], dst: &mut TileBuf| {
+        |window: &[u32], cb: usize, tap_off: &[usize], vstride: usize, bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * pairs * CO_T..(cb + 1) * tap_off.len() * pairs * CO_T];
-            tile_bf16(window, block, bias, tap_off, pairs, dst);
+            tile_bf16(window, block, bias, tap_off, vstride, pairs, dst);
         },
     )
 }
 
-/// One bf16 tile: [`X_T`] voxels × [`CO_T`] channels into `dst`, input channels in pairs.
-fn tile_bf16(x: &[u32], w: &[u32], bias: &[f32], tap_off: &[usize], pairs: usize, dst: &mut TileBuf) {
+/// One bf16 tile: [`X_T`] voxels `vstride` elements apart × [`CO_T`] channels into `dst`,
+/// input channels in pairs.
+fn tile_bf16(
+    x: &[u32],
+    w: &[u32],
+    bias: &[f32],
+    tap_off: &[usize],
+    vstride: usize,
+    pairs: usize,
+    dst: &mut TileBuf,
+) {
     #[cfg(target_arch = "x86_64")]
     {
-        let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * pairs + pairs;
+        let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * vstride + pairs;
         assert!(last_read <= x.len() && w.len() >= tap_off.len() * pairs * CO_T && bias.len() >= CO_T);
         // SAFETY: AVX-512F and AVX-512 BF16 were checked by `run_bf16`; the reads and writes stay
         // within the bounds asserted above.
-        unsafe { avx512bf16::tile(x, w, bias, tap_off, pairs, dst) }
+        unsafe { avx512bf16::tile(x, w, bias, tap_off, vstride, pairs, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, pairs, dst);
+        let _ = (x, w, bias, tap_off, vstride, pairs, dst);
         unreachable!("the bf16 kernel requires x86_64 AVX-512 BF16");
     }
 }
@@ -442,6 +466,7 @@ mod avx512bf16 {
         w: &[u32],
         bias: &[f32],
         tap_off: &[usize],
+        vstride: usize,
         pairs: usize,
         dst: &mut TileBuf,
     ) {
@@ -461,7 +486,7 @@ mod avx512bf16 {
                     wp = wp.add(CO_T);
                     for v in 0..X_T {
                         let xv: __m512bh =
-                            std::mem::transmute(_mm512_set1_epi32(*xt.add(v * pairs + q) as i32));
+                            std::mem::transmute(_mm512_set1_epi32(*xt.add(v * vstride + q) as i32));
                         acc0[v] = _mm512_dpbf16_ps(acc0[v], xv, w0);
                         acc1[v] = _mm512_dpbf16_ps(acc1[v], xv, w1);
                     }
