@@ -15,8 +15,13 @@
 //! Run one prompt count per process so that each peak RSS is its own. Compare with
 //! `tools/.venv/bin/python benches/pytorch_bench.py --only model --prompts 1,4,13`.
 
+#![allow(unsafe_code)] // the counting allocator below: a forwarding `GlobalAlloc`
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use voxtell::alloc::BlockAllocator;
 use voxtell::candle::{DType, Device, Tensor};
 use voxtell::fusion::{FreshWeights, VoxTellConfig, VoxTellModel};
 use voxtell::vision::ops::{ConvPrecision, with_conv_precision};
@@ -29,6 +34,51 @@ const PLAN: &str = r#"{"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 3
     "n_conv_per_stage_decoder": [1,1,1,1,1], "conv_bias": true,
     "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": true},
     "dropout_op": null, "dropout_op_kwargs": null, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": true}}"#;
+
+/// The `voxtell` command's allocator ([`voxtell::alloc::BlockAllocator`]), counting the bytes
+/// live on the heap and their peak, so that the peak RSS can be told apart from what the
+/// allocator keeps but no tensor uses.
+struct Counting;
+
+static INNER: BlockAllocator = BlockAllocator::new();
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+impl Counting {
+    fn add(size: usize) {
+        let now = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are updated.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Counting::add(layout.size());
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { INNER.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Counting::add(layout.size());
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { INNER.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { INNER.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Counting::add(new_size);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { INNER.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> Option<f64> {
@@ -121,5 +171,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p) = peak_rss_mib() {
         println!("peak RSS: {p:.0} MiB");
     }
+    println!("peak live heap: {:.0} MiB", PEAK.load(Ordering::Relaxed) as f64 / (1 << 20) as f64);
+    println!("large blocks: {:?}", INNER.stats());
     Ok(())
 }

@@ -78,6 +78,11 @@ enum Command {
     },
 }
 
+/// Tensor-sized buffers reuse freed pages and the resident size stays at the live peak
+/// ([`voxtell::alloc`]); `VOXTELL_SYSTEM_MALLOC=1` turns it off.
+#[global_allocator]
+static ALLOCATOR: voxtell::alloc::BlockAllocator = voxtell::alloc::BlockAllocator::new();
+
 fn main() -> ExitCode {
     voxtell::tune_allocator();
     let cli = Cli::parse();

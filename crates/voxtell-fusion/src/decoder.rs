@@ -181,7 +181,11 @@ impl FusionDecoder {
         let mut lres = repeat_prompts(lowest, p)?;
         let mut outputs = Vec::with_capacity(n_st);
         for (i, st) in self.stages.iter().enumerate() {
-            let up = ops::conv_transpose3d(&lres, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
+            // The previous stage's output is released as soon as it is upsampled (at the last
+            // stage it is 96 channels at half resolution: 324 MB for a 192³ patch).
+            let previous = lres;
+            let up = ops::conv_transpose3d(&previous, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
+            drop(previous);
             let pre = if let Some(shared) = shared.map(|h| &h[i]) {
                 // First conv: the upsampled half per prompt, plus the shared skip half (with the
                 // bias) added inside the convolution's output, each image's half serving its P

@@ -30,6 +30,7 @@ pub use voxtell_text as text;
 pub use voxtell_train as train;
 pub use voxtell_vision as vision;
 
+pub mod alloc;
 pub mod demo;
 
 /// Keep large tensor buffers in the heap between allocations (glibc on Linux only; elsewhere a
