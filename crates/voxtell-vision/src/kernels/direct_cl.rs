@@ -53,7 +53,12 @@ pub(crate) fn run(
         g,
         c,
         |channel_row: ChannelRow<'_>, row: &mut [f32]| {
-            for ci in 0..c {
+            let blocks = c / 16;
+            for b in 0..blocks {
+                let rows = std::array::from_fn(|k| channel_row.get(16 * b + k));
+                interleave16(rows, &mut row[16 * b..], c);
+            }
+            for ci in 16 * blocks..c {
                 for (xx, &v) in channel_row.get(ci).iter().enumerate() {
                     row[xx * c + ci] = v;
                 }
@@ -109,6 +114,45 @@ thread_local! {
     /// pages are touched once.
     static WINDOW_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static WINDOW_U32: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's bf16 pair rows before they are interleaved into the window.
+    static CONVERTED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A 32-bit element the window rows are made of (f32 channels or bf16 pairs).
+trait Lane32: Copy {}
+impl Lane32 for f32 {}
+impl Lane32 for u32 {}
+
+/// Interleave 16 rows of equal length `n` into a channels-last row: `dst[x · per_vox + k] =
+/// rows[k][x]` for `k < 16`, `x < n` (`per_vox ≥ 16`). Blocks of 16 voxels are transposed in
+/// registers with AVX-512 (the channels-last kernel only runs where the CPU has it), the last
+/// `n mod 16` voxels one value at a time. The scalar version wrote one value per store and cost
+/// as much as 7 % of a full-network pass.
+fn interleave16<T: Lane32>(rows: [&[T]; 16], dst: &mut [T], per_vox: usize) {
+    let n = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == n) && per_vox >= 16);
+    assert!(n == 0 || dst.len() >= (n - 1) * per_vox + 16);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        done = n - n % 16;
+        // SAFETY: AVX-512F is present; T is 32 bits wide (f32 or u32, moved bit for bit); the
+        // reads stay below `done ≤ n` in every row and the writes below
+        // `(done − 1) · per_vox + 16 ≤ dst.len()` (asserted above).
+        unsafe {
+            avx512::interleave16(
+                &rows.map(|r| r.as_ptr().cast::<f32>()),
+                dst.as_mut_ptr().cast(),
+                per_vox,
+                done,
+            )
+        };
+    }
+    for x in done..n {
+        for (k, r) in rows.iter().enumerate() {
+            dst[x * per_vox + k] = r[x];
+        }
+    }
 }
 
 /// A window element: f32 channels, or bf16 pairs of channels in a `u32`.
@@ -276,6 +320,46 @@ mod avx512 {
 
     use super::{CO_T, TileBuf, X_T};
 
+    /// [`super::interleave16`] for the first `n` voxels (`n` a multiple of 16): each block of
+    /// 16 × 16 values is transposed in four stages; the stage for bit `b` swaps, in every pair
+    /// of registers `i`, `i + b` (`i & b == 0`), the lanes with bit `b` set in register `i` with
+    /// the lanes without it in register `i + b` — one bit of the row index exchanged with the
+    /// same bit of the lane index.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn interleave16(rows: &[*const f32; 16], dst: *mut f32, per_vox: usize, n: usize) {
+        let index = |b: usize, upper: bool| {
+            let idx: [i32; 16] = std::array::from_fn(|x| {
+                let v = match (upper, x & b == 0) {
+                    (false, true) => x,
+                    (false, false) => 16 + x - b,
+                    (true, true) => x + b,
+                    (true, false) => 16 + x,
+                };
+                v as i32
+            });
+            // SAFETY: reads 16 i32 from a local array.
+            unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+        };
+        let stages = [8usize, 4, 2, 1].map(|b| (b, index(b, false), index(b, true)));
+        // SAFETY: the caller guarantees `n` readable values in every row and
+        // `(n − 1) · per_vox + 16` writable values at `dst`.
+        unsafe {
+            for x0 in (0..n).step_by(16) {
+                let mut r: [__m512; 16] = std::array::from_fn(|k| _mm512_loadu_ps(rows[k].add(x0)));
+                for &(b, lo, hi) in &stages {
+                    for i in (0..16).filter(|i| i & b == 0) {
+                        let (a, c) = (r[i], r[i + b]);
+                        r[i] = _mm512_permutex2var_ps(a, lo, c);
+                        r[i + b] = _mm512_permutex2var_ps(a, hi, c);
+                    }
+                }
+                for (x, v) in r.iter().enumerate() {
+                    _mm512_storeu_ps(dst.add((x0 + x) * per_vox), *v);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile(
         x: &[f32],
@@ -390,14 +474,30 @@ pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom)
         g,
         pairs,
         |channel_row: ChannelRow<'_>, row: &mut [u32]| {
-            let mut converted = vec![0u32; channel_row.len];
-            for q in 0..pairs {
-                let hi = (2 * q + 1 < c).then(|| channel_row.get(2 * q + 1));
-                pairs_of_row(channel_row.get(2 * q), hi, &mut converted);
-                for (xx, &v) in converted.iter().enumerate() {
-                    row[xx * pairs + q] = v;
-                }
-            }
+            let n = channel_row.len;
+            // Up to 16 converted pair rows at a time, then interleaved into the window row.
+            CONVERTED.with(|buffer| {
+                with_buffer(buffer, 16 * n, |converted| {
+                    for q0 in (0..pairs).step_by(16) {
+                        let m = (pairs - q0).min(16);
+                        for (k, out) in converted.chunks_mut(n).take(m).enumerate() {
+                            let q = q0 + k;
+                            let hi = (2 * q + 1 < c).then(|| channel_row.get(2 * q + 1));
+                            pairs_of_row(channel_row.get(2 * q), hi, out);
+                        }
+                        if m == 16 {
+                            let rows = std::array::from_fn(|k| &converted[k * n..(k + 1) * n]);
+                            interleave16(rows, &mut row[q0..], pairs);
+                        } else {
+                            for (k, conv) in converted.chunks(n).take(m).enumerate() {
+                                for (xx, &v) in conv.iter().enumerate() {
+                                    row[xx * pairs + q0 + k] = v;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
         },
         |window: &[u32], cb: usize, tap_off: &[usize], vstride: usize, bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * pairs * CO_T..(cb + 1) * tap_off.len() * pairs * CO_T];
@@ -496,6 +596,45 @@ mod avx512bf16 {
             for v in 0..X_T {
                 _mm512_storeu_ps(d.add(v * CO_T), acc0[v]);
                 _mm512_storeu_ps(d.add(v * CO_T + 16), acc1[v]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave16;
+
+    /// The register transposition gives the plain interleaving, for row lengths with and
+    /// without a partial block and for voxels wider than 16 values, in both element types.
+    #[test]
+    fn interleave16_matches_the_plain_interleaving() {
+        for n in [0usize, 1, 15, 16, 17, 33, 48] {
+            for per_vox in [16usize, 20, 37] {
+                let rows: Vec<Vec<u32>> = (0..16)
+                    .map(|k| {
+                        (0..n)
+                            .map(|x| ((k * 1000 + x) as u32).wrapping_mul(2654435761) % 1_000_000_007)
+                            .collect()
+                    })
+                    .collect();
+                let len = if n == 0 { 0 } else { (n - 1) * per_vox + 16 };
+                let mut ours = vec![u32::MAX; len + 3];
+                interleave16(std::array::from_fn(|k| &rows[k][..]), &mut ours, per_vox);
+                let mut expected = vec![u32::MAX; len + 3];
+                for (k, r) in rows.iter().enumerate() {
+                    for (x, &v) in r.iter().enumerate() {
+                        expected[x * per_vox + k] = v;
+                    }
+                }
+                assert_eq!(ours, expected, "n {n}, per_vox {per_vox}");
+                let as_f32: Vec<Vec<f32>> =
+                    rows.iter().map(|r| r.iter().map(|&v| v as f32).collect()).collect();
+                let mut ours = vec![-1.0f32; len];
+                interleave16(std::array::from_fn(|k| &as_f32[k][..]), &mut ours, per_vox);
+                let back: Vec<f32> =
+                    expected[..len].iter().map(|&v| if v == u32::MAX { -1.0 } else { v as f32 }).collect();
+                assert_eq!(ours, back, "f32: n {n}, per_vox {per_vox}");
             }
         }
     }
