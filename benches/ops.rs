@@ -93,6 +93,26 @@ fn others(c: &mut Criterion) {
             },
         );
     }
+    // VoxTell's last decoder stage: 96 channels at 96³ upsampled to 32 at 192³, then the
+    // first convolution (the upsampled half) plus the shared skip half; fused and composed.
+    {
+        let x = randn(&[1, 96, 96, 96, 96], 1.0);
+        let uw = randn(&[96, 32, 2, 2, 2], 0.05);
+        let ub = randn(&[32], 0.1);
+        let cw = randn(&[32, 32, 3, 3, 3], 0.05);
+        let addend = randn(&[1, 32, 192, 192, 192], 1.0);
+        group.bench_function(BenchmarkId::new("upsample_conv3d_add_fused", "96to192"), |bench| {
+            bench.iter(|| {
+                ops::upsample_conv3d_add(&x, &uw, Some(&ub), [2, 2, 2], &cw, &addend).expect("fused")
+            })
+        });
+        group.bench_function(BenchmarkId::new("upsample_conv3d_add_composed", "96to192"), |bench| {
+            bench.iter(|| {
+                let up = ops::conv_transpose3d(&x, &uw, Some(&ub), [2, 2, 2]).expect("up");
+                ops::conv3d_add(&up, &cw, &addend, [1, 1, 1]).expect("conv")
+            })
+        });
+    }
     for (ch, s) in [(32, 192), (64, 96)] {
         let x = randn(&[1, ch, s, s, s], 1.0);
         let w = randn(&[ch], 1.0);

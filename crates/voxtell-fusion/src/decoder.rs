@@ -184,27 +184,33 @@ impl FusionDecoder {
             // The previous stage's output is released as soon as it is upsampled (at the last
             // stage it is 96 channels at half resolution: 324 MB for a 192³ patch).
             let previous = lres;
-            let up = ops::conv_transpose3d(&previous, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
-            drop(previous);
             let pre = if let Some(shared) = shared.map(|h| &h[i]) {
-                // First conv: the upsampled half per prompt, plus the shared skip half (with the
-                // bias) added inside the convolution's output, each image's half serving its P
-                // prompts.
-                let pre = ops::conv3d_add(&up, &st.first_up, shared, [1, 1, 1])?;
-                drop(up);
-                pre
+                // Upsampling and first conv in one: the upsampled half per prompt (its rows
+                // computed as the convolution reads them, never stored whole: 864 MB at the last
+                // stage of a 192³ patch), plus the shared skip half (with the bias) added inside
+                // the convolution's output, each image's half serving its P prompts.
+                ops::upsample_conv3d_add(
+                    &previous,
+                    &st.up_weight,
+                    st.up_bias.as_ref(),
+                    st.up_stride,
+                    &st.first_up,
+                    shared,
+                )?
             } else {
+                let up = ops::conv_transpose3d(&previous, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
                 let skip = &skips[n_st - 1 - i];
                 let both = Tensor::cat(&[&up, &repeat_prompts(skip, p)?], 1)?;
                 drop(up);
                 ops::conv3d(&both, &st.first_full, st.first_bias.as_ref(), [1, 1, 1])?
             };
+            drop(previous);
             let (w, bb) = match &st.first_norm {
                 Some((w, bb)) => (Some(w), Some(bb)),
                 None => (None, None),
             };
-            let mut x = ops::instance_norm3d_act(&pre, w, bb, self.eps, Some(self.slope))?;
-            drop(pre);
+            // `pre` is fresh: normalised in its own storage (for inference).
+            let mut x = ops::instance_norm3d_act_in_place(pre, w, bb, self.eps, Some(self.slope))?;
             if let Some(rest) = &st.rest {
                 x = rest.forward_owned(x)?;
             }

@@ -234,7 +234,9 @@ impl ConvNormAct {
             Some((w, b)) => (Some(w), Some(b)),
             None => (None, None),
         };
-        Ok(ops::instance_norm3d_act(&y, w, b, self.eps, self.slope)?)
+        // `y` is a fresh convolution output: normalised in its own storage when no gradient is
+        // tracked.
+        Ok(ops::instance_norm3d_act_in_place(y, w, b, self.eps, self.slope)?)
     }
 
     /// Output channels.

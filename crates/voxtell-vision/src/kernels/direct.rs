@@ -59,6 +59,12 @@ fn strided_channels_last<T: Elem>(g: &ConvGeom) -> bool {
             .map_or(g.c_in >= 32 && g.c_out >= 32 && g.output()[2] >= 8, |v| v == "1")
 }
 
+/// Whether the channels-last kernel can run a stride-1 f32 convolution of this geometry here:
+/// odd kernels larger than 1×1×1 and AVX-512F (any channel counts).
+pub(crate) fn channels_last_available(g: &ConvGeom) -> bool {
+    g.stride == [1, 1, 1] && g.kernel.iter().all(|k| k % 2 == 1) && g.kernel != [1, 1, 1] && avx512()
+}
+
 fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -91,7 +97,15 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) 
         return None;
     }
     if strided || channels_last(g) {
-        return Some(into_t(direct_cl::run(as_f32(x), as_f32(w), b.map(as_f32), g, g.c_out, g.c_in, false)));
+        return Some(into_t(direct_cl::run(
+            direct_cl::Input::Volume(as_f32(x)),
+            as_f32(w),
+            b.map(as_f32),
+            g,
+            g.c_out,
+            g.c_in,
+            false,
+        )));
     }
     let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), false);
     Some(into_t(run(as_f32(x), &packed, b.map(as_f32), g)))
@@ -105,7 +119,7 @@ pub(crate) fn forward_bf16<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvG
     if !(applies::<T>(g) || strided_channels_last::<T>(g)) || g.c_in < 8 || !direct_cl::bf16_available() {
         return None;
     }
-    Some(into_t(direct_cl::run_bf16(as_f32(x), as_f32(w), b.map(as_f32), g)))
+    Some(into_t(direct_cl::run_bf16(direct_cl::Input::Volume(as_f32(x)), as_f32(w), b.map(as_f32), g)))
 }
 
 /// Stride-1 input gradient: a convolution of the output gradient with the spatially flipped,
@@ -117,7 +131,15 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Opti
     }
     let flipped = ConvGeom { c_in: g.c_out, c_out: g.c_in, ..*g };
     if channels_last(&flipped) {
-        return Some(into_t(direct_cl::run(as_f32(gout), as_f32(w), None, &flipped, g.c_out, g.c_in, true)));
+        return Some(into_t(direct_cl::run(
+            direct_cl::Input::Volume(as_f32(gout)),
+            as_f32(w),
+            None,
+            &flipped,
+            g.c_out,
+            g.c_in,
+            true,
+        )));
     }
     let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), true);
     Some(into_t(run(as_f32(gout), &packed, None, &flipped)))

@@ -37,7 +37,7 @@ fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool)
 /// Convolution of `x` with `w` (forward, or, when `transpose_flip`, the input gradient of a
 /// stride-1 convolution, with `g` describing that gradient convolution's own input and output).
 pub(crate) fn run(
-    x: &[f32],
+    x: Input<'_>,
     w: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeom,
@@ -69,6 +69,81 @@ pub(crate) fn run(
             tile(window, block, bias, tap_off, vstride, c, dst);
         },
     )
+}
+
+/// Where a convolution's input comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Input<'a> {
+    /// An NCDHW volume of the convolution's input size.
+    Volume(&'a [f32]),
+    /// The output of a transposed convolution, computed row by row as the windows need it.
+    Upsampled(Upsample<'a>),
+}
+
+/// A transposed convolution with kernel == stride of an NCDHW volume (the upsampling of a U-Net
+/// decoder stage), evaluated one output row at a time.
+#[derive(Clone, Copy)]
+pub(crate) struct Upsample<'a> {
+    /// `batch × c_in × D × H × W`.
+    pub x: &'a [f32],
+    /// `c_in × c_out × s0 × s1 × s2` (PyTorch's layout).
+    pub weight: &'a [f32],
+    /// `c_out`.
+    pub bias: Option<&'a [f32]>,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// (D, H, W) before upsampling.
+    pub input: [usize; 3],
+    pub stride: [usize; 3],
+}
+
+impl Upsample<'_> {
+    /// Row (n, z, y) of the upsampled volume, every channel: `out[o · W·s2 + x]`. Per tap along
+    /// W, one small GEMM (`c_out × c_in` weights by `c_in × W` input row) written with stride
+    /// `s2` into its voxels; the bias added last.
+    fn row(&self, n: usize, z: usize, y: usize, out: &mut [f32]) {
+        let [d, h, w] = self.input;
+        let [s0, s1, s2] = self.stride;
+        let (taps, plane, wo) = (s0 * s1 * s2, d * h * w, w * s2);
+        let start = n * self.c_in * plane + ((z / s0) * h + y / s1) * w;
+        assert!(z < d * s0 && y < h * s1 && w > 0);
+        assert!(self.x.len() >= start + (self.c_in - 1) * plane + w);
+        assert!(out.len() >= self.c_out * wo && self.weight.len() >= self.c_in * self.c_out * taps);
+        for cc in 0..s2 {
+            let t = ((z % s0) * s1 + y % s1) * s2 + cc;
+            // SAFETY: dst (o, x) is out[o·wo + x·s2 + cc] for o < c_out, x < w, inside `out`;
+            // lhs (o, i) is weight[(i·c_out + o)·taps + t] and rhs (i, x) is
+            // self.x[start + i·plane + x], inside their slices (asserted above).
+            unsafe {
+                gemm::gemm(
+                    self.c_out,
+                    w,
+                    self.c_in,
+                    out.as_mut_ptr().add(cc),
+                    s2 as isize,
+                    wo as isize,
+                    false,
+                    self.weight.as_ptr().add(t),
+                    (self.c_out * taps) as isize,
+                    taps as isize,
+                    self.x.as_ptr().add(start),
+                    1,
+                    plane as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        if let Some(b) = self.bias {
+            for (o, r) in out.chunks_mut(wo).take(self.c_out).enumerate() {
+                r.iter_mut().for_each(|v| *v += b[o]);
+            }
+        }
+    }
 }
 
 /// One input row (fixed batch, depth and height) across the channels of an NCDHW volume.
@@ -114,6 +189,8 @@ thread_local! {
     /// pages are touched once.
     static WINDOW_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static WINDOW_U32: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's upsampled rows (every channel of one row) for [`Input::Upsampled`].
+    static UPSAMPLED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each worker thread's bf16 pair rows before they are interleaved into the window.
     static CONVERTED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -194,7 +271,7 @@ impl WindowElem for u32 {
 /// output. No padded copy of the whole input and no channels-last copy of the output exist at
 /// any time.
 fn drive<E: WindowElem>(
-    x: &[f32],
+    x: Input<'_>,
     bias: Option<&[f32]>,
     g: &ConvGeom,
     per_vox: usize,
@@ -231,7 +308,6 @@ fn drive<E: WindowElem>(
         let (n, z0) = (task / chunks, (task % chunks) * chunk);
         let nz = (od - z0).min(chunk);
         let depth = sd * (nz - 1) + kd;
-        let xb = &x[n * g.c_in * plane_in..(n + 1) * g.c_in * plane_in];
         // Past the last slab, the last tile of a row reads up to `sw · X_T` voxels on.
         E::with_window(depth * slab + (sw * X_T + 2 * pw + 2) * per_vox, |window| {
             // Padded input slabs sd·z0 .. sd·z0 + depth (padded coordinates): zero where
@@ -249,8 +325,22 @@ fn drive<E: WindowElem>(
                     let row = &mut slab_buf[(y + ph) * wp * per_vox..][..wp * per_vox];
                     row[..pw * per_vox].fill(E::default());
                     row[(pw + w) * per_vox..].fill(E::default());
-                    let of_channel = ChannelRow { x: xb, start: (z * h + y) * w, plane: plane_in, len: w };
-                    fill_row(of_channel, &mut row[pw * per_vox..(pw + w) * per_vox]);
+                    let dst = &mut row[pw * per_vox..(pw + w) * per_vox];
+                    match x {
+                        Input::Volume(x) => {
+                            let xb = &x[n * g.c_in * plane_in..(n + 1) * g.c_in * plane_in];
+                            fill_row(
+                                ChannelRow { x: xb, start: (z * h + y) * w, plane: plane_in, len: w },
+                                dst,
+                            );
+                        }
+                        Input::Upsampled(up) => UPSAMPLED.with(|buffer| {
+                            with_buffer(buffer, g.c_in * w, |rows| {
+                                up.row(n, z, y, rows);
+                                fill_row(ChannelRow { x: rows, start: 0, plane: w, len: w }, dst);
+                            })
+                        }),
+                    }
                 }
             }
             window[depth * slab..].fill(E::default());
@@ -464,7 +554,7 @@ fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
 
 /// Forward convolution with inputs and weights rounded to bf16 and products summed in f32
 /// (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
-pub(crate) fn run_bf16(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+pub(crate) fn run_bf16(x: Input<'_>, w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
     let (c, pairs) = (g.c_in, g.c_in.div_ceil(2));
     let packed = pack_bf16(w, g.c_out, c, g.taps());

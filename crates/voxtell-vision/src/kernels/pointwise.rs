@@ -28,30 +28,77 @@ pub(crate) fn instance_norm<T: Elem>(
 ) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     out.par_chunks_mut(vox).zip(x.par_chunks(vox)).enumerate().for_each(|(p, (o, xp))| {
-        let ch = p % c;
+        PlaneNorm::of(xp, p % c, weight, bias, eps, slope).apply(xp, o);
+    });
+    out
+}
+
+/// [`instance_norm`] written over its input.
+pub(crate) fn instance_norm_in_place<T: Elem>(
+    x: &mut [T],
+    c: usize,
+    vox: usize,
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+    slope: Option<f64>,
+) {
+    x.par_chunks_mut(vox).enumerate().for_each(|(p, xp)| {
+        PlaneNorm::of(xp, p % c, weight, bias, eps, slope).apply_in_place(xp);
+    });
+}
+
+/// One plane's normalisation: `y = x·scale + shift` (the affine folded in), then the leaky
+/// ReLU's slope where fused.
+struct PlaneNorm<T> {
+    scale: T,
+    shift: T,
+    slope: Option<T>,
+}
+
+impl<T: Elem> PlaneNorm<T> {
+    fn of(
+        xp: &[T],
+        ch: usize,
+        weight: Option<&[T]>,
+        bias: Option<&[T]>,
+        eps: f64,
+        slope: Option<f64>,
+    ) -> Self {
         let (mean, var) = mean_var(xp);
         let r = 1.0 / (var + eps).sqrt();
         let w = weight.map_or(1.0, |w| w[ch].to_f64());
         let b = bias.map_or(0.0, |b| b[ch].to_f64());
-        // y = x·scale + shift, with the affine folded in.
-        let scale = T::from_f64(r * w);
-        let shift = T::from_f64(b - mean * r * w);
-        match slope {
-            None => {
-                for (y, &v) in o.iter_mut().zip(xp) {
-                    *y = v * scale + shift;
-                }
-            }
-            Some(s) => {
-                let s = T::from_f64(s);
-                for (y, &v) in o.iter_mut().zip(xp) {
-                    let z = v * scale + shift;
-                    *y = if z > T::ZERO { z } else { z * s };
-                }
-            }
+        PlaneNorm {
+            scale: T::from_f64(r * w),
+            shift: T::from_f64(b - mean * r * w),
+            slope: slope.map(T::from_f64),
         }
-    });
-    out
+    }
+
+    /// `out[i] = f(x[i])`.
+    fn apply(&self, x: &[T], out: &mut [T]) {
+        let (scale, shift) = (self.scale, self.shift);
+        match self.slope {
+            None => out.iter_mut().zip(x).for_each(|(y, &v)| *y = v * scale + shift),
+            Some(s) => out.iter_mut().zip(x).for_each(|(y, &v)| {
+                let z = v * scale + shift;
+                *y = if z > T::ZERO { z } else { z * s };
+            }),
+        }
+    }
+
+    /// `x[i] = f(x[i])`.
+    fn apply_in_place(&self, x: &mut [T]) {
+        let (scale, shift) = (self.scale, self.shift);
+        match self.slope {
+            None => x.iter_mut().for_each(|v| *v = *v * scale + shift),
+            Some(s) => x.iter_mut().for_each(|v| {
+                let z = *v * scale + shift;
+                *v = if z > T::ZERO { z } else { z * s };
+            }),
+        }
+    }
 }
 
 /// Gradients of the affine parameters (weight, bias) of an instance norm, when it has them.
