@@ -371,8 +371,12 @@ fn export_loads_for_prediction() {
     let a = model.forward(&image, &text).unwrap().outputs;
     let b = t.model().forward(&image, &text).unwrap().outputs;
     assert_eq!(a.len(), b.len());
+    // The loaded model runs the inference path (the decoder's upsampling fused into its first
+    // convolution, norms in place), the trainable one the differentiable compositions: the
+    // same values up to the order of f32 sums.
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!(max_diff(x, y), 0.0);
+        let scale = max_diff(y, &y.zeros_like().unwrap());
+        assert!(max_diff(x, y) <= 1e-5 * scale.max(1.0), "{} of {scale}", max_diff(x, y));
     }
     // Every key of the official state dict (pos_embed and the 247 parameters) is written.
     let saved = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();

@@ -36,6 +36,9 @@ pub mod demo;
 /// Keep large tensor buffers in the heap between allocations (glibc on Linux only; elsewhere a
 /// no-op). Returns whether the settings were applied.
 ///
+/// A binary that installs [`alloc::BlockAllocator`] (the `voxtell` command does) serves buffers
+/// of 16 MiB and more there; these settings then govern only the smaller ones.
+///
 /// glibc serves allocations above its mmap threshold (at most 32 MiB by default) with a fresh
 /// `mmap` and returns them with `munmap`, and trims the heap top above 128 KiB; the kernel then
 /// zero-fills every page of every large tensor again on first touch. A network that allocates

@@ -7,12 +7,32 @@ use rayon::prelude::*;
 
 use super::{Elem, threads};
 
-/// Per-plane statistics with f64 accumulation: mean and biased variance.
+/// Per-plane statistics with f64 accumulation: mean, then the biased variance about it (two
+/// passes). Each pass sums in [`LANES`] interleaved partial sums, so that the additions are
+/// independent and vectorise; one running sum made every element wait for the previous
+/// addition (about 0.2 s per 32-channel 192³ norm).
 fn mean_var<T: Elem>(plane: &[T]) -> (f64, f64) {
     let n = plane.len() as f64;
-    let mean = plane.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = plane.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(plane, |v| v) / n;
+    let var = lane_sum(plane, |v| (v - mean) * (v - mean)) / n;
     (mean, var)
+}
+
+/// Partial sums of [`mean_var`].
+const LANES: usize = 8;
+
+/// `Σ f(x)` in f64 over [`LANES`] partial sums (element `i` into sum `i mod LANES`), then the
+/// partial sums and the tail in order.
+fn lane_sum<T: Elem>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += f(v.to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|v| f(v.to_f64())).sum::<f64>()
 }
 
 /// Instance normalisation of `planes` planes of `vox` voxels (plane `p` is channel `p % c`):
