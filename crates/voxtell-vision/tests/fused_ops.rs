@@ -99,8 +99,8 @@ fn conv3d_add_equals_conv3d_plus_the_repeated_addend_with_its_gradients() {
 }
 
 /// `upsample_conv3d_add` against `conv3d_add(conv_transpose3d(…))`: f32 (the fused path where
-/// the CPU has AVX-512, the composition elsewhere), channel counts below and above the kernel's
-/// 32-channel block and past its 16-channel interleaving, isotropic and anisotropic strides, rows
+/// the CPU has AVX-512 and both channel counts of the convolution are ≥ 32, the composition
+/// elsewhere), channel counts past the kernel's 32-channel block and its 16-channel interleaving, isotropic and anisotropic strides, rows
 /// longer than one 64-voxel chunk, prompts sharing an addend, with and without the upsampling
 /// bias; in bf16 within bf16's precision; with tracked gradients the composition runs (its
 /// gradients flow), and misfitting shapes are refused.
