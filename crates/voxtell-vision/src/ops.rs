@@ -157,14 +157,15 @@ pub fn conv3d_add(x: &Tensor, weight: &Tensor, addend: &Tensor, stride: [usize; 
 /// — a decoder stage's upsampling (transposed convolution, kernel == stride) and its first
 /// convolution plus the shared skip half — without the upsampled tensor: on the CPU in f32 with
 /// AVX-512, each task of the channels-last convolution computes the upsampled rows its input
-/// window needs (a row two slabs either side of its slices again; at 96 → 32 channels that adds
-/// about a quarter of a transposed convolution, cheap beside the 3×3×3 convolution). At VoxTell's
-/// last stage this saves the 864 MB upsampled tensor of a 192³ patch, the peak of a pass.
+/// window needs (the two slabs a window shares with its neighbours are computed twice: at 8
+/// slices per task, a quarter more upsampling, cheap beside the 3×3×3 convolution). At
+/// VoxTell's last stage this saves the 864 MB upsampled tensor of a 192³ patch.
 ///
 /// For inference: where gradients are tracked, off the CPU, for f64, without AVX-512 or with
 /// fewer than 32 channels into or out of the convolution it runs the composition above (same
-/// values up to rounding: the upsampling's sums are ordered differently). [`ConvPrecision::Bf16`] rounds the upsampled values to bf16 as
-/// [`conv3d`] would round its input.
+/// values up to rounding: the upsampling's sums are ordered differently).
+/// [`ConvPrecision::Bf16`] rounds the upsampled values to bf16 as [`conv3d`] would round its
+/// input.
 pub fn upsample_conv3d_add(
     x: &Tensor,
     up_weight: &Tensor,

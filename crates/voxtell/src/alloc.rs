@@ -28,7 +28,7 @@
 //! does everything when `VOXTELL_SYSTEM_MALLOC` is set when the first large request arrives, and
 //! everything on platforms other than Linux.
 
-#![allow(unsafe_code)] // a `GlobalAlloc` and the `mmap`/`munmap`/`madvise` calls it makes
+#![allow(unsafe_code)] // a `GlobalAlloc` and the `mmap`/`mremap`/`munmap` calls it makes
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Requests of at least this many bytes are served by the block cache (16 MiB).
 pub const LARGE: usize = 16 << 20;
-/// Block sizes are rounded up to, and blocks aligned on, this many bytes (one huge page).
+/// Block sizes are rounded up to, and blocks aligned on, this many bytes (2 MiB, what one
+/// page-table page maps), so every mapping this module makes starts and ends on a grain.
 const GRAIN: usize = 2 << 20;
 /// Separate freed ranges the cache keeps at most (more are unmapped, smallest first).
 const SLOTS: usize = 64;
@@ -50,9 +51,9 @@ pub struct BlockStats {
     pub cached: usize,
     /// The most bytes of large blocks in use at once so far.
     pub peak: usize,
-    /// Large requests served from the cache.
+    /// Large requests served from cached pages alone.
     pub reused: usize,
-    /// Large requests that mapped a new block.
+    /// Large requests that needed fresh pages.
     pub mapped: usize,
 }
 
@@ -156,14 +157,13 @@ impl BlockAllocator {
             let i = (0..cache.len).max_by_key(|&i| cache.ranges[i].1).unwrap_or(0);
             let (addr, l) = cache.remove(i);
             let n = l.min(len - filled);
-            if move_pages(addr, p as usize + filled, n) {
-                filled += n;
-                if n < l {
-                    cache.insert(addr + n, l - n);
-                }
-            } else {
-                // Not movable (it should always be): return it to the system instead.
-                unmap(addr, l);
+            let moved = move_pages(addr, p as usize + filled, n);
+            filled += moved;
+            if moved < n {
+                // Not movable (it should not happen): the rest goes back to the system.
+                unmap(addr + moved, l - moved);
+            } else if n < l {
+                cache.insert(addr + n, l - n);
             }
         }
         if filled == len {
@@ -256,27 +256,41 @@ fn map(len: usize) -> *mut u8 {
     start as *mut u8
 }
 
-/// Move the pages of `len` bytes at `from` (a cached range) to `to` (inside a range just
-/// mapped), replacing what was there; `from` is unmapped afterwards. Whether it succeeded.
+/// Move the pages of `len` bytes at `from` (a cached range, a multiple of [`GRAIN`]) to `to`
+/// (inside a range just mapped), replacing what was there; the source addresses are unmapped
+/// afterwards. Returns how many bytes, from the start, were moved (`len` unless the system
+/// refuses). One `mremap` moves a range within one mapping; a cached range can span several
+/// (merged neighbours, or pages moved before), so a refusal is retried one grain at a time —
+/// every mapping here starts and ends on a grain.
 #[cfg(target_os = "linux")]
-fn move_pages(from: usize, to: usize, len: usize) -> bool {
-    // SAFETY: `from..from + len` is cached (mapped, used by nobody) and `to..to + len` lies in
-    // a mapping this module just made and has not handed out; the two do not overlap.
-    let moved = unsafe {
-        libc::mremap(
-            from as *mut libc::c_void,
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            to as *mut libc::c_void,
-        )
+fn move_pages(from: usize, to: usize, len: usize) -> usize {
+    let remap = |from: usize, to: usize, len: usize| {
+        // SAFETY: `from..from + len` is cached (mapped, used by nobody) and `to..to + len`
+        // lies in a mapping this module just made and has not handed out; they do not overlap.
+        let moved = unsafe {
+            libc::mremap(
+                from as *mut libc::c_void,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            )
+        };
+        moved as usize == to
     };
-    moved as usize == to
+    if remap(from, to, len) {
+        return len;
+    }
+    let mut done = 0;
+    while done < len && remap(from + done, to + done, GRAIN) {
+        done += GRAIN;
+    }
+    done
 }
 
 #[cfg(not(target_os = "linux"))]
-fn move_pages(_from: usize, _to: usize, _len: usize) -> bool {
-    false
+fn move_pages(_from: usize, _to: usize, _len: usize) -> usize {
+    0
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -418,8 +432,19 @@ mod tests {
                 a.stats(),
                 BlockStats { live: 150 * MIB, cached: 0, peak: 150 * MIB, reused: 5, mapped: 4 }
             );
+            // Both freed (dirty) and taken again as one: ranges whose pages were themselves moved
+            // together, so they span several mappings.
+            std::ptr::write_bytes(y, 2, 60 * MIB);
+            std::ptr::write_bytes(z, 3, 70 * MIB);
             a.dealloc(z, layout(70 * MIB));
             a.dealloc(y, layout(60 * MIB));
+            let all = a.alloc_zeroed(layout(130 * MIB));
+            assert!(std::slice::from_raw_parts(all, 130 * MIB).iter().all(|&b| b == 0));
+            assert_eq!(
+                a.stats(),
+                BlockStats { live: 150 * MIB, cached: 0, peak: 150 * MIB, reused: 6, mapped: 4 }
+            );
+            a.dealloc(all, layout(130 * MIB));
             a.dealloc(q, layout(20 * MIB));
             assert_eq!((a.stats().live, a.stats().cached), (0, 150 * MIB));
         }

@@ -8,8 +8,10 @@
 //! loads two 16-channel weight vectors and broadcasts one input value per voxel (28 FMAs per 16
 //! loads) — in bf16 one 32-bit pair of input channels per voxel and `vdpbf16ps`, two products
 //! per lane. A stride only changes which window voxels a tile reads (every `s`-th along W,
-//! every `s`-th row and slab). Each finished tile goes straight into the NCDHW output, so no padded copy of the
-//! whole input and no channels-last output exist.
+//! every `s`-th row and slab). Each finished tile goes straight into the NCDHW output, so no
+//! padded copy of the whole input and no channels-last output exist. The input is a volume, or
+//! the output of a transposed convolution whose rows are computed as the windows need them
+//! ([`Input::Upsampled`]: the decoder's upsampling never stored whole).
 
 use rayon::prelude::*;
 
@@ -107,7 +109,7 @@ impl Upsample<'_> {
         let (taps, plane, wo) = (s0 * s1 * s2, d * h * w, w * s2);
         let start = n * self.c_in * plane + ((z / s0) * h + y / s1) * w;
         assert!(z < d * s0 && y < h * s1 && w > 0);
-        assert!(self.x.len() >= start + (self.c_in - 1) * plane + w);
+        assert!(self.x.len() >= (n + 1) * self.c_in * plane);
         assert!(out.len() >= self.c_out * wo && self.weight.len() >= self.c_in * self.c_out * taps);
         for cc in 0..s2 {
             let t = ((z % s0) * s1 + y % s1) * s2 + cc;
@@ -203,8 +205,8 @@ impl Lane32 for u32 {}
 /// Interleave 16 rows of equal length `n` into a channels-last row: `dst[x · per_vox + k] =
 /// rows[k][x]` for `k < 16`, `x < n` (`per_vox ≥ 16`). Blocks of 16 voxels are transposed in
 /// registers with AVX-512 (the channels-last kernel only runs where the CPU has it), the last
-/// `n mod 16` voxels one value at a time. The scalar version wrote one value per store and cost
-/// as much as 7 % of a full-network pass.
+/// `n mod 16` voxels one value at a time (32→32 at 192³: 1.16 → 1.12 s against writing every
+/// value on its own; building windows is mostly reading the input's channel rows).
 fn interleave16<T: Lane32>(rows: [&[T]; 16], dst: &mut [T], per_vox: usize) {
     let n = rows[0].len();
     assert!(rows.iter().all(|r| r.len() == n) && per_vox >= 16);
