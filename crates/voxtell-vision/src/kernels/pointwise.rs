@@ -10,7 +10,7 @@ use super::{Elem, threads};
 /// Per-plane statistics with f64 accumulation: mean, then the biased variance about it (two
 /// passes). Each pass sums in [`LANES`] interleaved partial sums, so that the additions are
 /// independent and vectorise; one running sum made every element wait for the previous
-/// addition (about 0.2 s per 32-channel 192³ norm).
+/// addition (a 32-channel 192³ norm with its output: 374 → 283 ms).
 fn mean_var<T: Elem>(plane: &[T]) -> (f64, f64) {
     let n = plane.len() as f64;
     let mean = lane_sum(plane, |v| v) / n;
