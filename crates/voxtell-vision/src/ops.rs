@@ -9,6 +9,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
 
 use crate::composed;
+use crate::kernels::direct_cl::{self, Input, Upsample};
 use crate::kernels::pointwise::{self, TransposeGeom};
 use crate::kernels::{ConvGeom, Elem, conv_gemm, direct};
 
@@ -87,7 +88,7 @@ thread_local! {
 /// Whether this CPU runs [`ConvPrecision::Bf16`] convolutions in bf16 (AVX-512 BF16); where
 /// not, they fall back to f32.
 pub fn bf16_supported() -> bool {
-    crate::kernels::direct_cl::bf16_available()
+    direct_cl::bf16_available()
 }
 
 /// The convolution precision in effect on this thread (see [`with_conv_precision`]).
@@ -193,7 +194,7 @@ pub fn upsample_conv3d_add(
     // channels in and out): for fewer channels its 32-channel blocks run mostly empty, and the
     // W-vectorised kernel of the composition is faster (the demo model, 8…64 channels, took
     // 8.3 s fused against 5.8 s for its evaluation).
-    if !direct::channels_last_available(&geom) || cu < 32 || geom.c_out < 32 {
+    if !direct::applies::<f32>(&geom) || cu < 32 || geom.c_out < 32 {
         return composed();
     }
     let repeat = addend_repeat(&geom, addend)?;
@@ -219,37 +220,24 @@ pub fn upsample_conv3d_add(
     else {
         bail!("upsample_conv3d_add: missing input");
     };
-    let input = direct_cl_input(xs, uw, ub, ci, cu, [d, h, w], up_stride);
+    let input = Input::Upsampled(Upsample {
+        x: xs,
+        weight: uw,
+        bias: ub,
+        c_in: ci,
+        c_out: cu,
+        input: [d, h, w],
+        stride: up_stride,
+    });
     let bf16 = conv_precision() == ConvPrecision::Bf16 && bf16_supported() && cu >= 8;
     let mut out = if bf16 {
-        crate::kernels::direct_cl::run_bf16(input, ws, None, &geom)
+        direct_cl::run_bf16(input, ws, None, &geom)
     } else {
-        crate::kernels::direct_cl::run(input, ws, None, &geom, geom.c_out, cu, false)
+        direct_cl::run(input, ws, None, &geom, geom.c_out, cu, false)
     };
     pointwise::add_repeated(&mut out, adds, geom.c_out * geom.out_voxels(), repeat);
     drop(guards);
     Tensor::from_vec(out, out_shape(&geom), x.device())
-}
-
-/// The upsampled input of [`upsample_conv3d_add`] for the channels-last kernel.
-fn direct_cl_input<'a>(
-    x: &'a [f32],
-    weight: &'a [f32],
-    bias: Option<&'a [f32]>,
-    c_in: usize,
-    c_out: usize,
-    input: [usize; 3],
-    stride: [usize; 3],
-) -> crate::kernels::direct_cl::Input<'a> {
-    crate::kernels::direct_cl::Input::Upsampled(crate::kernels::direct_cl::Upsample {
-        x,
-        weight,
-        bias,
-        c_in,
-        c_out,
-        input,
-        stride,
-    })
 }
 
 /// How many output samples each addend sample of a [`conv3d_add`] serves, or an error naming the
@@ -697,6 +685,21 @@ pub fn instance_norm3d_act(
     eps: f64,
     slope: Option<f64>,
 ) -> Result<Tensor> {
+    check_norm(x, weight, bias, eps)?;
+    if !x.device().is_cpu() {
+        return composed::instance_norm3d_act(x, weight, bias, eps, slope);
+    }
+    let x = x.contiguous()?;
+    let op = InstanceNorm { eps, slope };
+    match (weight, bias) {
+        (Some(w), Some(b)) => x.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        (None, None) => x.apply_op1(op),
+        _ => bail!("instance_norm3d: give both weight and bias, or neither"),
+    }
+}
+
+/// The checks of [`instance_norm3d_act`]: a 5-D input, per-channel weight and bias, `eps ≥ 0`.
+fn check_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<()> {
     let [_, c, ..] = dims5(x.dims(), "instance_norm3d input")?;
     for (t, what) in [(weight, "weight"), (bias, "bias")] {
         if let Some(t) = t
@@ -708,16 +711,7 @@ pub fn instance_norm3d_act(
     if eps.is_nan() || eps < 0.0 {
         bail!("instance_norm3d: eps {eps} must be non-negative");
     }
-    if !x.device().is_cpu() {
-        return composed::instance_norm3d_act(x, weight, bias, eps, slope);
-    }
-    let x = x.contiguous()?;
-    let op = InstanceNorm { eps, slope };
-    match (weight, bias) {
-        (Some(w), Some(b)) => x.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
-        (None, None) => x.apply_op1(op),
-        _ => bail!("instance_norm3d: give both weight and bias, or neither"),
-    }
+    Ok(())
 }
 
 /// [`instance_norm3d_act`] written over `x`'s own storage, so that no second tensor of its size
@@ -736,17 +730,7 @@ pub fn instance_norm3d_act_in_place(
     if tracked || !x.device().is_cpu() || !x.is_contiguous() {
         return instance_norm3d_act(&x, weight, bias, eps, slope);
     }
-    let [_, c, ..] = dims5(x.dims(), "instance_norm3d input")?;
-    for (t, what) in [(weight, "weight"), (bias, "bias")] {
-        if let Some(t) = t
-            && t.dims() != [c]
-        {
-            bail!("instance_norm3d: {what} of shape {:?} does not match {c} channels", t.dims());
-        }
-    }
-    if eps.is_nan() || eps < 0.0 {
-        bail!("instance_norm3d: eps {eps} must be non-negative");
-    }
+    check_norm(&x, weight, bias, eps)?;
     let affine = match (weight, bias) {
         (Some(w), Some(b)) => {
             Some((w.to_dtype(DType::F64)?.to_vec1::<f64>()?, b.to_dtype(DType::F64)?.to_vec1::<f64>()?))

@@ -28,11 +28,13 @@ const X_TILE: usize = 16 * X_VECS;
 
 /// Whether a direct kernel handles this geometry on this CPU for element type `T`.
 pub(crate) fn applies<T: Elem>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && g.stride == [1, 1, 1]
-        && g.kernel.iter().all(|k| k % 2 == 1)
-        && g.kernel != [1, 1, 1]
-        && avx512()
+    TypeId::of::<T>() == TypeId::of::<f32>() && g.stride == [1, 1, 1] && direct_kernel(g)
+}
+
+/// What every direct kernel needs whatever the stride: odd kernel sizes, larger than 1×1×1,
+/// and AVX-512F.
+fn direct_kernel(g: &ConvGeom) -> bool {
+    g.kernel.iter().all(|k| k % 2 == 1) && g.kernel != [1, 1, 1] && avx512()
 }
 
 /// Which of the two direct kernels to use: the channels-last one when both channel counts fill
@@ -52,17 +54,9 @@ fn channels_last(g: &ConvGeom) -> bool {
 fn strided_channels_last<T: Elem>(g: &ConvGeom) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
         && g.stride != [1, 1, 1]
-        && g.kernel.iter().all(|k| k % 2 == 1)
-        && g.kernel != [1, 1, 1]
-        && avx512()
+        && direct_kernel(g)
         && std::env::var_os("VOXTELL_CONV_CL")
             .map_or(g.c_in >= 32 && g.c_out >= 32 && g.output()[2] >= 8, |v| v == "1")
-}
-
-/// Whether the channels-last kernel can run a stride-1 f32 convolution of this geometry here:
-/// odd kernels larger than 1×1×1 and AVX-512F (any channel counts).
-pub(crate) fn channels_last_available(g: &ConvGeom) -> bool {
-    g.stride == [1, 1, 1] && g.kernel.iter().all(|k| k % 2 == 1) && g.kernel != [1, 1, 1] && avx512()
 }
 
 fn avx512() -> bool {
