@@ -17,6 +17,8 @@
 //!
 //! [sampling]                         # voxtell_train::sampler::SamplerConfig
 //! foreground_probability = 0.85
+//! key_weights = { liver_lesion = 3.0 }   # draw these entries' prompts more often (default 1)
+//! text_noise = 0.5                   # random perturbation of the prompt vectors (default 0)
 //!
 //! [validation]
 //! fraction = 0.2
@@ -323,6 +325,14 @@ impl TrainConfig {
         {
             return bad("sampling: prompts_per_sample ≥ 1 and probabilities in [0, 1] are required".into());
         }
+        if let Some((key, w)) = sp.key_weights.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+            return bad(format!(
+                "sampling.key_weights: the weight of {key:?} is {w}; it must be a positive number"
+            ));
+        }
+        if !(sp.text_noise.is_finite() && (0.0..=10.0).contains(&sp.text_noise)) {
+            return bad(format!("sampling.text_noise must be in [0, 10], got {}", sp.text_noise));
+        }
         sp.augment.validate().map_err(TrainError::Config)?;
         if !(0.0..1.0).contains(&self.validation.fraction) {
             return bad(format!("validation.fraction must be in [0, 1), got {}", self.validation.fraction));
@@ -377,6 +387,10 @@ plans = "plans.json"
         assert_eq!(c.lr0(), 1e-2);
         assert_eq!(c.warmup(), 0);
         assert_eq!(c.sampling.foreground_probability, 0.85);
+        assert!(c.sampling.key_weights.is_empty());
+        let w = TrainConfig::from_toml(&format!("{MINIMAL}\n[sampling.key_weights]\nliver_lesion = 3.0\n"))
+            .unwrap();
+        assert_eq!(w.sampling.key_weights.get("liver_lesion"), Some(&3.0));
         assert_eq!(c.loss.ds_weights, vec![1.0, 0.5, 0.25, 0.125, 0.0625]);
         let ft = TrainConfig::from_toml(&format!("{MINIMAL}\n[init]\ncheckpoint = \"m\"\n")).unwrap();
         assert_eq!((ft.lr0(), ft.warmup()), (1e-3, 50));
@@ -394,6 +408,10 @@ plans = "plans.json"
             "[schedule]\noptimizer = \"adam\"\n",
             "[schedule]\noptimizer = \"adamw\"\nbetas = [0.9, 1.0]\n",
             "[schedule]\neps = 0.0\n",
+            "[sampling]\nkey_weights = { liver = 0.0 }\n",
+            "[sampling.key_weights]\nliver = -2.0\n",
+            "[sampling]\ntext_noise = -0.5\n",
+            "[sampling]\ntext_noise = nan\n",
         ] {
             let r = TrainConfig::from_toml(&format!("{MINIMAL}\n{extra}"));
             assert!(r.is_err(), "{extra}");

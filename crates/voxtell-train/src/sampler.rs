@@ -12,6 +12,10 @@
 //!   smaller than the patch);
 //! - the default name with probability 0.25, a uniformly chosen synonym otherwise.
 //!
+//! Beyond the paper: `key_weights` makes some vocabulary entries more likely to be drawn, as a
+//! positive when the case has them and as the negative when it lacks them (weighted sampling
+//! without replacement, Efraimidis–Spirakis); without weights every entry is equally likely.
+//!
 //! The patch is resampled straight from the cached case through the spatial augmentation (see
 //! [`crate::augment`]), reading only the slab of slices it needs.
 
@@ -48,6 +52,19 @@ pub struct SamplerConfig {
     pub balance_datasets: bool,
     /// Augmentation.
     pub augment: AugmentConfig,
+    /// Relative weights of vocabulary entries (by key; others weigh 1) when the positives and
+    /// the negatives of a sample are drawn: an entry of weight 3 is drawn as if it were listed
+    /// three times. For small or rare structures (lesions) whose prompts would otherwise train
+    /// seldom — in particular as the negative of the cases that lack them. Negative-only
+    /// prompts weigh 1.
+    pub key_weights: BTreeMap<String, f64>,
+    /// Prompt-vector noise, applied by the trainer when it looks the sample's prompts up in
+    /// the bank (training batches only): each vector `v` becomes `|v| · (v̂ + r·ĝ) / |v̂ + r·ĝ|`
+    /// with `ĝ` a random unit direction, so its cosine to `v` is about `1 / √(1 + r²)`
+    /// (0.89 for `r` = 0.5, 0.71 for 1). It teaches the prompt decoder a neighbourhood of each
+    /// training prompt rather than the point, for paraphrases no training prompt matches. 0
+    /// (the default) turns it off.
+    pub text_noise: f64,
 }
 
 impl Default for SamplerConfig {
@@ -61,6 +78,8 @@ impl Default for SamplerConfig {
             shuffle_prompts: true,
             balance_datasets: false,
             augment: AugmentConfig::default(),
+            key_weights: BTreeMap::new(),
+            text_noise: 0.0,
         }
     }
 }
@@ -144,6 +163,19 @@ impl Sampler {
         let mut vocabularies = Vec::with_capacity(cache.datasets.len());
         for d in &cache.datasets {
             vocabularies.push(vocabulary.resolve(&d.name, &d.labels)?);
+        }
+        for (key, &w) in &config.key_weights {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(TrainError::Config(format!(
+                    "sampling.key_weights: the weight of {key:?} is {w}; it must be a positive number"
+                )));
+            }
+            if !vocabularies.iter().any(|v| v.entries.iter().any(|e| &e.key == key)) {
+                return Err(TrainError::Config(format!(
+                    "sampling.key_weights: {key:?} is no vocabulary key of the datasets ({})",
+                    cache.datasets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
         }
         let cases = cache.case_refs();
         if cases.is_empty() {
@@ -307,9 +339,18 @@ fn choose_sources(
             vocab.dataset, case.id
         )));
     }
-    // Random order of each pool, then take from the front.
-    rng.shuffle(&mut positives);
-    rng.shuffle(&mut negatives);
+    // Random order of each pool (weighted where weights are set), then take from the front.
+    if cfg.key_weights.is_empty() {
+        rng.shuffle(&mut positives);
+        rng.shuffle(&mut negatives);
+    } else {
+        let weight = |src: &Source| match src {
+            Source::Entry(e) => cfg.key_weights.get(&vocab.entries[*e].key).copied().unwrap_or(1.0),
+            Source::Negative(_) => 1.0,
+        };
+        weighted_order(&mut positives, |(s, _)| weight(s), rng);
+        weighted_order(&mut negatives, |(s, _)| weight(s), rng);
+    }
     let n_pos = cfg.positives_per_sample.min(n).min(positives.len());
     let n_neg = (n - n_pos).min(negatives.len());
     let mut chosen: Vec<(Source, PromptKind)> = Vec::with_capacity(n);
@@ -327,6 +368,17 @@ fn choose_sources(
         rng.shuffle(&mut chosen);
     }
     Ok(chosen.into_iter().unzip())
+}
+
+/// Order `items` at random so that taking the first `k` is weighted sampling without
+/// replacement (Efraimidis–Spirakis: item `i` gets the key `ln(u_i) / w_i`, largest first).
+fn weighted_order<T: Copy>(items: &mut [T], weight: impl Fn(&T) -> f64, rng: &mut Rng) {
+    let mut keyed: Vec<(f64, T)> =
+        items.iter().map(|it| ((1.0 - rng.uniform()).ln() / weight(it), *it)).collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (slot, (_, it)) in items.iter_mut().zip(keyed) {
+        *slot = it;
+    }
 }
 
 /// A random foreground voxel of one of the sample's positive structures (uniform over those

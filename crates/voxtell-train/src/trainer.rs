@@ -38,6 +38,9 @@ use crate::step::{StepOptions, Trainable};
 
 /// Key mixed into the seed of the validation patches and the train/validation split.
 const VALIDATION_KEY: u64 = 0x5641_4c49_4441_5445;
+/// Key of the random streams of the prompt-vector noise (one stream per iteration, so that a
+/// resumed run draws the same noise).
+const TEXT_NOISE_KEY: u64 = 0x5445_5854_4e4f_4953;
 
 /// The run's resumable state (`model/state.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,7 +174,10 @@ pub fn train(
         let batch = batch?;
         let (epoch, iteration) = (batch.epoch as usize, batch.iteration as usize);
         let lr = schedule.lr(epoch);
-        let (image, text, target) = tensors(&batch, &prepared.bank, prepared.trainable.dtype())?;
+        let noise = config.sampling.text_noise;
+        let mut noise_rng = Rng::stream(config.seed ^ TEXT_NOISE_KEY, &[epoch as u64, iteration as u64]);
+        let noise = (noise > 0.0).then_some((noise, &mut noise_rng));
+        let (image, text, target) = tensors(&batch, &prepared.bank, prepared.trainable.dtype(), noise)?;
         let (loss, grads) = prepared.trainable.gradients(&image, &text, &[target])?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite(format!(
@@ -428,8 +434,14 @@ fn patch_size(plans: &serde_json::Value) -> Result<[usize; 3]> {
         })
 }
 
-/// The batch as tensors: image (B, 1, P), prompt vectors (B, N, dim), targets (B, N, P).
-fn tensors(batch: &Batch, bank: &EmbeddingBank, dtype: DType) -> Result<(Tensor, Tensor, Tensor)> {
+/// The batch as tensors: image (B, 1, P), prompt vectors (B, N, dim), targets (B, N, P); the
+/// vectors perturbed by [`perturb_vector`] with `noise = (r, rng)`.
+fn tensors(
+    batch: &Batch,
+    bank: &EmbeddingBank,
+    dtype: DType,
+    mut noise: Option<(f64, &mut Rng)>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let [p0, p1, p2] = batch.patch;
     let (b, n) = (batch.batch_size, batch.n_prompts);
     let image = Tensor::from_slice(&batch.image, (b, 1, p0, p1, p2), &Device::Cpu)?.to_dtype(dtype)?;
@@ -438,11 +450,31 @@ fn tensors(batch: &Batch, bank: &EmbeddingBank, dtype: DType) -> Result<(Tensor,
         let v = bank
             .get(p)
             .ok_or_else(|| TrainError::Config(format!("prompt {p:?} has no vector in the bank")))?;
+        let start = vectors.len();
         vectors.extend(v);
+        if let Some((r, rng)) = noise.as_mut() {
+            perturb_vector(&mut vectors[start..], *r, rng);
+        }
     }
     let text = Tensor::from_vec(vectors, (b, n, bank.dim()), &Device::Cpu)?.to_dtype(dtype)?;
     let target = Tensor::from_slice(&batch.targets, (b, n, p0, p1, p2), &Device::Cpu)?.to_dtype(dtype)?;
     Ok((image, text, target))
+}
+
+/// `v ← |v| · (v̂ + r·ĝ) / |v̂ + r·ĝ|` with `ĝ` a random unit direction (Gaussian, normalised):
+/// the norm kept, the direction turned by about `atan(r)` (a zero vector is left alone).
+pub(crate) fn perturb_vector(v: &mut [f32], r: f64, rng: &mut Rng) {
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 || r == 0.0 {
+        return;
+    }
+    let g: Vec<f64> = (0..v.len()).map(|_| rng.normal()).collect();
+    let g_norm = g.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    let w: Vec<f64> = v.iter().zip(&g).map(|(&x, &gi)| f64::from(x) / norm + r * gi / g_norm).collect();
+    let w_norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    for (x, wi) in v.iter_mut().zip(&w) {
+        *x = (norm * wi / w_norm) as f32;
+    }
 }
 
 /// Mean validation loss, mean Dice, and Dice per vocabulary key.
@@ -462,7 +494,7 @@ fn validate(
     for i in 0..config.validation.batches {
         let batch =
             make_batch(sampler, config.seed ^ VALIDATION_KEY, 0, i as u64, config.schedule.batch_size)?;
-        let (image, text, target) = tensors(&batch, bank, trainable.dtype())?;
+        let (image, text, target) = tensors(&batch, bank, trainable.dtype(), None)?;
         let out = trainable.model().forward(&image, &text)?;
         let logits =
             out.outputs.first().ok_or_else(|| TrainError::Config("the network returned nothing".into()))?;
@@ -548,4 +580,47 @@ fn rewrite_log(path: &Path, log: &[EpochLog]) -> Result<()> {
         return Ok(());
     }
     std::fs::rename(&tmp, path).map_err(|e| TrainError::file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        let n = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    }
+
+    #[test]
+    fn perturbed_vectors_keep_their_norm_and_turn_by_the_set_angle() {
+        let mut rng = Rng::new(1);
+        let v: Vec<f32> = (0..384).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        for r in [0.25, 0.5, 1.0, 2.0] {
+            let mut cosines = Vec::new();
+            for _ in 0..50 {
+                let mut w = v.clone();
+                perturb_vector(&mut w, r, &mut rng);
+                assert!((norm(&w) - norm(&v)).abs() < 1e-4 * norm(&v), "norm {} vs {}", norm(&w), norm(&v));
+                cosines.push(cosine(&w, &v));
+            }
+            let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+            let expected = 1.0 / (1.0 + r * r).sqrt();
+            assert!((mean - expected).abs() < 0.03, "r {r}: mean cosine {mean}, expected {expected}");
+        }
+        // Off, or nothing to turn: unchanged.
+        let mut w = v.clone();
+        perturb_vector(&mut w, 0.0, &mut rng);
+        assert_eq!(w, v);
+        let mut zero = vec![0.0f32; 8];
+        perturb_vector(&mut zero, 1.0, &mut rng);
+        assert!(zero.iter().all(|&x| x == 0.0));
+        // The same stream, the same noise.
+        let (mut a, mut b) = (v.clone(), v.clone());
+        perturb_vector(&mut a, 0.5, &mut Rng::new(9));
+        perturb_vector(&mut b, 0.5, &mut Rng::new(9));
+        assert_eq!(a, b);
+        assert_ne!(a, v);
+    }
 }

@@ -439,6 +439,66 @@ fn balanced_sampling_picks_datasets_evenly() {
     assert!((beta as f64 / n as f64 - 0.5).abs() < 0.07, "{beta}");
 }
 
+/// Fraction of samples of case `index` whose prompts include the entry `key` as `kind`.
+fn key_fraction(sampler: &Sampler, index: usize, key: &str, kind: PromptKind, n: usize) -> f64 {
+    let mut rng = Rng::new(5);
+    let hits = (0..n)
+        .filter(|_| {
+            let s = sampler.sample_case(index, &mut rng).unwrap();
+            s.info.prompts.iter().any(|p| p.kind == kind && p.key.as_deref() == Some(key))
+        })
+        .count();
+    hits as f64 / n as f64
+}
+
+#[test]
+fn key_weights_favour_an_entry_as_positive_and_as_negative() {
+    let f = fixture();
+    let cache = build_cache(&f);
+    let refs = cache.case_refs();
+    let index_of = |id: &str| {
+        refs.iter().position(|&(d, c)| cache.datasets[d].cases[c].id == id).expect("case in the cache")
+    };
+    let (with_tumor, without_tumor) = (index_of("alpha_000"), index_of("alpha_002"));
+    let plain = Sampler::new(cache.clone(), &f.vocab, small_config(AugmentConfig::none())).unwrap();
+    let weights = [("tumor".to_string(), 6.0)].into_iter().collect();
+    let weighted = Sampler::new(
+        cache.clone(),
+        &f.vocab,
+        SamplerConfig { key_weights: weights, ..small_config(AugmentConfig::none()) },
+    )
+    .unwrap();
+    let n = 3000;
+    // alpha_000 has four entries present (liver, liver+tumor, tumor, spleen), two are drawn:
+    // the tumor in half the samples, with weight 6 in 6/9 + 3/9 · 6/8 = 11/12 of them.
+    let p = key_fraction(&plain, with_tumor, "tumor", PromptKind::Positive, n);
+    assert!((p - 0.5).abs() < 0.03, "unweighted positive {p}");
+    let p = key_fraction(&weighted, with_tumor, "tumor", PromptKind::Positive, n);
+    assert!((p - 11.0 / 12.0).abs() < 0.02, "weighted positive {p}");
+    // alpha_002 lacks the tumor: one negative out of tumor, "brain" and "femur": a third
+    // unweighted, 6/8 with weight 6.
+    let p = key_fraction(&plain, without_tumor, "tumor", PromptKind::AbsentLabel, n);
+    assert!((p - 1.0 / 3.0).abs() < 0.03, "unweighted negative {p}");
+    let p = key_fraction(&weighted, without_tumor, "tumor", PromptKind::AbsentLabel, n);
+    assert!((p - 0.75).abs() < 0.03, "weighted negative {p}");
+}
+
+#[test]
+fn bad_key_weights_are_errors_naming_the_key() {
+    let f = fixture();
+    let cache = build_cache(&f);
+    let with = |key: &str, w: f64| SamplerConfig {
+        key_weights: [(key.to_string(), w)].into_iter().collect(),
+        ..small_config(AugmentConfig::none())
+    };
+    let e = Sampler::new(cache.clone(), &f.vocab, with("tumour", 2.0)).unwrap_err().to_string();
+    assert!(e.contains("\"tumour\"") && e.contains("no vocabulary key"), "{e}");
+    for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = Sampler::new(cache.clone(), &f.vocab, with("tumor", w)).unwrap_err().to_string();
+        assert!(e.contains("\"tumor\"") && e.contains("positive number"), "{w}: {e}");
+    }
+}
+
 #[test]
 fn missing_vocabulary_for_a_dataset_is_an_error() {
     let f = fixture();

@@ -74,6 +74,11 @@ fn make_bank(path: &Path, prompts: &[&str]) {
 
 /// A run folder with everything a config names; `out` is the output folder's name.
 fn setup(base: &Path, out: &str, epochs: usize) -> TrainConfig {
+    setup_with_noise(base, out, epochs, 0.5)
+}
+
+/// [`setup`] with prompt-vector noise `text_noise`.
+fn setup_with_noise(base: &Path, out: &str, epochs: usize, text_noise: f64) -> TrainConfig {
     let data = base.join("data");
     if !data.exists() {
         make_dataset(&data);
@@ -98,6 +103,9 @@ iterations_per_epoch = 2
 batch_size = 1
 lr = 0.01
 
+[sampling]
+text_noise = {text_noise}
+
 [validation]
 fraction = 0.2
 batches = 2
@@ -118,7 +126,22 @@ attention_heads = 2
 }
 
 #[test]
+fn prompt_vector_noise_changes_the_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |c: &TrainConfig| std::fs::read(c.output.join("model/model.safetensors")).unwrap();
+    let plain = setup_with_noise(tmp.path(), "plain", 1, 0.0);
+    train(&plain, false, |_| true).unwrap();
+    let again = setup_with_noise(tmp.path(), "again", 1, 0.0);
+    train(&again, false, |_| true).unwrap();
+    let noisy = setup_with_noise(tmp.path(), "noisy", 1, 0.5);
+    train(&noisy, false, |_| true).unwrap();
+    assert!(read(&plain) == read(&again), "training is not deterministic");
+    assert!(read(&plain) != read(&noisy), "text_noise left the training unchanged");
+}
+
+#[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
+    // With prompt-vector noise (setup's default), which a resumed run must draw again alike.
     let tmp = tempfile::tempdir().unwrap();
     let whole = setup(tmp.path(), "whole", 2);
     let summary = train(&whole, false, |_| true).unwrap();
