@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `DEMO_DIR` (default `assets/demo`) holds `model/`, `bank.npz` and `phantom.json`, as
-//! [`voxtell::demo::Demo::load`] reads them; `N` defaults to 5. `bf16` runs the network's
+//! [`voxtell::demo::Demo::load`] reads them; `N` defaults to 20. `bf16` runs the network's
 //! convolutions with bf16 products ([`voxtell::infer::ConvPrecision::Bf16`]).
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use voxtell::infer::{ConvPrecision, PredictOptions};
 fn main() -> Result<(), Box<dyn Error>> {
     voxtell::tune_allocator();
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(demo_dir);
-    let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let mut demo = Demo::load(&dir)?;
     let precision = match std::env::args().nth(3).as_deref() {
         None | Some("f32") => ConvPrecision::F32,
@@ -45,7 +45,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     // key → origin → Dice values; prompt → Dice values; worst cross-side Dice.
     let mut by_key: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let mut by_prompt: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut cross_worst = (0.0f64, String::new());
+    // Per structure pair ("kidney", "lung"): the highest Dice of a prompt for one side against
+    // the other side's truth.
+    let mut cross_worst: BTreeMap<String, (f64, String)> = BTreeMap::new();
+    // key → (Dice on the cases that have the structure, predicted voxels on the cases without).
+    let mut presence: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
     let t0 = Instant::now();
     for c in 0..n {
         let case = demo.held_out_case(c);
@@ -60,12 +64,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             by_key.entry(p.key.clone()).or_default().entry(origin).or_default().push(s.dice);
             by_prompt.entry(p.text.clone()).or_default().push(s.dice);
+            let entry = presence.entry(p.key.clone()).or_default();
+            if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
         }
         for (i, p) in all.iter().enumerate() {
             if let Some(other) = swapped(&p.key) {
                 let d = dice(masks.mask(i)?.view(), truth(&case, &other)?.view());
-                if d > cross_worst.0 {
-                    cross_worst = (d, format!("{:?} vs the {other} truth, case {c}", p.text));
+                let pair = p.key.trim_end_matches("_left").trim_end_matches("_right").to_string();
+                let worst = cross_worst.entry(pair).or_insert((0.0, String::new()));
+                if d > worst.0 {
+                    *worst = (d, format!("{:?} vs the {other} truth, case {c}", p.text));
                 }
             }
         }
@@ -87,6 +95,20 @@ fn main() -> Result<(), Box<dyn Error>> {
             min(&all_values)
         );
     }
+    // Structures some cases lack (lesions): Dice is 0 on such a case as soon as one voxel is
+    // predicted, so the cases with and without the structure are shown apart.
+    for (key, (present, absent)) in presence.iter().filter(|(_, (_, absent))| !absent.is_empty()) {
+        let with_voxels = absent.iter().filter(|&&v| v > 0).count();
+        let voxels = absent.iter().sum::<u64>() as f64 / (absent.len() as f64);
+        println!(
+            "{key}: Dice {:.3} (lowest {:.3}) over the {} (prompt, case) pairs with it; of the {} without it, \
+             {with_voxels} have predicted voxels ({voxels:.0} on average)",
+            mean(present),
+            min(present),
+            present.len(),
+            absent.len()
+        );
+    }
     let mut prompt_means: Vec<(f64, &String)> = by_prompt.iter().map(|(p, v)| (mean(v), p)).collect();
     prompt_means.sort_by(|a, b| a.0.total_cmp(&b.0));
     println!("\nthe ten lowest prompts (mean Dice over the cases):");
@@ -98,7 +120,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .map(|(p, v)| (p.clone(), mean(v)))
         .fold((String::new(), f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
     println!("\nlowest single Dice {worst:.3}; lowest prompt mean {worst_mean:.3} ({worst_prompt:?})");
-    println!("left/right: highest Dice against the other side {:.3} ({})", cross_worst.0, cross_worst.1);
+    for (pair, (d, what)) in &cross_worst {
+        println!("left/right {pair}: highest Dice against the other side {d:.3} ({what})");
+    }
     println!("{n} cases × {} prompts in {:.1} s", pairs.len(), t0.elapsed().as_secs_f64());
     Ok(())
 }

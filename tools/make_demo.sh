@@ -21,8 +21,8 @@ WORK="$(cd "$WORK" && pwd)"
 # case indices (voxtell::demo::HELD_OUT_START).
 CASES=60
 SEED=1
-INPLANE=5.0,6.0
-SLICE=6.5,7.5
+INPLANE=4.0,5.0
+SLICE=5.0,6.0
 LESION=15,28
 
 cargo build --release -p voxtell-cli --manifest-path "$ROOT/Cargo.toml"

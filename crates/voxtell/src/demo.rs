@@ -13,7 +13,7 @@
 //! use voxtell::demo::{Demo, demo_dir};
 //! let mut demo = Demo::load(demo_dir())?;
 //! let case = demo.held_out_case(0);
-//! let scores = demo.score(&case, &[("left kidney", "kidney_left"), ("backbone", "vertebrae")])?;
+//! let scores = demo.score(&case, &[("left kidney", "kidney_left"), ("spinal column bones", "vertebrae")])?;
 //! for s in &scores {
 //!     println!("{:<20} Dice {:.3}", s.prompt, s.dice);
 //! }
