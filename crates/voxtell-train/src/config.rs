@@ -325,14 +325,7 @@ impl TrainConfig {
         {
             return bad("sampling: prompts_per_sample ≥ 1 and probabilities in [0, 1] are required".into());
         }
-        if let Some((key, w)) = sp.key_weights.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
-            return bad(format!(
-                "sampling.key_weights: the weight of {key:?} is {w}; it must be a positive number"
-            ));
-        }
-        if !(sp.text_noise.is_finite() && (0.0..=10.0).contains(&sp.text_noise)) {
-            return bad(format!("sampling.text_noise must be in [0, 10], got {}", sp.text_noise));
-        }
+        sp.validate().map_err(TrainError::Config)?;
         sp.augment.validate().map_err(TrainError::Config)?;
         if !(0.0..1.0).contains(&self.validation.fraction) {
             return bad(format!("validation.fraction must be in [0, 1), got {}", self.validation.fraction));

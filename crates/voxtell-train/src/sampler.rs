@@ -67,6 +67,22 @@ pub struct SamplerConfig {
     pub text_noise: f64,
 }
 
+impl SamplerConfig {
+    /// Check the prompt-drawing extras: every key weight a positive number, `text_noise` in
+    /// [0, 10]. (The vocabulary keys are checked by [`Sampler::new`], which knows them.)
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some((key, w)) = self.key_weights.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+            return Err(format!(
+                "sampling.key_weights: the weight of {key:?} is {w}; it must be a positive number"
+            ));
+        }
+        if !(self.text_noise.is_finite() && (0.0..=10.0).contains(&self.text_noise)) {
+            return Err(format!("sampling.text_noise must be in [0, 10], got {}", self.text_noise));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig {
@@ -164,12 +180,8 @@ impl Sampler {
         for d in &cache.datasets {
             vocabularies.push(vocabulary.resolve(&d.name, &d.labels)?);
         }
-        for (key, &w) in &config.key_weights {
-            if !(w.is_finite() && w > 0.0) {
-                return Err(TrainError::Config(format!(
-                    "sampling.key_weights: the weight of {key:?} is {w}; it must be a positive number"
-                )));
-            }
+        config.validate().map_err(TrainError::Config)?;
+        for key in config.key_weights.keys() {
             if !vocabularies.iter().any(|v| v.entries.iter().any(|e| &e.key == key)) {
                 return Err(TrainError::Config(format!(
                     "sampling.key_weights: {key:?} is no vocabulary key of the datasets ({})",

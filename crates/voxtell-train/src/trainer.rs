@@ -174,9 +174,10 @@ pub fn train(
         let batch = batch?;
         let (epoch, iteration) = (batch.epoch as usize, batch.iteration as usize);
         let lr = schedule.lr(epoch);
-        let noise = config.sampling.text_noise;
-        let mut noise_rng = Rng::stream(config.seed ^ TEXT_NOISE_KEY, &[epoch as u64, iteration as u64]);
-        let noise = (noise > 0.0).then_some((noise, &mut noise_rng));
+        let r = config.sampling.text_noise;
+        let mut noise_rng =
+            (r > 0.0).then(|| Rng::stream(config.seed ^ TEXT_NOISE_KEY, &[epoch as u64, iteration as u64]));
+        let noise = noise_rng.as_mut().map(|rng| (r, rng));
         let (image, text, target) = tensors(&batch, &prepared.bank, prepared.trainable.dtype(), noise)?;
         let (loss, grads) = prepared.trainable.gradients(&image, &text, &[target])?;
         if !loss.is_finite() {
