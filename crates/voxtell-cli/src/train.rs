@@ -126,6 +126,10 @@ pub struct PhantomArgs {
     /// Liver lesion radius range in mm, e.g. 9,20.
     #[arg(long, value_delimiter = ',')]
     pub lesion_radius: Option<Vec<f64>>,
+    /// Fraction of cases with liver lesions, 0 to 1 (the others are lesion-free: negatives for
+    /// the lesion prompts).
+    #[arg(long)]
+    pub lesion_fraction: Option<f64>,
 }
 
 /// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
@@ -147,6 +151,9 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = &args.lesion_radius {
         options.lesion_radius_mm = range(r, "--lesion-radius")?;
+    }
+    if let Some(f) = args.lesion_fraction {
+        options.lesion_case_fraction = f;
     }
     let dir = write_dataset(&args.out, &args.name, &options)?;
     let vocab = vocabulary_json(&args.name);

@@ -47,7 +47,7 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
     let o = out.to_str().unwrap();
     let args =
         ["phantom", o, "--cases", "2", "--seed", "3", "--inplane-spacing", "6,7", "--slice-spacing", "7,8"];
-    let (ok, err) = voxtell(&[&args[..], &["--lesion-radius", "12,14"]].concat());
+    let (ok, err) = voxtell(&[&args[..], &["--lesion-radius", "12,14", "--lesion-fraction", "0.5"]].concat());
     assert!(ok, "{err}");
     let ds = out.join("Dataset001_Phantom");
     for f in ["imagesTr/Dataset001_Phantom_000_0000.nii.gz", "labelsTr/Dataset001_Phantom_001.nii.gz"] {
@@ -56,6 +56,7 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ds.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(json["phantom"]["options"]["lesion_radius_mm"], serde_json::json!([12.0, 14.0]));
+    assert_eq!(json["phantom"]["options"]["lesion_case_fraction"], serde_json::json!(0.5));
     // Every vocabulary prompt and negative, then the held-out paraphrases, once each.
     let vocab: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("vocabulary.json")).unwrap()).unwrap();
@@ -71,4 +72,11 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
     assert!(!ok);
     assert!(err.contains("lesion_radius_mm"), "{err}");
     assert!(!bad.join("Dataset001_Phantom/dataset.json").exists());
+    for fraction in ["1.5", "-0.1", "NaN"] {
+        let flag = format!("--lesion-fraction={fraction}");
+        let (ok, err) = voxtell(&["phantom", bad.to_str().unwrap(), &flag]);
+        assert!(!ok, "{fraction}");
+        assert!(err.contains("lesion_case_fraction"), "{fraction}: {err}");
+        assert!(!bad.join("Dataset001_Phantom/dataset.json").exists());
+    }
 }

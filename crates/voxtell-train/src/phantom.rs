@@ -4,10 +4,12 @@
 //! [`generate_case`] draws one phantom from `(seed, index)` alone: a torso (skin, subcutaneous
 //! fat, muscle wall, ribs, bowel, stomach, pelvis, heart) with the labelled structures of
 //! [`LABELS`] placed anatomically — liver on the patient's right, spleen on the left, kidneys
-//! either side of the spine (the right one lower), vertebrae on the posterior midline, the aorta
-//! anterior-left of the spine, lungs above the diaphragm, the urinary bladder low and anterior,
-//! hypodense lesions inside the liver (and sometimes a cyst inside a kidney, labelled as part of
-//! that kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations),
+//! either side of the spine (the right one lower) in perirenal fat, with liver and spleen only
+//! anterior and lateral of them (never behind a kidney), the spleen's lower pole at the left
+//! kidney's upper pole, vertebrae on the posterior midline, the aorta anterior-left of the spine,
+//! lungs above the diaphragm, the urinary bladder low and anterior in perivesical fat, hypodense
+//! lesions inside the liver (and sometimes a cyst inside a kidney, labelled as part of that
+//! kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations),
 //! intensities (HU, ±15 per tissue), noise (σ 10–25 HU, slightly correlated in-plane), partial
 //! volume blur, voxel spacing and, for about a third of the cases, a non-RAS storage order all
 //! vary per case. [`write_dataset`] writes a dataset in the nnU-Net raw layout that

@@ -112,6 +112,13 @@ fn check_anatomy(c: &PhantomCase) -> Result<(), String> {
     let (bladder_bottom, bladder_top) = world_extent(c, URINARY_BLADDER, 2);
     check(bladder_top < kl[2].min(kr[2]) - 40.0, format!("bladder top {bladder_top:.0} not inferior"))?;
     check(bladder_bottom > world_extent(c, 0, 2).0, "bladder cut off by the field of view".into())?;
+    // Liver and spleen lie anterior and lateral of the kidneys, never behind them (in the
+    // retroperitoneum), and the bladder sits in perivesical fat.
+    let sar = voxtell_io::Volume::new(c.labels.mapv(f32::from), c.affine).to_ras().unwrap().data;
+    let behind = organ_behind_kidney(&sar);
+    check(behind == 0, format!("{behind} liver or spleen voxels posterior of a kidney"))?;
+    let fat = bladder_fat_fraction(c);
+    check(fat >= 0.7, format!("only {:.0}% of the bladder's unlabelled neighbours are fat", 100.0 * fat))?;
     // Lesions lie inside the liver: what borders them is liver.
     let lesion_voxels = c.labels.iter().filter(|&&l| l == LIVER_LESION).count();
     check((lesion_voxels > 0) == (c.liver_lesions > 0), format!("{lesion_voxels} lesion voxels"))?;
@@ -171,6 +178,50 @@ fn lesion_neighbours(labels: &Array3<u8>) -> (usize, usize) {
         }
     }
     (liver, other)
+}
+
+/// Liver or spleen voxels with a kidney voxel anterior of them in the same (S, R) column of an
+/// (S, A, R) label array.
+fn organ_behind_kidney(sar: &Array3<f32>) -> usize {
+    let (ns, na, nr) = sar.dim();
+    let is = |v: f32, l: u8| v == f32::from(l);
+    let mut count = 0;
+    for s in 0..ns {
+        for r in 0..nr {
+            // Scan from anterior to posterior: once a kidney is passed, no organ may follow.
+            let mut kidney_seen = false;
+            for a in (0..na).rev() {
+                let v = sar[[s, a, r]];
+                kidney_seen |= is(v, KIDNEY_LEFT) || is(v, KIDNEY_RIGHT);
+                count += usize::from(kidney_seen && (is(v, LIVER) || is(v, SPLEEN)));
+            }
+        }
+    }
+    count
+}
+
+/// Fraction of the unlabelled face neighbours of the bladder whose intensity is fat-like
+/// (below -30 HU, noise and partial volume included).
+fn bladder_fat_fraction(c: &PhantomCase) -> f64 {
+    let (ni, nj, nk) = c.labels.dim();
+    let (mut fat, mut all) = (0usize, 0usize);
+    for ((i, j, k), &l) in c.labels.indexed_iter() {
+        if l != URINARY_BLADDER {
+            continue;
+        }
+        for (di, dj, dk) in [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)] {
+            let (a, b, d) = (i as i64 + di, j as i64 + dj, k as i64 + dk);
+            if a < 0 || b < 0 || d < 0 || a >= ni as i64 || b >= nj as i64 || d >= nk as i64 {
+                continue;
+            }
+            let n = [a as usize, b as usize, d as usize];
+            if c.labels[n] == 0 {
+                all += 1;
+                fat += usize::from(c.image[n] < -30.0);
+            }
+        }
+    }
+    fat as f64 / all.max(1) as f64
 }
 
 /// Centroid of `label` along array axis `axis`.

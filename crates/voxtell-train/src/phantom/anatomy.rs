@@ -255,6 +255,27 @@ impl Kidney {
         fat
     }
 
+    /// Whether `p` lies behind the kidney: within `depth` mm posterior of its perirenal fat, in
+    /// the retroperitoneum, where neither the liver nor the spleen reaches (they lie anterior
+    /// and lateral of the kidneys; a kidney pressed into them leaves an impression, not a ring
+    /// of organ around it).
+    fn shadows(&self, p: V3, depth: f64) -> bool {
+        let fat = self.perirenal();
+        let (lo, hi) = fat.bounds();
+        if p[0] < lo[0]
+            || p[0] > hi[0]
+            || p[2] < lo[2]
+            || p[2] > hi[2]
+            || p[1] > hi[1]
+            || p[1] < lo[1] - depth
+        {
+            return false;
+        }
+        // Step forward 2 mm at a time: finer than kidney plus fat are thick, so none is skipped.
+        let steps = (depth / 2.0).ceil() as usize;
+        (0..=steps).any(|i| fat.contains([p[0], p[1] + i as f64 * 2.0, p[2]]))
+    }
+
     /// Level inside the bean (`None` outside the kidney, including the hilum notch).
     fn level(&self, p: V3) -> Option<f64> {
         let l = self.blob.level(p);
@@ -283,6 +304,8 @@ pub(crate) struct Anatomy {
     spleen_notch: (V3, f64),
     kidneys: [Kidney; 2],
     bladder: Blob,
+    /// Thickness of the perivesical fat around the bladder, mm.
+    bladder_fat: f64,
     stomach: Blob,
     stomach_air: f64,
     bowel: Field,
@@ -415,7 +438,9 @@ impl Anatomy {
         };
 
         // Spleen: posterolateral on the left, thin axis pointing radially.
-        let spleen_c = [LEFT * 0.52 * ax + pm(geo, pj), -0.25 * ay + pm(geo, pj), -58.0 * s + pm(geo, pj)];
+        // Its lower pole reaches the upper pole of the left kidney (whose centre lies about 100 mm
+        // below the dome), not the kidney's middle.
+        let spleen_c = [LEFT * 0.54 * ax + pm(geo, pj), -0.25 * ay + pm(geo, pj), -46.0 * s + pm(geo, pj)];
         let theta = spleen_c[1].atan2(spleen_c[0]);
         let spleen_semi = semi_axes(geo, [23.0, 46.0, 50.0], s, size);
         let spleen = Blob {
@@ -473,6 +498,8 @@ impl Anatomy {
         let y_range = (-my - margin(geo), my + margin(geo));
         let bladder_bottom = bladder.bounds().0[2];
         let z_range = (bladder_bottom.min(bladder_z - 25.0 * s) - margin(geo), geo.range(35.0, 60.0) * s);
+        // Drawn last, so that it changes none of the parameters above.
+        let bladder_fat = geo.range(6.0, 12.0) * s;
 
         let mut anatomy = Anatomy {
             body,
@@ -487,6 +514,7 @@ impl Anatomy {
             spleen_notch,
             kidneys: [kidney_left, kidney_right],
             bladder,
+            bladder_fat,
             stomach,
             stomach_air,
             bowel,
@@ -590,6 +618,12 @@ impl Anatomy {
         (self.liver[0].contains(p) || self.liver[1].contains(p))
             && p[2] < self.dome.z(p[0], p[1]) - 1.5
             && self.body.cavity(p) < 0.93
+            && !self.behind_a_kidney(p)
+    }
+
+    /// Whether `p` lies posterior of either kidney (see [`Kidney::shadows`]).
+    fn behind_a_kidney(&self, p: V3) -> bool {
+        self.kidneys.iter().any(|k| k.shadows(p, self.body.ay))
     }
 
     /// Whether `p` lies in the liver and in none of the structures painted over it later.
@@ -849,6 +883,7 @@ impl Anatomy {
                 && norm(sub(p, notch)) >= nr
                 && p[2] < self.dome.z(p[0], p[1]) - 1.5
                 && self.body.cavity(p) < 0.93
+                && !self.behind_a_kidney(p)
             {
                 *hu = v;
                 *lab = SPLEEN;
@@ -889,6 +924,16 @@ impl Anatomy {
         let b = &self.bladder;
         let wall = 1.0 - 3.0 / b.semi.iter().copied().fold(f64::INFINITY, f64::min);
         let h = &self.hu;
+        // Perivesical fat: the bladder sits in a fat pad that separates its wall from bowel and
+        // muscle (bone and labelled structures keep their place).
+        let mut pad = *b;
+        pad.semi = b.semi.map(|v| v + self.bladder_fat);
+        c.paint(pad.bounds(), |p, hu, lab| {
+            if *lab == 0 && *hu < h.pelvis.min(h.rib) - 100.0 && self.body.cavity(p) < 1.0 && pad.contains(p)
+            {
+                *hu = h.fat;
+            }
+        });
         c.paint(b.bounds(), |p, hu, lab| {
             if self.body.cavity(p) >= 0.95 {
                 return;
