@@ -20,5 +20,6 @@ pub mod loader;
 pub mod phantom;
 pub mod rng;
 pub mod sampler;
+mod text_noise;
 
 pub use error::{Result, TrainError};

@@ -35,6 +35,7 @@ use crate::rng::Rng;
 use crate::sampler::{PromptKind, Sampler};
 use crate::schedule::PolySchedule;
 use crate::step::{StepOptions, Trainable};
+use crate::text_noise::{NoiseLimits, perturb_vector};
 
 /// Key mixed into the seed of the validation patches and the train/validation split.
 const VALIDATION_KEY: u64 = 0x5641_4c49_4441_5445;
@@ -87,6 +88,8 @@ struct Prepared {
     train_sampler: Arc<Sampler>,
     val_sampler: Option<Arc<Sampler>>,
     bank: EmbeddingBank,
+    /// Each training prompt's vector noise (`None` when `text_noise` is 0).
+    noise: Option<NoiseLimits>,
     text_spec: Option<TextEncoderSpec>,
 }
 
@@ -174,10 +177,11 @@ pub fn train(
         let batch = batch?;
         let (epoch, iteration) = (batch.epoch as usize, batch.iteration as usize);
         let lr = schedule.lr(epoch);
-        let r = config.sampling.text_noise;
-        let mut noise_rng =
-            (r > 0.0).then(|| Rng::stream(config.seed ^ TEXT_NOISE_KEY, &[epoch as u64, iteration as u64]));
-        let noise = noise_rng.as_mut().map(|rng| (r, rng));
+        let mut noise_rng = prepared
+            .noise
+            .as_ref()
+            .map(|_| Rng::stream(config.seed ^ TEXT_NOISE_KEY, &[epoch as u64, iteration as u64]));
+        let noise = prepared.noise.as_ref().zip(noise_rng.as_mut());
         let (image, text, target) = tensors(&batch, &prepared.bank, prepared.trainable.dtype(), noise)?;
         let (loss, grads) = prepared.trainable.gradients(&image, &text, &[target])?;
         if !loss.is_finite() {
@@ -256,6 +260,13 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     let vocabulary = Vocabulary::from_file(&config.vocabulary)?;
     let bank = EmbeddingBank::read(&config.bank).map_err(|e| TrainError::Config(e.to_string()))?;
     check_bank(&datasets, &vocabulary, &bank, &config.bank)?;
+    let r = config.sampling.text_noise;
+    let noise = if r > 0.0 {
+        let used = datasets.iter().filter_map(|d| vocabulary.datasets.get(&d.name));
+        Some(NoiseLimits::new(used, &bank, r)?)
+    } else {
+        None
+    };
     let (train_sets, val_sets) = split(&datasets, config.validation.fraction, config.seed);
     let cache_root = config.cache.clone().unwrap_or_else(|| config.output.join("cache"));
     let options = CacheOptions { threads: config.workers, ..CacheOptions::default() };
@@ -344,7 +355,7 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
             bank.dim()
         )));
     }
-    Ok(Prepared { trainable, train_sampler, val_sampler, bank, text_spec })
+    Ok(Prepared { trainable, train_sampler, val_sampler, bank, noise, text_spec })
 }
 
 /// Every prompt the sampler may draw must have a vector.
@@ -436,12 +447,12 @@ fn patch_size(plans: &serde_json::Value) -> Result<[usize; 3]> {
 }
 
 /// The batch as tensors: image (B, 1, P), prompt vectors (B, N, dim), targets (B, N, P); the
-/// vectors perturbed by [`perturb_vector`] with `noise = (r, rng)`.
+/// vectors perturbed by [`perturb_vector`] with each prompt's noise from `noise = (limits, rng)`.
 fn tensors(
     batch: &Batch,
     bank: &EmbeddingBank,
     dtype: DType,
-    mut noise: Option<(f64, &mut Rng)>,
+    mut noise: Option<(&NoiseLimits, &mut Rng)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let [p0, p1, p2] = batch.patch;
     let (b, n) = (batch.batch_size, batch.n_prompts);
@@ -453,29 +464,13 @@ fn tensors(
             .ok_or_else(|| TrainError::Config(format!("prompt {p:?} has no vector in the bank")))?;
         let start = vectors.len();
         vectors.extend(v);
-        if let Some((r, rng)) = noise.as_mut() {
-            perturb_vector(&mut vectors[start..], *r, rng);
+        if let Some((limits, rng)) = noise.as_mut() {
+            perturb_vector(&mut vectors[start..], limits.of(p), rng);
         }
     }
     let text = Tensor::from_vec(vectors, (b, n, bank.dim()), &Device::Cpu)?.to_dtype(dtype)?;
     let target = Tensor::from_slice(&batch.targets, (b, n, p0, p1, p2), &Device::Cpu)?.to_dtype(dtype)?;
     Ok((image, text, target))
-}
-
-/// `v ← |v| · (v̂ + r·ĝ) / |v̂ + r·ĝ|` with `ĝ` a random unit direction (Gaussian, normalised):
-/// the norm kept, the direction turned by about `atan(r)` (a zero vector is left alone).
-pub(crate) fn perturb_vector(v: &mut [f32], r: f64, rng: &mut Rng) {
-    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    if norm == 0.0 || r == 0.0 {
-        return;
-    }
-    let g: Vec<f64> = (0..v.len()).map(|_| rng.normal()).collect();
-    let g_norm = g.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
-    let w: Vec<f64> = v.iter().zip(&g).map(|(&x, &gi)| f64::from(x) / norm + r * gi / g_norm).collect();
-    let w_norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
-    for (x, wi) in v.iter_mut().zip(&w) {
-        *x = (norm * wi / w_norm) as f32;
-    }
 }
 
 /// Mean validation loss, mean Dice, and Dice per vocabulary key.
@@ -581,47 +576,4 @@ fn rewrite_log(path: &Path, log: &[EpochLog]) -> Result<()> {
         return Ok(());
     }
     std::fs::rename(&tmp, path).map_err(|e| TrainError::file(path, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cosine(a: &[f32], b: &[f32]) -> f64 {
-        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-        let n = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-        dot / (n(a) * n(b))
-    }
-
-    #[test]
-    fn perturbed_vectors_keep_their_norm_and_turn_by_the_set_angle() {
-        let mut rng = Rng::new(1);
-        let v: Vec<f32> = (0..384).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
-        let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-        for r in [0.25, 0.5, 1.0, 2.0] {
-            let mut cosines = Vec::new();
-            for _ in 0..50 {
-                let mut w = v.clone();
-                perturb_vector(&mut w, r, &mut rng);
-                assert!((norm(&w) - norm(&v)).abs() < 1e-4 * norm(&v), "norm {} vs {}", norm(&w), norm(&v));
-                cosines.push(cosine(&w, &v));
-            }
-            let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
-            let expected = 1.0 / (1.0 + r * r).sqrt();
-            assert!((mean - expected).abs() < 0.03, "r {r}: mean cosine {mean}, expected {expected}");
-        }
-        // Off, or nothing to turn: unchanged.
-        let mut w = v.clone();
-        perturb_vector(&mut w, 0.0, &mut rng);
-        assert_eq!(w, v);
-        let mut zero = vec![0.0f32; 8];
-        perturb_vector(&mut zero, 1.0, &mut rng);
-        assert!(zero.iter().all(|&x| x == 0.0));
-        // The same stream, the same noise.
-        let (mut a, mut b) = (v.clone(), v.clone());
-        perturb_vector(&mut a, 0.5, &mut Rng::new(9));
-        perturb_vector(&mut b, 0.5, &mut Rng::new(9));
-        assert_eq!(a, b);
-        assert_ne!(a, v);
-    }
 }
