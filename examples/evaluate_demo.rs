@@ -115,6 +115,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (m, p) in prompt_means.iter().take(10) {
         println!("  {m:.3}  {p:?}");
     }
+    println!("\nthe held-out paraphrases (mean Dice over the cases):");
+    for p in all.iter().filter(|p| matches!(p.origin, PromptOrigin::Paraphrase)) {
+        println!("  {:.3}  {:?} ({})", mean(&by_prompt[&p.text]), p.text, p.key);
+    }
     let (worst_prompt, worst_mean) = by_prompt
         .iter()
         .map(|(p, v)| (p.clone(), mean(v)))

@@ -22,8 +22,7 @@ use voxtell::io::{Volume, WriteOptions, write_nifti};
 
 /// Prompts and the vocabulary key whose labels are the truth: default names, a training
 /// synonym, and paraphrases that are in no training vocabulary ("the patient's right kidney",
-/// "spinal column bones"; the weakest paraphrase, "aortic lumen", 0.74 on average, is left to
-/// `evaluate_demo`).
+/// "spinal column bones"; `evaluate_demo` scores every held-out paraphrase).
 const PROMPTS: [(&str, &str); 6] = [
     ("liver", "liver+liver_lesion"),
     ("left kidney", "kidney_left"),
