@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     voxtell::tune_allocator();
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(demo_dir);
     let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    if n == 0 {
+        return Err("N: evaluate at least one held-out case".into());
+    }
     let mut demo = Demo::load(&dir)?;
     let precision = match std::env::args().nth(3).as_deref() {
         None | Some("f32") => ConvPrecision::F32,
@@ -117,7 +120,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     println!("\nthe held-out paraphrases (mean Dice over the cases):");
     for p in all.iter().filter(|p| matches!(p.origin, PromptOrigin::Paraphrase)) {
-        println!("  {:.3}  {:?} ({})", mean(&by_prompt[&p.text]), p.text, p.key);
+        if let Some(values) = by_prompt.get(&p.text) {
+            println!("  {:.3}  {:?} ({})", mean(values), p.text, p.key);
+        }
     }
     let (worst_prompt, worst_mean) = by_prompt
         .iter()
