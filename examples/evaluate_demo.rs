@@ -70,9 +70,14 @@ fn main() -> Result<(), Box<dyn Error>> {
             let entry = presence.entry(p.key.clone()).or_default();
             if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
         }
+        // Each side's truth once per case (several prompts name each side).
+        let mut side_truth = BTreeMap::new();
         for (i, p) in all.iter().enumerate() {
             if let Some(other) = swapped(&p.key) {
-                let d = dice(masks.mask(i)?.view(), truth(&case, &other)?.view());
+                if !side_truth.contains_key(&other) {
+                    side_truth.insert(other.clone(), truth(&case, &other)?);
+                }
+                let d = dice(masks.mask(i)?.view(), side_truth[&other].view());
                 let pair = p.key.trim_end_matches("_left").trim_end_matches("_right").to_string();
                 let worst = cross_worst.entry(pair).or_insert((0.0, String::new()));
                 if d > worst.0 {

@@ -156,23 +156,29 @@ fn many_cases_are_plausible() {
     assert!(failures.is_empty(), "{} of {n} cases failed", failures.len());
 }
 
-/// Face neighbours of lesion voxels that are not lesion: (liver, anything else).
+/// The six face neighbours of voxel `(i, j, k)` in an array of shape `dim`: `None` for those
+/// outside it.
+fn face_neighbours(dim: (usize, usize, usize), (i, j, k): (usize, usize, usize)) -> [Option<[usize; 3]>; 6] {
+    let step = |x: usize, d: i64, n: usize| {
+        let y = x as i64 + d;
+        (0..n as i64).contains(&y).then_some(y as usize)
+    };
+    [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]
+        .map(|(di, dj, dk)| Some([step(i, di, dim.0)?, step(j, dj, dim.1)?, step(k, dk, dim.2)?]))
+}
+
+/// Face neighbours of lesion voxels that are not lesion: (liver, anything else, the volume's
+/// outside included).
 fn lesion_neighbours(labels: &Array3<u8>) -> (usize, usize) {
-    let (ni, nj, nk) = labels.dim();
     let (mut liver, mut other) = (0, 0);
-    for ((i, j, k), &l) in labels.indexed_iter() {
+    for (idx, &l) in labels.indexed_iter() {
         if l != LIVER_LESION {
             continue;
         }
-        for (di, dj, dk) in [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)] {
-            let (a, b, c) = (i as i64 + di, j as i64 + dj, k as i64 + dk);
-            if a < 0 || b < 0 || c < 0 || a >= ni as i64 || b >= nj as i64 || c >= nk as i64 {
-                other += 1;
-                continue;
-            }
-            match labels[[a as usize, b as usize, c as usize]] {
-                LIVER_LESION => {}
-                LIVER => liver += 1,
+        for n in face_neighbours(labels.dim(), idx) {
+            match n.map(|n| labels[n]) {
+                Some(LIVER_LESION) => {}
+                Some(LIVER) => liver += 1,
                 _ => other += 1,
             }
         }
@@ -203,18 +209,12 @@ fn organ_behind_kidney(sar: &Array3<f32>) -> usize {
 /// Fraction of the unlabelled face neighbours of the bladder whose intensity is fat-like
 /// (below -30 HU, noise and partial volume included).
 fn bladder_fat_fraction(c: &PhantomCase) -> f64 {
-    let (ni, nj, nk) = c.labels.dim();
     let (mut fat, mut all) = (0usize, 0usize);
-    for ((i, j, k), &l) in c.labels.indexed_iter() {
+    for (idx, &l) in c.labels.indexed_iter() {
         if l != URINARY_BLADDER {
             continue;
         }
-        for (di, dj, dk) in [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)] {
-            let (a, b, d) = (i as i64 + di, j as i64 + dj, k as i64 + dk);
-            if a < 0 || b < 0 || d < 0 || a >= ni as i64 || b >= nj as i64 || d >= nk as i64 {
-                continue;
-            }
-            let n = [a as usize, b as usize, d as usize];
+        for n in face_neighbours(c.labels.dim(), idx).into_iter().flatten() {
             if c.labels[n] == 0 {
                 all += 1;
                 fat += usize::from(c.image[n] < -30.0);
