@@ -130,6 +130,12 @@ pub struct PhantomArgs {
     /// the lesion prompts).
     #[arg(long)]
     pub lesion_fraction: Option<f64>,
+    /// How much darker than the liver its lesions are, a range in HU, e.g. 35,55.
+    #[arg(long, value_delimiter = ',')]
+    pub lesion_contrast: Option<Vec<f64>>,
+    /// Standard deviation range of the image noise in HU, e.g. 10,25.
+    #[arg(long, value_delimiter = ',')]
+    pub noise_sd: Option<Vec<f64>>,
 }
 
 /// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
@@ -154,6 +160,12 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
     }
     if let Some(f) = args.lesion_fraction {
         options.lesion_case_fraction = f;
+    }
+    if let Some(r) = &args.lesion_contrast {
+        options.lesion_contrast_hu = range(r, "--lesion-contrast")?;
+    }
+    if let Some(r) = &args.noise_sd {
+        options.noise_sd_hu = range(r, "--noise-sd")?;
     }
     let dir = write_dataset(&args.out, &args.name, &options)?;
     let vocab = vocabulary_json(&args.name);

@@ -47,7 +47,9 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
     let o = out.to_str().unwrap();
     let args =
         ["phantom", o, "--cases", "2", "--seed", "3", "--inplane-spacing", "6,7", "--slice-spacing", "7,8"];
-    let (ok, err) = voxtell(&[&args[..], &["--lesion-radius", "12,14", "--lesion-fraction", "0.5"]].concat());
+    let args = [&args[..], &["--lesion-radius", "12,14", "--lesion-fraction", "0.5"]].concat();
+    let args = [&args[..], &["--lesion-contrast", "50,60", "--noise-sd", "4,9"]].concat();
+    let (ok, err) = voxtell(&args);
     assert!(ok, "{err}");
     let ds = out.join("Dataset001_Phantom");
     for f in ["imagesTr/Dataset001_Phantom_000_0000.nii.gz", "labelsTr/Dataset001_Phantom_001.nii.gz"] {
@@ -57,6 +59,8 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
         serde_json::from_str(&std::fs::read_to_string(ds.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(json["phantom"]["options"]["lesion_radius_mm"], serde_json::json!([12.0, 14.0]));
     assert_eq!(json["phantom"]["options"]["lesion_case_fraction"], serde_json::json!(0.5));
+    assert_eq!(json["phantom"]["options"]["lesion_contrast_hu"], serde_json::json!([50.0, 60.0]));
+    assert_eq!(json["phantom"]["options"]["noise_sd_hu"], serde_json::json!([4.0, 9.0]));
     // Every vocabulary prompt and negative, then the held-out paraphrases, once each.
     let vocab: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("vocabulary.json")).unwrap()).unwrap();
@@ -79,4 +83,20 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
         assert!(err.contains("lesion_case_fraction"), "{fraction}: {err}");
         assert!(!bad.join("Dataset001_Phantom/dataset.json").exists());
     }
+    for (flag, value, field) in [
+        ("--lesion-contrast", "60,40", "lesion_contrast_hu"),
+        ("--lesion-contrast", "-5,10", "lesion_contrast_hu"),
+        ("--lesion-contrast", "NaN,10", "lesion_contrast_hu"),
+        ("--noise-sd", "-1,5", "noise_sd_hu"),
+        ("--noise-sd", "5,inf", "noise_sd_hu"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (ok, err) = voxtell(&["phantom", bad.to_str().unwrap(), &arg]);
+        assert!(!ok, "{arg}");
+        assert!(err.contains(field), "{arg}: {err}");
+        assert!(!bad.join("Dataset001_Phantom/dataset.json").exists());
+    }
+    let (ok, err) = voxtell(&["phantom", bad.to_str().unwrap(), "--noise-sd", "5"]);
+    assert!(!ok);
+    assert!(err.contains("--noise-sd takes two numbers"), "{err}");
 }

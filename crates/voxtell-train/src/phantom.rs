@@ -8,13 +8,13 @@
 //! anterior and lateral of them (never behind a kidney), the spleen's lower pole at the left
 //! kidney's upper pole, vertebrae on the posterior midline, the aorta anterior-left of the spine,
 //! lungs above the diaphragm, the urinary bladder low and anterior in perivesical fat, hypodense
-//! lesions inside the liver (and sometimes a cyst inside a kidney, labelled as part of that
-//! kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations),
-//! intensities (HU, ±15 per tissue), noise (σ 10–25 HU, slightly correlated in-plane), partial
-//! volume blur, voxel spacing and, for about a third of the cases, a non-RAS storage order all
-//! vary per case. [`write_dataset`] writes a dataset in the nnU-Net raw layout that
-//! [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt vocabulary, and
-//! [`paraphrases`] held-out prompts for evaluation.
+//! lesions inside the liver (by default 35–55 HU darker than it; and sometimes a cyst inside a
+//! kidney, labelled as part of that kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth
+//! low-frequency deformations), intensities (HU, ±15 per tissue), noise (by default σ 10–25 HU,
+//! slightly correlated in-plane), partial volume blur, voxel spacing and, for about a third of the
+//! cases, a non-RAS storage order all vary per case. [`write_dataset`] writes a dataset in the
+//! nnU-Net raw layout that [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt
+//! vocabulary, and [`paraphrases`] held-out prompts for evaluation.
 //!
 //! # Coordinates
 //!
@@ -133,6 +133,9 @@ pub struct PhantomOptions {
     pub max_liver_lesions: usize,
     /// Radius range of liver lesions, mm (before `scale`).
     pub lesion_radius_mm: [f64; 2],
+    /// How much darker than the liver its lesions are, HU (hypodense lesions; sampled once per
+    /// case).
+    pub lesion_contrast_hu: [f64; 2],
     /// Fraction of cases with a cyst in one kidney (when `include_lesions`).
     pub kidney_cyst_fraction: f64,
     /// Fraction of cases stored in a non-RAS voxel order (a random axis permutation and flips
@@ -158,6 +161,7 @@ impl Default for PhantomOptions {
             lesion_case_fraction: 0.8,
             max_liver_lesions: 3,
             lesion_radius_mm: [9.0, 20.0],
+            lesion_contrast_hu: [35.0, 55.0],
             kidney_cyst_fraction: 0.3,
             non_ras_fraction: 1.0 / 3.0,
         }
@@ -180,8 +184,12 @@ impl PhantomOptions {
             return bad(format!("lesion_radius_mm {l:?} must be an ordered range within [1, 60] mm"));
         }
         let n = self.noise_sd_hu;
-        if !(n[0].is_finite() && n[1].is_finite() && n[0] >= 0.0 && n[0] <= n[1]) {
-            return bad(format!("noise_sd_hu {n:?} must be an ordered range of non-negative values"));
+        if !(n[0].is_finite() && n[1].is_finite() && n[0] >= 0.0 && n[0] <= n[1] && n[1] <= 1000.0) {
+            return bad(format!("noise_sd_hu {n:?} must be an ordered range within [0, 1000] HU"));
+        }
+        let c = self.lesion_contrast_hu;
+        if !(c[0].is_finite() && c[1].is_finite() && c[0] >= 0.0 && c[0] <= c[1] && c[1] <= 500.0) {
+            return bad(format!("lesion_contrast_hu {c:?} must be an ordered range within [0, 500] HU"));
         }
         if !(self.scale.is_finite() && (0.25..=4.0).contains(&self.scale)) {
             return bad(format!("scale {} must be within [0.25, 4]", self.scale));
@@ -232,6 +240,7 @@ impl PhantomOptions {
             intensity_jitter_hu: value(self.intensity_jitter_hu, 0.0, 100.0, 15.0),
             noise_sd_hu: range(self.noise_sd_hu, 0.0, 1000.0),
             lesion_radius_mm: range(self.lesion_radius_mm, 1.0, 60.0),
+            lesion_contrast_hu: range(self.lesion_contrast_hu, 0.0, 500.0),
             blur_voxels: value(self.blur_voxels, 0.0, 3.0, 0.5),
             ..self.clone()
         }

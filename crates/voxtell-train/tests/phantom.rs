@@ -384,6 +384,58 @@ fn lesion_radius_sets_the_lesion_size_and_nothing_else() {
 }
 
 #[test]
+fn lesion_contrast_and_noise_set_what_they_say_and_nothing_else() {
+    // Noise-free cases: the lesions' interior is the liver's HU minus the contrast drawn from the
+    // range; labels do not change with either option.
+    let base = PhantomOptions { lesion_case_fraction: 1.0, noise_sd_hu: [0.0, 0.0], ..small(6) };
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    for contrast in [20.0, 80.0] {
+        let o = PhantomOptions { lesion_contrast_hu: [contrast, contrast], ..base.clone() };
+        let case = phantom::generate_case(&o, 0);
+        assert_eq!(case.labels, phantom::generate_case(&base, 0).labels);
+        // Interior voxels only (all six neighbours of the same label), away from partial volume.
+        let interior = |label: u8| {
+            let mut hu = Vec::new();
+            for ((i, j, k), &l) in case.labels.indexed_iter() {
+                if l == label
+                    && face_neighbours(case.labels.dim(), (i, j, k))
+                        .iter()
+                        .all(|n| n.is_some_and(|[a, b, c]| case.labels[[a, b, c]] == label))
+                {
+                    hu.push(case.image[[i, j, k]]);
+                }
+            }
+            hu
+        };
+        let (mut liver, mut lesion) = (interior(LIVER), interior(LIVER_LESION));
+        assert!(liver.len() > 100 && lesion.len() > 10, "{} {}", liver.len(), lesion.len());
+        let drop = median(&mut liver) - median(&mut lesion);
+        assert!((drop - contrast as f32).abs() < 6.0, "contrast {contrast}: liver − lesion {drop} HU");
+    }
+    // Noise: the difference to the noise-free case has the standard deviation asked for.
+    let quiet = phantom::generate_case(&base, 0);
+    for sd in [5.0, 20.0] {
+        let case = phantom::generate_case(&PhantomOptions { noise_sd_hu: [sd, sd], ..base.clone() }, 0);
+        assert_eq!(case.labels, quiet.labels);
+        let diff: Vec<f64> = ndarray::Zip::from(&case.image).and(&quiet.image).and(&case.labels).fold(
+            Vec::new(),
+            |mut v, &a, &b, &l| {
+                if l == LIVER {
+                    v.push(f64::from(a - b));
+                }
+                v
+            },
+        );
+        let mean = diff.iter().sum::<f64>() / diff.len() as f64;
+        let measured = (diff.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / diff.len() as f64).sqrt();
+        assert!((measured - sd).abs() < 0.1 * sd + 0.5, "noise {sd} HU: measured {measured}");
+    }
+}
+
+#[test]
 fn options_are_validated() {
     assert!(PhantomOptions::default().validate().is_ok());
     let bad = [
@@ -394,6 +446,9 @@ fn options_are_validated() {
         PhantomOptions { scale: 0.0, ..PhantomOptions::default() },
         PhantomOptions { lesion_radius_mm: [20.0, 10.0], ..PhantomOptions::default() },
         PhantomOptions { lesion_radius_mm: [0.5, 10.0], ..PhantomOptions::default() },
+        PhantomOptions { lesion_contrast_hu: [50.0, 40.0], ..PhantomOptions::default() },
+        PhantomOptions { lesion_contrast_hu: [-1.0, 40.0], ..PhantomOptions::default() },
+        PhantomOptions { noise_sd_hu: [5.0, f64::INFINITY], ..PhantomOptions::default() },
     ];
     for o in bad {
         assert!(o.validate().is_err(), "{o:?}");

@@ -52,10 +52,11 @@ struct Intensities {
 }
 
 impl Intensities {
-    fn sample(rng: &mut Rng, jitter: f64) -> Self {
+    fn sample(rng: &mut Rng, jitter: f64, lesion_contrast: [f64; 2]) -> Self {
         let mut j = |hu: f64, spread: f64| (hu + rng.range(-spread, spread)) as f32;
         let liver = j(65.0, jitter);
-        let lesion_drop = j(45.0, 10.0);
+        let [lo, hi] = lesion_contrast;
+        let lesion_drop = j((lo + hi) / 2.0, (hi - lo) / 2.0);
         Intensities {
             fat: j(-100.0, jitter.min(10.0)),
             muscle: j(45.0, jitter.min(10.0)),
@@ -350,7 +351,7 @@ impl Anatomy {
         let s = o.scale;
         let size = o.size_jitter;
         let pj = o.position_jitter_mm * s;
-        let hu = Intensities::sample(hu, o.intensity_jitter_hu);
+        let hu = Intensities::sample(hu, o.intensity_jitter_hu, o.lesion_contrast_hu);
 
         let body = Body {
             ax: vary(geo, 120.0, 0.08) * s,
