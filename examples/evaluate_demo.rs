@@ -111,14 +111,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     // Structures some cases lack (lesions): Dice is 0 on such a case as soon as one voxel is
     // predicted, so the cases with and without the structure are shown apart.
+    // "mean (lowest …)" of the Dice values, or a dash when no evaluated case has the structure.
+    let summary = |v: &[f64]| {
+        if v.is_empty() { "-".to_string() } else { format!("{:.3} (lowest {:.3})", mean(v), min(v)) }
+    };
     for (key, (present, absent)) in presence.iter().filter(|(_, (_, absent))| !absent.is_empty()) {
         let with_voxels = absent.iter().filter(|&&v| v > 0).count();
         let voxels = absent.iter().sum::<u64>() as f64 / (absent.len() as f64);
         println!(
-            "{key}: Dice {:.3} (lowest {:.3}) over the {} (prompt, case) pairs with it; of the {} without it, \
+            "{key}: Dice {} over the {} (prompt, case) pairs with it; of the {} without it, \
              {with_voxels} have predicted voxels ({voxels:.0} on average)",
-            mean(present),
-            min(present),
+            summary(present),
             present.len(),
             absent.len()
         );
@@ -126,9 +129,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             let (present, absent) = &prompt_presence[&p.text];
             let with_voxels = absent.iter().filter(|&&v| v > 0).count();
             println!(
-                "  {:.3} (lowest {:.3}) on the {} cases with it, predicted voxels on {with_voxels} of the {} without: {:?}",
-                mean(present),
-                min(present),
+                "  {} on the {} cases with it, predicted voxels on {with_voxels} of the {} without: {:?}",
+                summary(present),
                 present.len(),
                 absent.len(),
                 p.text
