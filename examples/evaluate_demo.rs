@@ -51,10 +51,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Per structure pair ("kidney", "lung"): the highest Dice of a prompt for one side against
     // the other side's truth.
     let mut cross_worst: BTreeMap<String, (f64, String)> = BTreeMap::new();
-    // key → (Dice on the cases that have the structure, predicted voxels on the cases without).
+    // prompt → (Dice on the cases that have its structure, predicted voxels on the cases without).
     let mut presence: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
-    // The same per prompt.
-    let mut prompt_presence: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
     let t0 = Instant::now();
     for c in 0..n {
         let case = demo.held_out_case(c);
@@ -69,12 +67,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             by_key.entry(p.key.clone()).or_default().entry(origin).or_default().push(s.dice);
             by_prompt.entry(p.text.clone()).or_default().push(s.dice);
-            for entry in [
-                presence.entry(p.key.clone()).or_default(),
-                prompt_presence.entry(p.text.clone()).or_default(),
-            ] {
-                if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
-            }
+            let entry = presence.entry(p.text.clone()).or_default();
+            if s.truth > 0 { entry.0.push(s.dice) } else { entry.1.push(s.predicted) }
         }
         // Each side's truth once per case (several prompts name each side).
         let mut side_truth = BTreeMap::new();
@@ -115,18 +109,25 @@ fn main() -> Result<(), Box<dyn Error>> {
     let summary = |v: &[f64]| {
         if v.is_empty() { "-".to_string() } else { format!("{:.3} (lowest {:.3})", mean(v), min(v)) }
     };
-    for (key, (present, absent)) in presence.iter().filter(|(_, (_, absent))| !absent.is_empty()) {
+    for key in by_key.keys() {
+        let of_key: Vec<&(Vec<f64>, Vec<u64>)> =
+            all.iter().filter(|p| &p.key == key).map(|p| &presence[&p.text]).collect();
+        let present: Vec<f64> = of_key.iter().flat_map(|(d, _)| d).copied().collect();
+        let absent: Vec<u64> = of_key.iter().flat_map(|(_, v)| v).copied().collect();
+        if absent.is_empty() {
+            continue;
+        }
         let with_voxels = absent.iter().filter(|&&v| v > 0).count();
         let voxels = absent.iter().sum::<u64>() as f64 / (absent.len() as f64);
         println!(
             "{key}: Dice {} over the {} (prompt, case) pairs with it; of the {} without it, \
              {with_voxels} have predicted voxels ({voxels:.0} on average)",
-            summary(present),
+            summary(&present),
             present.len(),
             absent.len()
         );
         for p in all.iter().filter(|p| &p.key == key) {
-            let (present, absent) = &prompt_presence[&p.text];
+            let (present, absent) = &presence[&p.text];
             let with_voxels = absent.iter().filter(|&&v| v > 0).count();
             println!(
                 "  {} on the {} cases with it, predicted voxels on {with_voxels} of the {} without: {:?}",

@@ -399,13 +399,13 @@ fn lesion_contrast_and_noise_set_what_they_say_and_nothing_else() {
         // Interior voxels only (all six neighbours of the same label), away from partial volume.
         let interior = |label: u8| {
             let mut hu = Vec::new();
-            for ((i, j, k), &l) in case.labels.indexed_iter() {
+            for (idx, &l) in case.labels.indexed_iter() {
                 if l == label
-                    && face_neighbours(case.labels.dim(), (i, j, k))
+                    && face_neighbours(case.labels.dim(), idx)
                         .iter()
-                        .all(|n| n.is_some_and(|[a, b, c]| case.labels[[a, b, c]] == label))
+                        .all(|n| n.is_some_and(|n| case.labels[n] == label))
                 {
-                    hu.push(case.image[[i, j, k]]);
+                    hu.push(case.image[idx]);
                 }
             }
             hu

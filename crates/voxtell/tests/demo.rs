@@ -8,7 +8,7 @@ use voxtell::demo::{Demo, demo_dir, dice, truth};
 fn demo_model_segments_a_held_out_phantom() -> Result<(), Box<dyn std::error::Error>> {
     let mut demo = Demo::load(demo_dir())?;
     let case = demo.held_out_case(1);
-    // Structures the demo segments reliably (mean Dice over 20 held-out cases 0.90–0.995 for
+    // Structures the demo segments reliably (mean Dice over 20 held-out cases 0.90–0.996 for
     // these prompts, see assets/demo/README.md), one of them by a held-out paraphrase; the
     // kidneys for the left/right check.
     let prompts = [
