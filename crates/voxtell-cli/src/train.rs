@@ -170,7 +170,8 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
     let dir = write_dataset(&args.out, &args.name, &options)?;
     let vocab = vocabulary_json(&args.name);
     let vocab_path = args.out.join("vocabulary.json");
-    std::fs::write(&vocab_path, serde_json::to_string_pretty(&vocab)? + "\n")
+    let vocab_text = serde_json::to_string_pretty(&vocab)? + "\n";
+    voxtell::io::atomic::write_bytes(&vocab_path, vocab_text.as_bytes(), true)
         .with_context(|| format!("writing {}", vocab_path.display()))?;
     let mut prompts: Vec<String> = Vec::new();
     if let Some(entries) = vocab.get(&args.name).and_then(|v| v.as_object()) {
@@ -180,7 +181,7 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
     }
     prompts.extend(paraphrases().into_iter().map(|(_, p)| p));
     let prompts_path = args.out.join("prompts.txt");
-    std::fs::write(&prompts_path, prompts.join("\n") + "\n")
+    voxtell::io::atomic::write_bytes(&prompts_path, (prompts.join("\n") + "\n").as_bytes(), true)
         .with_context(|| format!("writing {}", prompts_path.display()))?;
     println!(
         "{}: {} cases; {} and {} ({} prompts)",

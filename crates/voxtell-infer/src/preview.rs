@@ -12,7 +12,6 @@ use std::path::Path;
 use ndarray::{ArrayView2, ArrayView3, Axis};
 
 use crate::error::{InferError, Result};
-use crate::stats::{output_error, write_atomic};
 
 mod font;
 
@@ -162,12 +161,15 @@ impl Preview {
         Some([p[0], p[1], p[2]])
     }
 
-    /// Encodes the preview as PNG and writes it to `path` atomically (a temporary file in the
-    /// same folder, then a rename). An existing file is replaced only when `overwrite` is true;
-    /// failures are [`InferError::Output`] naming `path`.
+    /// Encodes the preview as PNG and writes it to `path` atomically (through
+    /// [`voxtell_io::atomic`]). An existing file is replaced only when `overwrite` is true,
+    /// otherwise it is [`voxtell_io::IoError::OutputExists`]; every error names `path`.
     pub fn write_png(&self, path: &Path, overwrite: bool) -> Result<()> {
-        let bytes = self.encode_png().map_err(|e| output_error(path, format!("PNG encoding failed: {e}")))?;
-        write_atomic(path, &bytes, overwrite)
+        let bytes = self.encode_png().map_err(|e| InferError::Output {
+            path: path.to_path_buf(),
+            reason: format!("PNG encoding failed: {e}"),
+        })?;
+        Ok(voxtell_io::atomic::write_bytes(path, &bytes, overwrite)?)
     }
 
     /// The PNG file content.
@@ -781,7 +783,10 @@ mod tests {
         p.write_png(&path, false).expect("write");
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-        assert!(matches!(p.write_png(&path, false), Err(InferError::Output { .. })));
+        assert!(matches!(
+            p.write_png(&path, false),
+            Err(InferError::Io(voxtell_io::IoError::OutputExists { path: ref q })) if q == &path
+        ));
         p.write_png(&path, true).expect("overwrite");
     }
 

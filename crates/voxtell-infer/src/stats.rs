@@ -2,13 +2,10 @@
 //!
 //! Statistics are computed in the original voxel grid of the scan, the grid the mask files are
 //! written in, with the scan's affine (voxel index → RAS+ world millimetres) for the world
-//! coordinates. The JSON file is written atomically: a temporary file in the same folder, then a
-//! rename, so a reader never sees half a file.
+//! coordinates. The JSON file is written atomically through [`voxtell_io::atomic`], so a reader
+//! never sees half a file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use ndarray::ArrayView3;
 use serde::Serialize;
@@ -151,72 +148,22 @@ pub fn of_masks(case: &str, source: &str, masks: &crate::Masks) -> Result<CaseSt
     })
 }
 
-/// Writes `stats` as pretty-printed JSON to `path`, atomically (a temporary file in the same
-/// folder, then a rename). An existing file is replaced only when `overwrite` is true; otherwise
-/// it is an [`InferError::Output`], as is every other failure, naming `path`.
+/// Writes `stats` as pretty-printed JSON to `path`, atomically (through
+/// [`voxtell_io::atomic`]: a temporary file in the same folder, flushed, then moved into place).
+/// An existing file is replaced only when `overwrite` is true; otherwise it is
+/// [`voxtell_io::IoError::OutputExists`]. Every error names `path`.
 pub fn write_statistics(path: &Path, stats: &CaseStatistics, overwrite: bool) -> Result<()> {
-    let mut json = serde_json::to_vec_pretty(stats).map_err(|e| output_error(path, e))?;
+    let mut json = serde_json::to_vec_pretty(stats)
+        .map_err(|e| InferError::Output { path: path.to_path_buf(), reason: e.to_string() })?;
     json.push(b'\n');
-    write_atomic(path, &json, overwrite)
-}
-
-/// An [`InferError::Output`] for `path`.
-pub(crate) fn output_error(path: &Path, reason: impl std::fmt::Display) -> InferError {
-    InferError::Output { path: path.to_path_buf(), reason: reason.to_string() }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so `path`
-/// either keeps its old content or has the complete new one. Without `overwrite`, an existing
-/// `path` is an error and is left untouched.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| output_error(path, "not a file path"))?;
-    if !overwrite && fs::symlink_metadata(path).is_ok() {
-        return Err(output_error(path, "exists; pass overwrite to replace it"));
-    }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tmp, mut file) = loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = folder.join(format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(output_error(path, format!("cannot create a temporary file: {e}"))),
-        }
-    };
-    let result = finish(&mut file, bytes).and_then(|()| {
-        drop(file);
-        if overwrite {
-            fs::rename(&tmp, path)
-        } else {
-            // A hard link fails if `path` appeared meanwhile; fall back to a rename where the
-            // file system has no hard links.
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => fs::remove_file(&tmp),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-                Err(_) => fs::rename(&tmp, path),
-            }
-        }
-    });
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        output_error(path, e)
-    })
-}
-
-/// Writes and flushes the whole buffer to disk.
-fn finish(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    file.write_all(bytes)?;
-    file.sync_all()
+    Ok(voxtell_io::atomic::write_bytes(path, &json, overwrite)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::{Array3, s};
+    use std::fs;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
@@ -303,7 +250,7 @@ mod tests {
 
         let err = write_statistics(&path, &stats, false).expect_err("exists");
         match err {
-            InferError::Output { path: p, .. } => assert_eq!(p, path),
+            InferError::Io(voxtell_io::IoError::OutputExists { path: p }) => assert_eq!(p, path),
             other => panic!("unexpected {other}"),
         }
         write_statistics(&path, &stats, true).expect("overwrite");
@@ -313,6 +260,10 @@ mod tests {
         assert_eq!(names, [std::ffi::OsString::from("ct_statistics.json")]);
 
         let missing = dir.path().join("no/such/folder/x.json");
-        assert!(matches!(write_statistics(&missing, &stats, true), Err(InferError::Output { .. })));
+        let err = write_statistics(&missing, &stats, true).expect_err("no folder");
+        assert!(
+            matches!(&err, InferError::Io(voxtell_io::IoError::Os { path, .. }) if path == &missing),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! - [`Volume::to_ras`] reorients to the (S, A, R) array layout the official nnU-Net reader
 //!   (`NibabelIOWithReorient`) hands the network, keeping a [`RasGeometry`] to go back.
 //! - [`write_seg`] writes a label map from that layout back in the original geometry, with the
-//!   header nibabel writes; [`write_nifti`] writes any array with an affine. Writes are atomic.
+//!   header nibabel writes; [`write_nifti`] writes any array with an affine.
+//! - [`atomic`]: the one atomic writer (temporary file, fsync, move into place, no clobbering
+//!   unless asked) that every file of the workspace is written through, these included.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), voxtell_io::IoError> {
@@ -18,6 +20,7 @@
 //! # }
 //! ```
 
+pub mod atomic;
 mod dicom;
 mod error;
 mod nifti_read;

@@ -2,11 +2,10 @@
 //!
 //! The file is written by the `nifti` crate's writer from a reference header filled here the way
 //! nibabel fills it; the crate sets the dimensions, datatype, offset and (as nibabel does on
-//! save) `scl_slope = 1, scl_inter = 0`. Writes are atomic: a temporary file in the destination
-//! folder, renamed at the end.
+//! save) `scl_slope = 1, scl_inter = 0`. Writes are atomic ([`crate::atomic`]): a temporary file in
+//! the destination folder, moved into place at the end.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use nalgebra::Matrix3;
 use ndarray::ArrayView3;
@@ -54,8 +53,11 @@ pub fn write_nifti<T: NiftiElement>(
         });
     }
     let header = nibabel_header(affine);
+    // The `nifti` writer decides compression from the name, and rebuilds the name from its
+    // stem: the temporary name ends in `.nii.gz` or `.nii` with no other dot before it.
     let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
-    write_atomic(path, options, gz, |tmp| {
+    let suffix = if gz { ".nii.gz" } else { ".nii" };
+    crate::atomic::write_atomic_with_suffix(path, options.overwrite, suffix, |tmp| {
         WriterOptions::new(tmp).reference_header(&header).write_nifti(&data).map_err(|e| match e {
             nifti::NiftiError::Io(io) => io,
             other => std::io::Error::other(other.to_string()),
@@ -151,46 +153,4 @@ fn set_qform_fields(h: &mut NiftiHeader, affine: &Affine) {
     h.quatern_x = affine[0][3] as f32;
     h.quatern_y = affine[1][3] as f32;
     h.quatern_z = affine[2][3] as f32;
-}
-
-/// Write through a temporary file in the destination folder and rename it into place, so a
-/// failed or interrupted write never leaves a partial output.
-pub(crate) fn write_atomic(
-    path: &Path,
-    options: WriteOptions,
-    gz: bool,
-    fill: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> Result<()> {
-    if !options.overwrite && path.exists() {
-        return Err(IoError::OutputExists { path: path.to_path_buf() });
-    }
-    let tmp = temp_path(path, gz);
-    let result = (|| {
-        fill(&tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        if !options.overwrite && path.exists() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "output appeared while writing",
-            ));
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            IoError::OutputExists { path: path.to_path_buf() }
-        } else {
-            IoError::os(path, e)
-        }
-    })
-}
-
-/// A hidden temporary name in the destination folder. It has a single dot before its NIfTI
-/// extension, which the `nifti` writer re-derives from the name.
-fn temp_path(path: &Path, gz: bool) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let ext = if gz { "nii.gz" } else { "nii" };
-    path.with_file_name(format!(".voxtell-tmp-{}-{unique}.{ext}", std::process::id()))
 }

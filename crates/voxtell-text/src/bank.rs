@@ -116,7 +116,7 @@ impl EmbeddingBank {
     }
 
     /// Write the bank as an `.npz` the official loader reads (`labels` as `<U…`, `embeddings`
-    /// as `<f2`), through a temporary file renamed into place.
+    /// as `<f2`), atomically through [`voxtell_io::atomic`] (an existing file is replaced).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let err = |reason: String| TextError::Bank { path: path.to_path_buf(), reason };
@@ -136,10 +136,8 @@ impl EmbeddingBank {
                 emb.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
-            let file = std::fs::File::create(&tmp)?;
+        let written = voxtell_io::atomic::write_atomic(path, true, |tmp| {
+            let file = std::fs::OpenOptions::new().write(true).truncate(true).open(tmp)?;
             let mut zip = zip::ZipWriter::new(file);
             let opts =
                 zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
@@ -147,13 +145,19 @@ impl EmbeddingBank {
             zip.write_all(&labels)?;
             zip.start_file("embeddings.npy", opts).map_err(std::io::Error::other)?;
             zip.write_all(&emb)?;
-            zip.finish().map_err(std::io::Error::other)?.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e.to_string())
-        })
+            zip.finish().map_err(std::io::Error::other)?;
+            Ok(())
+        });
+        written.map_err(|e| err(io_reason(e)))
+    }
+}
+
+/// The message of an error of the atomic writer without the path it starts with (the bank
+/// error names the path itself).
+fn io_reason(e: voxtell_io::IoError) -> String {
+    match e {
+        voxtell_io::IoError::Os { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
 

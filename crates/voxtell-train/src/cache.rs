@@ -12,15 +12,14 @@
 //!
 //! A case is rebuilt when its fingerprint (sources' size and mtime, cache options, format
 //! version, declared labels) differs, or when its files are missing or of the wrong size. All
-//! files are written atomically (temporary file + rename), the case's JSON last. Cases are
+//! files are written atomically ([`voxtell_io::atomic`]), the case's JSON last. Cases are
 //! preprocessed in parallel (rayon).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use ndarray::{Array3, ArrayView3};
@@ -281,30 +280,6 @@ fn fingerprint(
     format!("{:016x}", fnv1a(text.as_bytes()))
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::file(path, e));
-    }
-    Ok(())
-}
-
 fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
@@ -429,7 +404,7 @@ impl Cache {
             let text = serde_json::to_vec_pretty(&index).map_err(|e| TrainError::file(&path, e))?;
             let fresh = std::fs::read(&path).is_ok_and(|old| old == text);
             if !fresh {
-                write_atomic(&path, &text)?;
+                voxtell_io::atomic::write_bytes(&path, &text, true)?;
             }
             cached.push(CachedDataset { name: d.name.clone(), dir, labels: d.labels.clone(), cases });
         }
@@ -618,7 +593,7 @@ fn refresh_case(
         ImageDtype::F16 => image.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
     };
     drop(image);
-    write_atomic(&dir.join(&image_file), &image_bytes)?;
+    voxtell_io::atomic::write_bytes(dir.join(&image_file), &image_bytes, true)?;
     drop(image_bytes);
 
     let label_dtype = if labels.iter().all(|&v| v <= 255) { LabelDtype::U8 } else { LabelDtype::U16 };
@@ -627,7 +602,7 @@ fn refresh_case(
         LabelDtype::U8 => labels.iter().map(|&v| v as u8).collect(),
         LabelDtype::U16 => labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
-    write_atomic(&dir.join(&label_file), &label_bytes)?;
+    voxtell_io::atomic::write_bytes(dir.join(&label_file), &label_bytes, true)?;
 
     let index = CaseIndex {
         format: CACHE_FORMAT,
@@ -647,7 +622,7 @@ fn refresh_case(
         label_source,
     };
     let text = serde_json::to_vec(&index).map_err(|e| TrainError::file(&index_path, e))?;
-    write_atomic(&index_path, &text)?;
+    voxtell_io::atomic::write_bytes(&index_path, &text, true)?;
     Ok((index, true))
 }
 
@@ -675,18 +650,5 @@ mod tests {
         assert_eq!(foreground_stats(l.view(), 10, 0.5, 5)[&1].coords.len(), 50);
         // The subset is spread over the structure, not the first voxels in memory order.
         assert!(s[&1].coords.iter().any(|c| c[0] >= 5));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let dir = std::env::temp_dir().join(format!("voxtell-train-cache-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("x.bin");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"second").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"second");
-        let leftovers = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(leftovers, 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -32,16 +32,18 @@ pub struct EpochLog {
 
 /// Append one epoch to a JSON-lines log.
 pub fn append_log(path: &Path, entry: &EpochLog) -> Result<()> {
-    let line = serde_json::to_string(entry).map_err(|e| TrainError::File {
-        path: path.to_path_buf(),
-        reason: format!("cannot serialise the log entry: {e}"),
-    })?;
+    let line = log_line(entry).map_err(|reason| TrainError::File { path: path.to_path_buf(), reason })?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| TrainError::File { path: path.to_path_buf(), reason: e.to_string() })?;
     writeln!(f, "{line}").map_err(|e| TrainError::File { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// One line of the log (without its newline).
+pub(crate) fn log_line(entry: &EpochLog) -> std::result::Result<String, String> {
+    serde_json::to_string(entry).map_err(|e| format!("cannot serialise the log entry: {e}"))
 }
 
 /// Read a JSON-lines log (a torn last line, from a run killed while writing it, is skipped).

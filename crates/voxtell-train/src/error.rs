@@ -26,7 +26,8 @@ pub enum TrainError {
     /// A loss or gradient norm that is NaN or infinite.
     #[error("non-finite value: {0}")]
     NonFinite(String),
-    /// An image or label map could not be read (the error names the file).
+    /// An image or label map could not be read, or a file could not be written (the error
+    /// names the file).
     #[error(transparent)]
     Image(#[from] voxtell_io::IoError),
     /// A dataset folder, its `dataset.json` or one of its cases is unusable.

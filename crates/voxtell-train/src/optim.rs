@@ -98,9 +98,17 @@ fn check_names(params: &HashMap<String, Var>, grads: &Gradients) -> Result<()> {
     }
 }
 
-/// Write an optimiser state to a safetensors file.
+/// Write an optimiser state to a safetensors file, atomically (through
+/// [`voxtell_io::atomic`]), replacing an existing file.
 fn save_state(state: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(state, path).map_err(|e| TrainError::file(path, e))
+    voxtell_io::atomic::write_atomic(path, true, |tmp| {
+        // The safetensors writer replaces `tmp` by a file of its own, private to the user;
+        // give the result the permissions an ordinary new file gets.
+        let permissions = std::fs::metadata(tmp)?.permissions();
+        candle_core::safetensors::save(state, tmp).map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::set_permissions(tmp, permissions)
+    })?;
+    Ok(())
 }
 
 /// Read an optimiser state written by [`save_state`].
@@ -207,7 +215,7 @@ impl Sgd {
         Ok(())
     }
 
-    /// Write the momentum buffers to a safetensors file.
+    /// Write the momentum buffers to a safetensors file, atomically, replacing an existing file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         save_state(&self.state_dict(), path.as_ref())
     }
@@ -468,7 +476,7 @@ impl Optimizer {
         }
     }
 
-    /// Write the state to a safetensors file.
+    /// Write the state to a safetensors file, atomically, replacing an existing file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         save_state(&self.state_dict()?, path.as_ref())
     }

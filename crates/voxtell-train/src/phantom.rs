@@ -502,7 +502,7 @@ pub fn write_dataset(dir: impl AsRef<Path>, name: &str, options: &PhantomOptions
     let json_path = root.join("dataset.json");
     let text = serde_json::to_string_pretty(&dataset_json(name, options))
         .map_err(|e| TrainError::file(&json_path, e))?;
-    std::fs::write(&json_path, text + "\n").map_err(|e| TrainError::file(&json_path, e))?;
+    voxtell_io::atomic::write_bytes(&json_path, (text + "\n").as_bytes(), true)?;
     Ok(root)
 }
 
