@@ -130,10 +130,14 @@ impl Checkpoint {
         Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
-    /// Write every canonical tensor (no aliases) to a safetensors file, atomically (temporary
-    /// file in the same folder, then rename).
+    /// Write every canonical tensor (no aliases) to a safetensors file, atomically (through
+    /// [`voxtell_io::atomic`]), replacing an existing file.
     pub fn save_safetensors(&self, out: impl AsRef<Path>) -> Result<()> {
-        let out = out.as_ref();
+        self.write_safetensors(out.as_ref(), true)
+    }
+
+    /// [`Checkpoint::save_safetensors`], replacing an existing file only with `overwrite`.
+    pub(crate) fn write_safetensors(&self, out: &Path, overwrite: bool) -> Result<()> {
         let mut tensors = HashMap::new();
         for key in self.keys() {
             let dtype = match &self.0.store {
@@ -142,14 +146,15 @@ impl Checkpoint {
             };
             tensors.insert(key.to_string(), self.tensor(key, dtype, &Device::Cpu)?);
         }
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let io_err = |e: String| FusionError::File { path: out.to_path_buf(), reason: e };
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| io_err(e.to_string()))?;
-        std::fs::rename(&tmp, out).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_err(e.to_string())
-        })
+        voxtell_io::atomic::write_atomic(out, overwrite, |tmp| {
+            // The safetensors writer replaces `tmp` by a file of its own, private to the user;
+            // give the result the permissions an ordinary new file gets.
+            let permissions = std::fs::metadata(tmp)?.permissions();
+            candle_core::safetensors::save(&tensors, tmp)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            std::fs::set_permissions(tmp, permissions)
+        })?;
+        Ok(())
     }
 
     /// A `VarBuilder` over these weights: every request is checked against the file's shape,

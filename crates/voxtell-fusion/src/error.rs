@@ -43,6 +43,20 @@ pub enum FusionError {
     /// The plans, the checkpoint or the inputs describe something this crate does not build.
     #[error("{0}")]
     Config(String),
+    /// Writing a file failed (the error names it).
+    #[error(transparent)]
+    Io(#[from] voxtell_io::IoError),
+    /// No model folder was given and the published one is not at hand.
+    #[error(
+        "no model folder given (option `model`) and ${env} is unset, and the published weights ({repo}, folder {folder}) are not in the Hugging Face cache; {reason}",
+        env = crate::folder::VOXTELL_MODEL,
+        repo = crate::folder::PUBLISHED_REPO,
+        folder = crate::folder::PUBLISHED_FOLDER
+    )]
+    NoModel {
+        /// Why the published weights could not be had (download failed, or disabled).
+        reason: String,
+    },
 }
 
 /// Result type of this crate.

@@ -10,6 +10,10 @@
 //! - [`decoder`]: the fusion decoder, which mixes the prompts' mask embeddings into the U-Net
 //!   decoder at five scales, all prompts of a group in one batch.
 //! - [`model`]: `VoxTellModel`, built from `plans.json` and the checkpoint's tensor shapes.
+//! - [`ModelDir`]: the model folder (`plans.json`, the weights, `voxtell.json`), opened and
+//!   checked in one place and written atomically; [`resolve_model_dir`] and [`resolve_bank`]
+//!   find the published folder and bank (a path, an environment variable, the Hugging Face
+//!   cache).
 //! - [`meta`]: `voxtell.json` (memory stage, attention heads, expected text encoder) and
 //!   [`convert`], which writes a folder that loads from safetensors.
 //! - [`init`]: fresh weights for new models, initialised as the official classes do.
@@ -17,6 +21,7 @@
 pub mod checkpoint;
 pub mod decoder;
 mod error;
+mod folder;
 pub mod init;
 pub mod meta;
 pub mod model;
@@ -26,6 +31,10 @@ pub mod transformer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{FusionError, Result};
+pub use folder::{
+    ModelDir, PUBLISHED_BANK, PUBLISHED_FOLDER, PUBLISHED_REPO, PlansNetwork, VOXTELL_EMBEDDINGS,
+    VOXTELL_MODEL, is_model_dir, resolve_bank, resolve_model_dir,
+};
 pub use init::FreshWeights;
 pub use meta::{ModelMeta, TextEncoderSpec, convert};
 pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};

@@ -7,10 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FusionError, Result};
-
-/// File name of the metadata inside a model folder.
-pub const META_FILE: &str = "voxtell.json";
+use crate::error::Result;
+use crate::folder::ModelDir;
 
 /// The text encoder a model was trained with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +40,26 @@ impl Default for TextEncoderSpec {
     }
 }
 
+impl TextEncoderSpec {
+    /// The encoder to record for a model whose weights take `dim`-wide vectors when nothing
+    /// says which one it was trained with: VoxTell's default when it has that width, else an
+    /// `unknown` encoder of that width (last-token pooling, no normalisation, no instruction).
+    pub fn default_for_width(dim: usize) -> Self {
+        let default = TextEncoderSpec::default();
+        if default.dim == dim {
+            default
+        } else {
+            TextEncoderSpec {
+                id: "unknown".into(),
+                dim,
+                pooling: "last_token".into(),
+                normalize: false,
+                instruction: None,
+            }
+        }
+    }
+}
+
 /// The contents of `voxtell.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -59,64 +77,24 @@ impl Default for ModelMeta {
     }
 }
 
-impl ModelMeta {
-    /// Read `voxtell.json` from a model folder, `None` when it has none (the published folder).
-    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(META_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| FusionError::File { path: path.clone(), reason: e.to_string() })?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| FusionError::File { path, reason: format!("invalid metadata: {e}") })
-    }
-
-    /// Write `voxtell.json` into a folder.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(META_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|e| FusionError::Config(e.to_string()))?;
-        std::fs::write(&path, text + "\n").map_err(|e| FusionError::File { path, reason: e.to_string() })
-    }
-}
-
-/// Convert a model folder (`plans.json` + `fold_0/checkpoint_final.pth`) into one that loads
-/// without the pickle reader: `plans.json`, `model.safetensors` (canonical keys, no aliases) and
-/// `voxtell.json`. An existing output folder's files are replaced only with `overwrite`.
+/// Convert a model folder (`plans.json` + `fold_0/checkpoint_final.pth`, or an already
+/// converted one) into one that loads without the pickle reader: `plans.json`,
+/// `model.safetensors` (canonical keys, no aliases) and `voxtell.json` (the folder's own, else
+/// VoxTell's defaults with the text width the weights take). The source is opened and checked
+/// as [`ModelDir::open`] does before anything is written; an output folder that holds any of the
+/// three files is refused unless `overwrite`.
 pub fn convert(model_dir: &Path, out_dir: &Path, overwrite: bool) -> Result<()> {
-    let file_err = |path: &Path, e: String| FusionError::File { path: path.to_path_buf(), reason: e };
-    let plans = model_dir.join("plans.json");
-    let plans_text = std::fs::read_to_string(&plans).map_err(|e| file_err(&plans, e.to_string()))?;
-    // Check that the folder really is a loadable model before writing anything.
-    let ckpt = crate::Checkpoint::open(model_dir.join("fold_0").join("checkpoint_final.pth"))?;
-    let plans_json: serde_json::Value =
-        serde_json::from_str(&plans_text).map_err(|e| file_err(&plans, format!("not valid JSON: {e}")))?;
-    let config = crate::VoxTellConfig::infer(&plans_json, &ckpt)?;
-    let meta = match ModelMeta::from_dir(model_dir)? {
-        Some(m) => m,
-        // The published defaults, with the text width the weights actually take.
+    let source = ModelDir::open(model_dir)?;
+    let meta = match source.meta() {
+        Some(m) => m.clone(),
         None => {
-            let mut m = ModelMeta::default();
-            if m.text_encoder.dim != config.text_dim {
-                m.text_encoder = TextEncoderSpec {
-                    id: "unknown".into(),
-                    dim: config.text_dim,
-                    pooling: "last_token".into(),
-                    normalize: false,
-                    instruction: None,
-                };
+            let config = source.config();
+            ModelMeta {
+                decoder_layer: config.decoder_layer,
+                attention_heads: config.attention_heads,
+                text_encoder: TextEncoderSpec::default_for_width(config.text_dim),
             }
-            m
         }
     };
-    let weights = out_dir.join("model.safetensors");
-    if !overwrite && weights.exists() {
-        return Err(file_err(&weights, "exists (overwriting was not requested)".into()));
-    }
-    std::fs::create_dir_all(out_dir).map_err(|e| file_err(out_dir, e.to_string()))?;
-    ckpt.save_safetensors(&weights)?;
-    let out_plans = out_dir.join("plans.json");
-    std::fs::write(&out_plans, plans_text).map_err(|e| file_err(&out_plans, e.to_string()))?;
-    meta.write(out_dir)
+    ModelDir::write(out_dir, source.plans(), source.checkpoint(), &meta, overwrite)
 }

@@ -10,11 +10,12 @@ use voxtell_vision::{ArchKwargs, ResidualEncoder};
 use crate::checkpoint::Checkpoint;
 use crate::decoder::{DecoderSpec, FusionDecoder};
 use crate::error::{FusionError, Result};
+use crate::folder::{ModelDir, PlansNetwork};
 use crate::posenc::positional_encoding_3d;
 use crate::transformer::{Mlp, PromptDecoder};
 
-/// Sizes of a VoxTell model. [`VoxTellConfig::infer`] reads them from the plan and the
-/// checkpoint; nothing is assumed from the published model except the attention head count.
+/// Sizes of a VoxTell model. [`VoxTellConfig::from_plans_and_checkpoint`] reads them from the
+/// plan and the checkpoint; nothing is assumed from the published model except the attention head count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VoxTellConfig {
     /// The encoder/decoder plan.
@@ -46,21 +47,17 @@ fn arr3(v: &[usize]) -> [usize; 3] {
 }
 
 impl VoxTellConfig {
-    /// Read the sizes from a plans file (`configurations.3d_fullres`) and the checkpoint's tensor
-    /// shapes.
-    pub fn infer(plans: &serde_json::Value, ckpt: &Checkpoint) -> Result<Self> {
-        let conf = plans
-            .get("configurations")
-            .and_then(|c| c.get("3d_fullres"))
-            .ok_or_else(|| FusionError::Config("plans.json has no configurations.3d_fullres".into()))?;
-        let arch = ArchKwargs::from_plans(plans, "3d_fullres")?;
-        let patch: Vec<usize> = conf
-            .get("patch_size")
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-            .filter(|p: &Vec<usize>| p.len() == 3 && !p.contains(&0))
-            .ok_or_else(|| {
-                FusionError::Config("plans.json: patch_size must be three positive sizes".into())
-            })?;
+    /// Read the sizes from a plans file (its `3d_fullres` configuration: the architecture and
+    /// the patch size, see [`PlansNetwork`]) and the checkpoint's tensor shapes. The memory stage
+    /// and the attention heads are VoxTell's (4 and 8); [`crate::ModelDir::open`] applies a
+    /// folder's `voxtell.json` on top.
+    pub fn from_plans_and_checkpoint(plans: &serde_json::Value, ckpt: &Checkpoint) -> Result<Self> {
+        Self::from_network_and_checkpoint(PlansNetwork::from_plans(plans)?, ckpt)
+    }
+
+    /// [`VoxTellConfig::from_plans_and_checkpoint`] with the plans already read.
+    pub(crate) fn from_network_and_checkpoint(network: PlansNetwork, ckpt: &Checkpoint) -> Result<Self> {
+        let PlansNetwork { arch, patch_size } = network;
         let text = ckpt.require("project_text_embed.0.weight")?;
         let (text_hidden, text_dim) = (text[0], text[1]);
         let query_dim = ckpt.require("project_text_embed.2.weight")?[0];
@@ -79,7 +76,8 @@ impl VoxTellConfig {
         let fusion_heads = f1 / arch.features_per_stage[1];
         if fusion_heads == 0 || !f1.is_multiple_of(arch.features_per_stage[1]) {
             return Err(FusionError::Config(format!(
-                "project_to_decoder_channels.1.2.weight has {f1} outputs, not a multiple of the stage's {} channels",
+                "{}: project_to_decoder_channels.1.2.weight has {f1} outputs, not a multiple of the stage's {} channels",
+                ckpt.path().display(),
                 arch.features_per_stage[1]
             )));
         }
@@ -95,7 +93,7 @@ impl VoxTellConfig {
         let ffn_dim = ckpt.require("transformer_decoder.layers.0.linear1.weight")?[0];
         Ok(VoxTellConfig {
             arch,
-            patch_size: arr3(&patch),
+            patch_size,
             decoder_layer: 4,
             text_dim,
             text_hidden,
@@ -136,13 +134,6 @@ pub struct VoxTellOutput {
     pub mask_embeddings: Tensor,
 }
 
-/// The weights of a model folder: `model.safetensors` when present (a converted or trained
-/// folder), else the official `fold_0/checkpoint_final.pth`.
-pub fn weights_file(dir: &Path) -> std::path::PathBuf {
-    let safetensors = dir.join("model.safetensors");
-    if safetensors.exists() { safetensors } else { dir.join("fold_0").join("checkpoint_final.pth") }
-}
-
 /// The VoxTell network.
 #[derive(Debug, Clone)]
 pub struct VoxTellModel {
@@ -159,33 +150,9 @@ pub struct VoxTellModel {
 impl VoxTellModel {
     /// Load a model folder: `plans.json` and `fold_0/checkpoint_final.pth` (or a
     /// `model.safetensors` beside `plans.json`, preferred when present), with `voxtell.json`
-    /// when the folder has one.
+    /// when the folder has one. The same as `ModelDir::open(dir)?.load(dtype, device)`.
     pub fn from_dir(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let plans_path = dir.join("plans.json");
-        let text = std::fs::read_to_string(&plans_path)
-            .map_err(|e| FusionError::File { path: plans_path.clone(), reason: e.to_string() })?;
-        let plans: serde_json::Value = serde_json::from_str(&text).map_err(|e| FusionError::File {
-            path: plans_path.clone(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-        let weights = weights_file(dir);
-        let ckpt = Checkpoint::open(&weights)?;
-        let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
-        if let Some(meta) = crate::meta::ModelMeta::from_dir(dir)? {
-            config.decoder_layer = meta.decoder_layer;
-            config.attention_heads = meta.attention_heads;
-            if meta.text_encoder.dim != config.text_dim {
-                return Err(FusionError::Config(format!(
-                    "{}: voxtell.json names text encoder {} of width {}, but the model takes {}-wide vectors",
-                    dir.display(),
-                    meta.text_encoder.id,
-                    meta.text_encoder.dim,
-                    config.text_dim
-                )));
-            }
-        }
-        Self::load(config, &ckpt, dtype, device)
+        ModelDir::open(dir)?.load(dtype, device)
     }
 
     /// Build the network for `config` from `ckpt`.

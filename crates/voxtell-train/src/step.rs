@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap, var_builder::SimpleBackend};
 use serde::{Deserialize, Serialize};
-use voxtell_fusion::{Checkpoint, FreshWeights, ModelMeta, TextEncoderSpec, VoxTellConfig, VoxTellModel};
+use voxtell_fusion::{
+    Checkpoint, FreshWeights, ModelDir, ModelMeta, TextEncoderSpec, VoxTellConfig, VoxTellModel,
+};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{LossConfig, deep_supervision_loss, deep_supervision_targets};
@@ -212,16 +214,6 @@ fn unused_parameter_shapes(config: &VoxTellConfig) -> Vec<(String, Vec<usize>)> 
     out
 }
 
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::file(path, e)
-    })
-}
-
 impl Trainable {
     /// Build the parameters for `config` from `source`, and the network from them. `plans` is
     /// the plans file the model folder will be exported with.
@@ -332,7 +324,7 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let config = VoxTellConfig::infer(&plans, ckpt)?;
+        let config = VoxTellConfig::from_plans_and_checkpoint(&plans, ckpt)?;
         Self::new(plans, config, WeightSource::Checkpoint(ckpt), options, dtype, device)
     }
 
@@ -345,7 +337,7 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let config = VoxTellConfig::infer(&plans, ckpt)?;
+        let config = VoxTellConfig::from_plans_and_checkpoint(&plans, ckpt)?;
         Self::new(plans, config, WeightSource::EncoderOnly(ckpt), options, dtype, device)
     }
 
@@ -360,7 +352,7 @@ impl Trainable {
         Self::new(plans, config, WeightSource::Fresh, options, dtype, device)
     }
 
-    /// From a model folder as [`VoxTellModel::from_dir`] reads it (`plans.json`, then
+    /// From a model folder as [`ModelDir::open`] reads and checks it (`plans.json`, then
     /// `model.safetensors` or `fold_0/checkpoint_final.pth`, and `voxtell.json` when present):
     /// all weights, or only the encoder when `encoder_only`.
     pub fn from_model_dir(
@@ -370,21 +362,22 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let plans_path = dir.join("plans.json");
-        let text = std::fs::read_to_string(&plans_path).map_err(|e| TrainError::file(&plans_path, e))?;
-        let plans: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::file(&plans_path, format!("not valid JSON: {e}")))?;
-        let weights = voxtell_fusion::model::weights_file(dir);
-        let ckpt = Checkpoint::open(&weights)?;
-        let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
-        if let Some(meta) = ModelMeta::from_dir(dir)? {
-            config.decoder_layer = meta.decoder_layer;
-            config.attention_heads = meta.attention_heads;
-        }
+        Self::from_folder(&ModelDir::open(dir)?, encoder_only, options, dtype, device)
+    }
+
+    /// From an opened model folder: its plans and sizes, and all its weights or only the
+    /// encoder when `encoder_only`.
+    pub fn from_folder(
+        folder: &ModelDir,
+        encoder_only: bool,
+        options: StepOptions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let ckpt = folder.checkpoint();
         let source =
-            if encoder_only { WeightSource::EncoderOnly(&ckpt) } else { WeightSource::Checkpoint(&ckpt) };
-        Self::new(plans, config, source, options, dtype, device)
+            if encoder_only { WeightSource::EncoderOnly(ckpt) } else { WeightSource::Checkpoint(ckpt) };
+        Self::new(folder.plans().clone(), folder.config().clone(), source, options, dtype, device)
     }
 
     /// The model's sizes.
@@ -597,43 +590,15 @@ impl Trainable {
         self.rebuild()
     }
 
-    /// Write a model folder that [`VoxTellModel::from_dir`] (and so `voxtell predict`) loads:
-    /// `plans.json`, `model.safetensors` (every canonical key, f32) and `voxtell.json` (memory
-    /// stage, attention heads and the text encoder: `text_encoder`, or VoxTell's default when it
-    /// has the model's text width, else an "unknown" encoder of that width).
+    /// Write a model folder that [`ModelDir::open`] (and so `voxtell predict`) reads, through
+    /// [`ModelDir::write`], replacing the files of an earlier export: `plans.json`,
+    /// `model.safetensors` (every canonical key, f32) and `voxtell.json` (memory stage, attention
+    /// heads and the text encoder: `text_encoder`, or VoxTell's default when it has the model's
+    /// text width, else an "unknown" encoder of that width).
     pub fn export(&self, dir: impl AsRef<Path>, text_encoder: Option<&TextEncoderSpec>) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::file(dir, e))?;
-        let mut tensors = self.state_dict()?;
-        for t in tensors.values_mut() {
-            *t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        }
-        let weights = dir.join("model.safetensors");
-        write_atomic(&weights, |tmp| {
-            candle_core::safetensors::save(&tensors, tmp).map_err(|e| TrainError::file(tmp, e))
-        })?;
-        let plans =
-            serde_json::to_string_pretty(&self.plans).map_err(|e| TrainError::Config(e.to_string()))?;
-        let plans_path = dir.join("plans.json");
-        write_atomic(&plans_path, |tmp| {
-            std::fs::write(tmp, plans + "\n").map_err(|e| TrainError::file(tmp, e))
-        })?;
         let text_encoder = match text_encoder {
             Some(t) => t.clone(),
-            None => {
-                let d = TextEncoderSpec::default();
-                if d.dim == self.config.text_dim {
-                    d
-                } else {
-                    TextEncoderSpec {
-                        id: "unknown".into(),
-                        dim: self.config.text_dim,
-                        pooling: "last_token".into(),
-                        normalize: false,
-                        instruction: None,
-                    }
-                }
-            }
+            None => TextEncoderSpec::default_for_width(self.config.text_dim),
         };
         if text_encoder.dim != self.config.text_dim {
             return Err(TrainError::Config(format!(
@@ -646,7 +611,11 @@ impl Trainable {
             attention_heads: self.config.attention_heads,
             text_encoder,
         };
-        meta.write(dir)?;
+        let mut tensors = self.state_dict()?;
+        for t in tensors.values_mut() {
+            *t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        }
+        ModelDir::write(dir, &self.plans, &Checkpoint::from_tensors(tensors), &meta, true)?;
         Ok(())
     }
 }

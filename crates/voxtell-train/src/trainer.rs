@@ -21,9 +21,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use voxtell_fusion::{TextEncoderSpec, VoxTellConfig};
+use voxtell_fusion::{ModelDir, PlansNetwork, TextEncoderSpec, VoxTellConfig};
 use voxtell_text::EmbeddingBank;
-use voxtell_vision::ArchKwargs;
 
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{ModelSizes, TrainConfig};
@@ -110,7 +109,10 @@ pub fn train(
     let state = if resume {
         let path = model_dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            TrainError::file(&path, format!("nothing to resume ({e}); start without --resume"))
+            TrainError::file(
+                &path,
+                format!("nothing to resume ({e}); start a new run instead of resuming (option `resume`)"),
+            )
         })?;
         let s: RunState = serde_json::from_str(&text).map_err(|e| TrainError::file(&path, e))?;
         // Everything that shapes the computation must be the same; where the files are and how
@@ -127,15 +129,14 @@ pub fn train(
     } else {
         if model_dir.join("state.json").exists() {
             return Err(TrainError::Config(format!(
-                "{} already holds a run; resume it (--resume) or choose another output folder",
+                "{} already holds a run; resume it (option `resume`) or choose another output folder",
                 out.display()
             )));
         }
         None
     };
     let toml_text = toml::to_string(config).map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(out.join("config.toml"), toml_text)
-        .map_err(|e| TrainError::file(out.join("config.toml"), e))?;
+    voxtell_io::atomic::write_bytes(out.join("config.toml"), toml_text.as_bytes(), true)?;
 
     let mut prepared = prepare(config, &config.model, state.as_ref().map(|_| model_dir.as_path()))?;
     if state.is_some() {
@@ -271,20 +272,29 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     let cache_root = config.cache.clone().unwrap_or_else(|| config.output.join("cache"));
     let options = CacheOptions { threads: config.workers, ..CacheOptions::default() };
     let (train_cache, _) = Cache::build(cache_root.join("train"), &train_sets, &options)?;
-    let plans = read_plans(config)?;
-    let patch = patch_size(&plans)?;
-    if let (Some(_), Some(dir)) = (&config.plans, &config.init.checkpoint) {
+    // The model folder the weights come from: the run's own checkpoint when resuming, else
+    // `init.checkpoint`; opened and checked once.
+    let folder = match resume_from.or(config.init.checkpoint.as_deref()) {
+        Some(dir) => Some(ModelDir::open(dir)?),
+        None => None,
+    };
+    let (plans, network) = match (&config.plans, &folder) {
+        (Some(path), _) => {
+            let plans = read_plans(path)?;
+            let network = PlansNetwork::from_plans(&plans).map_err(|e| TrainError::file(path, e))?;
+            (plans, network)
+        }
+        (None, Some(folder)) => (folder.plans().clone(), PlansNetwork::from_plans(folder.plans())?),
+        (None, None) => return Err(TrainError::Config("no plans".into())),
+    };
+    let patch = network.patch_size;
+    if let (Some(_), Some(_), Some(folder)) = (&config.plans, &config.init.checkpoint, &folder) {
         // The network is built from the checkpoint's folder, plans included.
-        let own: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("plans.json"))
-                .map_err(|e| TrainError::file(dir.join("plans.json"), e))?,
-        )
-        .map_err(|e| TrainError::file(dir.join("plans.json"), e))?;
-        if patch_size(&own)? != patch {
+        let own = folder.config().patch_size;
+        if own != patch {
             return Err(TrainError::Config(format!(
-                "plans patch {patch:?} differs from the checkpoint's {:?} ({}); fine-tuning at another patch size is not supported yet, drop `plans`",
-                patch_size(&own)?,
-                dir.display()
+                "plans patch {patch:?} differs from the checkpoint's {own:?} ({}); fine-tuning at another patch size is not supported yet, drop `plans`",
+                folder.path().display()
             )));
         }
     }
@@ -302,8 +312,7 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     // One weight per decoder output (n_stages − 1): a longer list, such as the default five
     // weights for a model with fewer stages, is cut to the outputs the network has.
     let mut loss = config.loss.clone();
-    let outputs =
-        ArchKwargs::from_plans(&plans, "3d_fullres").map_err(voxtell_fusion::FusionError::from)?.n_stages - 1;
+    let outputs = network.arch.n_stages - 1;
     loss.ds_weights.truncate(outputs.max(1));
     let options = StepOptions {
         loss,
@@ -311,16 +320,15 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
         clip_norm: Some(config.schedule.clip),
         init_seed: config.seed,
     };
-    let trainable = match (resume_from, &config.init.checkpoint) {
-        (Some(dir), _) => Trainable::from_model_dir(dir, false, options, DType::F32, &Device::Cpu)?,
-        (None, Some(dir)) => {
-            Trainable::from_model_dir(dir, config.init.encoder_only, options, DType::F32, &Device::Cpu)?
+    let trainable = match &folder {
+        Some(folder) => {
+            // A resumed run continues all weights; a new one may take only the encoder.
+            let encoder_only = resume_from.is_none() && config.init.encoder_only;
+            Trainable::from_folder(folder, encoder_only, options, DType::F32, &Device::Cpu)?
         }
-        (None, None) => {
-            let arch =
-                ArchKwargs::from_plans(&plans, "3d_fullres").map_err(voxtell_fusion::FusionError::from)?;
+        None => {
             let vc = VoxTellConfig {
-                arch,
+                arch: network.arch,
                 patch_size: patch,
                 decoder_layer: sizes.decoder_layer,
                 text_dim: bank.dim(),
@@ -425,25 +433,10 @@ fn split(datasets: &[Dataset], fraction: f64, seed: u64) -> (Vec<Dataset>, Vec<D
     (train, val)
 }
 
-fn read_plans(config: &TrainConfig) -> Result<serde_json::Value> {
-    let path = match (&config.plans, &config.init.checkpoint) {
-        (Some(p), _) => p.clone(),
-        (None, Some(dir)) => dir.join("plans.json"),
-        (None, None) => return Err(TrainError::Config("no plans".into())),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::file(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::file(&path, format!("not valid JSON: {e}")))
-}
-
-fn patch_size(plans: &serde_json::Value) -> Result<[usize; 3]> {
-    plans
-        .pointer("/configurations/3d_fullres/patch_size")
-        .and_then(|p| serde_json::from_value::<Vec<usize>>(p.clone()).ok())
-        .filter(|p| p.len() == 3 && !p.contains(&0))
-        .map(|p| [p[0], p[1], p[2]])
-        .ok_or_else(|| {
-            TrainError::Config("plans: configurations.3d_fullres.patch_size must be three sizes".into())
-        })
+/// The plans file named by the configuration's `plans`.
+fn read_plans(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::file(path, format!("not valid JSON: {e}")))
 }
 
 /// The batch as tensors: image (B, 1, P), prompt vectors (B, N, dim), targets (B, N, P); the
@@ -534,7 +527,7 @@ fn checkpoint(p: &Prepared, config: &TrainConfig, epochs_done: usize, out: &Path
     p.trainable.optimizer().save(tmp.join("optimizer.safetensors"))?;
     let state = RunState { epochs_done, config: config.clone() };
     let text = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(tmp.join("state.json"), text).map_err(|e| TrainError::file(&tmp, e))?;
+    voxtell_io::atomic::write_bytes(tmp.join("state.json"), text.as_bytes(), true)?;
     swap_dir(&tmp, &out.join("model"))
 }
 
@@ -565,15 +558,20 @@ fn swap_dir(new: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Replace the log by `log` (entries of epochs a resumed run redoes are dropped), atomically;
+/// no file for an empty log. Epochs run afterwards are appended to it line by line.
 fn rewrite_log(path: &Path, log: &[EpochLog]) -> Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    for e in log {
-        curves::append_log(&tmp, e)?;
-    }
     if log.is_empty() {
-        let _ = std::fs::remove_file(path);
-        return Ok(());
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::file(path, e)),
+            _ => Ok(()),
+        };
     }
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::file(path, e))
+    let mut text = String::new();
+    for entry in log {
+        text += &curves::log_line(entry).map_err(|e| TrainError::file(path, e))?;
+        text.push('\n');
+    }
+    voxtell_io::atomic::write_bytes(path, text.as_bytes(), true)?;
+    Ok(())
 }

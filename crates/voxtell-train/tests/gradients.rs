@@ -396,7 +396,7 @@ fn export_loads_for_prediction() {
 /// The fixture's sizes with 2 prompt-decoder layers of 2 heads.
 fn tiny_config(f: &Fixture) -> VoxTellConfig {
     let ckpt = Checkpoint::from_tensors(f.init.clone());
-    let mut c = VoxTellConfig::infer(&f.plans, &ckpt).unwrap();
+    let mut c = VoxTellConfig::from_plans_and_checkpoint(&f.plans, &ckpt).unwrap();
     c.layers = 2;
     c.attention_heads = 2;
     c
@@ -431,7 +431,7 @@ fn fresh_and_encoder_only() {
     let ckpt = Checkpoint::from_tensors(f.init.clone());
     let t = Trainable::new(
         f.plans.clone(),
-        VoxTellConfig::infer(&f.plans, &ckpt).unwrap(),
+        VoxTellConfig::from_plans_and_checkpoint(&f.plans, &ckpt).unwrap(),
         WeightSource::EncoderOnly(&ckpt),
         StepOptions::default(),
         DType::F64,
