@@ -15,6 +15,10 @@
 #   --size      volume edge in voxels (default 192, or 96 with --small)
 #   --bf16      also run `voxtell predict --precision bf16` ("ours-bf16") in the rotation and
 #               report it against the official tool and its masks against ours in f32
+#   --baseline BIN
+#               also run another build of `voxtell` (e.g. the release binary of an older tree)
+#               in the rotation ("ours-base"), and report ours against it: before/after figures
+#               of a change measured in one sitting
 # Environment: PYTHON (default tools/.venv/bin/python, the venv of tools/README.md);
 # BENCH_NO_TIME=1 uses the getrusage fallback below even where /usr/bin/time exists.
 #
@@ -45,6 +49,7 @@ PROMPTS="1 4 13"
 THREADS=2
 SIZE=""
 BF16=0
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1; shift ;;
@@ -53,6 +58,7 @@ while [ $# -gt 0 ]; do
         --threads) THREADS="$2"; shift 2 ;;
         --size) SIZE="$2"; shift 2 ;;
         --bf16) BF16=1; shift ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -60,6 +66,7 @@ done
 for n in $REPEATS $THREADS $PROMPTS ${SIZE:-1}; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "not a positive integer: $n" >&2; exit 2; }
 done
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "--baseline: not an executable: $BASELINE" >&2; exit 2; }
 [ -x "$PY" ] || { echo "no Python at $PY (see tools/README.md, or set PYTHON)" >&2; exit 2; }
 
 if [ "$SMALL" = 1 ]; then
@@ -126,8 +133,12 @@ run_ours() { # K OUT [NAME EXTRA_ARGS...]
 run_ours-bf16() { # K OUT
     run_ours "$1" "$2" ours-bf16 --precision bf16
 }
+run_ours-base() { # K OUT
+    VOXTELL="$BASELINE" run_ours "$1" "$2" ours-base
+}
 TOOLS=(official ours)
 if [ "$BF16" = 1 ]; then TOOLS+=(ours-bf16); fi
+if [ -n "$BASELINE" ]; then TOOLS+=(ours-base); fi
 
 echo "== $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo '?')), load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" >&2
 echo "== threads $THREADS, repeats $REPEATS, volume ${SIZE}^3, peak RSS from $RSS_TOOL" >&2
@@ -149,6 +160,10 @@ for k in $PROMPTS; do
     done
     agree="$("$PY" "$HELPER" compare "$TMP/out-official" "$TMP/out-ours" | awk '/worst agreement/ {print $(NF - 1)}')"
     AGREE+=("$k prompt(s): ${agree:-?} % of mask voxels identical (worst prompt, last run)")
+    if [ -n "$BASELINE" ]; then
+        agree="$("$PY" "$HELPER" compare "$TMP/out-ours" "$TMP/out-ours-base" | awk '/worst agreement/ {print $(NF - 1)}')"
+        AGREE+=("$k prompt(s), baseline against ours: ${agree:-?} % of mask voxels identical (worst prompt, last run)")
+    fi
     if [ "$BF16" = 1 ]; then
         for ref in official ours; do
             agree="$("$PY" "$HELPER" compare "$TMP/out-$ref" "$TMP/out-ours-bf16" | awk '/worst agreement/ {print $(NF - 1)}')"
@@ -172,11 +187,21 @@ for k in $PROMPTS; do
     for tool in "${TOOLS[@]:1}"; do
         ot="$(col "$k" official 3)"; ut="$(col "$k" "$tool" 3)"
         orss="$(col "$k" official 4)"; urss="$(col "$k" "$tool" 4)"
-        label="$k"; [ "$tool" = ours ] || label="$k bf16"
+        case "$tool" in ours) label="$k" ;; ours-bf16) label="$k bf16" ;; *) label="$k baseline" ;; esac
         awk -v k="$label" -v ot="$ot" -v ut="$ut" -v o="$orss" -v u="$urss" 'BEGIN {
             printf "| %7s | %17.2f | %13.2f | %24.3f | %21.0f | %17.0f | %9.3f |\n",
                 k, ot, ut, ut / ot, o / 1024, u / 1024, u / o }'
     done
 done
+if [ -n "$BASELINE" ]; then
+    echo
+    echo "ours against the baseline $BASELINE (medians):"
+    for k in $PROMPTS; do
+        awk -v k="$k" -v t="$(col "$k" ours 3)" -v bt="$(col "$k" ours-base 3)" \
+            -v m="$(col "$k" ours 4)" -v bm="$(col "$k" ours-base 4)" 'BEGIN {
+            printf "  %s prompt(s): time %.2f s vs %.2f s (%.3f), peak RSS %.0f vs %.0f MiB (%.3f)\n",
+                k, t, bt, t / bt, m / 1024, bm / 1024, m / bm }'
+    done
+fi
 echo
 for line in "${AGREE[@]}"; do echo "$line"; done

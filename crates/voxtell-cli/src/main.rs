@@ -1,6 +1,7 @@
 //! The `voxtell` command-line tool.
 
 mod predict;
+mod report;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
             match embed(prompts, from_file, output, append, text_model, &text_dtype, list) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", predict::message(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
 fn info(paths: &[PathBuf], series: Option<String>, ras: bool) -> ExitCode {
     let mut failed = Vec::new();
     for path in paths {
-        if path.join("plans.json").is_file() {
+        if voxtell::fusion::is_model_dir(path) {
             if let Err(e) = model_info(path) {
                 eprintln!("error: {e:#}");
                 failed.push(path.display().to_string());
@@ -215,20 +216,10 @@ fn embed(
 
 /// Print a model folder's plans, sizes and parameter count.
 fn model_info(dir: &Path) -> anyhow::Result<()> {
-    use voxtell::fusion::{Checkpoint, VoxTellConfig, checkpoint::is_alias};
-    let plans_path = dir.join("plans.json");
-    let text =
-        std::fs::read_to_string(&plans_path).map_err(|e| anyhow::anyhow!("{}: {e}", plans_path.display()))?;
-    let plans: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", plans_path.display()))?;
-    let weights = voxtell::fusion::model::weights_file(dir);
-    let ckpt = Checkpoint::open(&weights)?;
-    let mut config = VoxTellConfig::infer(&plans, &ckpt)?;
-    let meta = voxtell::fusion::ModelMeta::from_dir(dir)?;
-    if let Some(m) = &meta {
-        config.decoder_layer = m.decoder_layer;
-        config.attention_heads = m.attention_heads;
-    }
+    use voxtell::fusion::{ModelDir, checkpoint::is_alias};
+    let folder = ModelDir::open(dir)?;
+    let (ckpt, config, meta, plans) = (folder.checkpoint(), folder.config(), folder.meta(), folder.plans());
+    let weights = folder.weights_path();
     let params: usize = ckpt
         .keys()
         .into_iter()
@@ -249,7 +240,7 @@ fn model_info(dir: &Path) -> anyhow::Result<()> {
         config.text_dim, config.query_dim, config.attention_heads, config.layers, config.ffn_dim
     );
     println!("  fusion heads: {}, memory from encoder stage {}", config.fusion_heads, config.decoder_layer);
-    if let Some(t) = meta.as_ref().map(|m| &m.text_encoder) {
+    if let Some(t) = meta.map(|m| &m.text_encoder) {
         println!("  text encoder: {} ({}-wide, {} pooling)", t.id, t.dim, t.pooling);
     }
     if let Some(name) = plans.get("plans_name").and_then(|v| v.as_str()) {

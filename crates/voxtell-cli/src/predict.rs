@@ -1,36 +1,29 @@
 //! `voxtell predict`: the official `voxtell-predict`, and more.
 //!
-//! Order of work: resolve every case and output name, load the bank and embed the union of all
-//! prompts (so that an unknown prompt fails before any image work), load the model, then run
-//! the cases with reading of the next case and writing of the last overlapping the prediction
-//! of the current one. A case that fails is reported with its path and the batch goes on; the
-//! exit code is non-zero at the end if any failed. Every file is written to a temporary name and
-//! renamed, so an interrupted run leaves no partial files.
+//! The work is the library's batch API ([`voxtell::infer::batch`]): this module turns the flags
+//! into jobs, writers and options, shows progress from the batch's events, stops on Ctrl-C and
+//! prints. Order of work: resolve every case and output name, embed the union of all prompts
+//! (an unknown prompt fails before any image work), load the model, then run the cases; a case
+//! that fails is reported with its path and the batch goes on, and the exit code is non-zero at
+//! the end if any failed.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, anyhow, ensure};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use voxtell::candle::{DType, Device};
-use voxtell::infer::naming::{self, OutputMode};
+use voxtell::fusion::{ModelDir, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
-    Accumulate, ConvPrecision, Masks, PredictOptions, Predictor, components, preview, stats,
+    Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, MaskFiles,
+    OutputWriter, PredictOptions, Predictor, PreviewImage, ProbabilityMaps, StatisticsFile, jobs_from_inputs,
+    jobs_from_json,
 };
-use voxtell::io::{DicomOptions, RasVolume, WriteOptions};
-use voxtell::text::{EmbeddingBank, PromptVectors, resolve_text_model};
+use voxtell::io::DicomOptions;
+use voxtell::text::{EmbeddingBank, PromptVectors};
 
-/// The Hugging Face repository of the published VoxTell weights.
-const MODEL_REPO: &str = "mrokuss/VoxTell";
-/// The model folder inside it.
-const MODEL_SUBDIR: &str = "voxtell_v1.1";
-/// The official embedding bank inside it.
-const BANK_FILE: &str = "embeddings/voxtell_v1.1/text_embeddings.npz";
+use crate::report::{Log, Progress};
 
 /// Arguments of `voxtell predict`.
 #[derive(Debug, Args)]
@@ -159,26 +152,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// One image with its prompts and output names.
-#[derive(Debug, Clone)]
-struct Case {
-    path: PathBuf,
-    name: String,
-    prompts: Vec<String>,
-    /// Files this case writes, relative to the output folder.
-    outputs: Vec<String>,
-}
-
-/// How the outputs of a case are written.
-#[derive(Debug, Clone, Copy)]
-struct Outputs {
-    combined: bool,
-    probabilities: bool,
-    statistics: bool,
-    preview: bool,
-    keep_largest: bool,
-}
-
 /// Run `voxtell predict`; returns whether every case succeeded.
 pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let log = Log { quiet: args.quiet, verbose: args.verbose };
@@ -203,134 +176,151 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
         "--step-size must be in (0, 1], got {}",
         args.step_size
     );
-    let outputs = Outputs {
-        combined: args.save_combined,
-        probabilities: args.save_probabilities,
-        statistics: args.statistics,
-        preview: args.preview,
-        keep_largest: args.keep_largest,
+    let jobs = match &args.jobs {
+        Some(jobs) => read_jobs(jobs)?,
+        None => jobs_from_inputs(&args.input, &args.prompts)?,
     };
-    let mut cases = resolve_cases(&args, outputs)?;
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating the output folder {}", out_dir.display()))?;
-    if args.no_overwrite {
-        let before = cases.len();
-        cases.retain(|c| !c.outputs.iter().all(|f| out_dir.join(f).exists()));
-        if before != cases.len() {
-            log.info(format!(
-                "skipping {} case(s) whose outputs all exist (--no-overwrite)",
-                before - cases.len()
-            ));
-        }
+    let cancel = CancelToken::new();
+    let batch = Batch::new(
+        jobs,
+        BatchOptions {
+            writers: writers(&args),
+            skip_existing: args.no_overwrite,
+            keep_largest: args.keep_largest,
+            dicom: DicomOptions { series_uid: args.series.clone() },
+            cancel: cancel.clone(),
+            ..BatchOptions::new(out_dir, Vec::new())
+        },
+    )?;
+    let skipped = batch.cases().len() - batch.pending();
+    if skipped > 0 {
+        log.info(format!("skipping {skipped} case(s) whose outputs all exist (--no-overwrite)"));
     }
-    if cases.is_empty() {
+    if batch.pending() == 0 {
         log.info("nothing to do".to_string());
         return Ok(true);
     }
 
-    // Prompts first: an unknown prompt fails before any image work.
+    // Prompts first: an unknown prompt fails before any image work, and a text model needed for
+    // them is dropped before the segmentation model is loaded.
     let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
-    let text_dtype = text_dtype(&args.text_dtype);
-    let mut text_model = resolve_text_model(args.text_model.as_deref());
-    let model_dir = resolve_model(args.model.as_deref())?;
-    // A model folder that names its text encoder (voxtell.json) refuses another kind: an error
-    // for a folder the user named, silently unused when it only came from the default lookup.
-    if let (Some(dir), Some(meta)) = (text_model.clone(), voxtell::fusion::ModelMeta::from_dir(&model_dir)?)
-        && dir.join("config.json").is_file()
-    {
-        let t = &meta.text_encoder;
-        let check = voxtell::text::EncoderSpec::of_folder(&dir)
-            .and_then(|spec| spec.matches(&t.id, t.dim, &t.pooling, t.normalize, t.instruction.as_deref()));
-        let explicit = args.text_model.is_some()
-            || std::env::var_os("VOXTELL_TEXT_MODEL").is_some_and(|v| !v.is_empty());
-        match check {
-            Err(e) if explicit => return Err(e.into()),
-            Err(e) => {
-                log.verbose(format!("not using the cached text model {}: {e}", dir.display()));
-                text_model = None;
-            }
-            Ok(()) => {}
-        }
-    }
-    // The union of all prompts, embedded once (the text model, when needed, is loaded and
-    // dropped here, before the segmentation model is loaded).
     let t0 = Instant::now();
-    let mut source = PromptVectors::new(bank, text_model, text_dtype, &device);
-    let mut union: Vec<&str> = Vec::new();
-    let mut seen = HashSet::new();
-    for c in &cases {
-        for p in &c.prompts {
-            if seen.insert(p.as_str()) {
-                union.push(p);
-            }
-        }
-    }
-    let vectors = source.vectors(&union)?;
-    let table: HashMap<String, Vec<f32>> = union.iter().map(|p| p.to_string()).zip(vectors).collect();
-    log.verbose(format!("model: {}", model_dir.display()));
+    let vectors =
+        PromptVectors::located(bank, args.text_model.as_deref(), text_dtype(&args.text_dtype), &device);
+    let model_dir = resolve_model_dir(args.model.as_deref())?;
+    let loading = || format!("loading the model from {}", model_dir.display());
+    let folder = ModelDir::open(&model_dir).with_context(loading)?;
     let options = PredictOptions {
         step_size: args.step_size,
         accumulate: args.accumulate.parse::<Accumulate>()?,
         max_memory: args.max_memory,
-        keep_logits: args.save_probabilities,
+        keep_logits: false,
         precision: if args.precision == "bf16" { ConvPrecision::Bf16 } else { ConvPrecision::F32 },
     };
     if options.precision == ConvPrecision::Bf16 {
         if !device.is_cpu() {
             log.info(
-                "--precision bf16 applies to the CPU kernels; on this device the network runs in f32"
-                    .to_string(),
+                "--precision bf16 applies to the CPU kernels; on this device the network runs in f32".into(),
             );
         } else if !voxtell::vision::ops::bf16_supported() {
             log.info("this CPU has no AVX-512 BF16: --precision bf16 falls back to f32".to_string());
         }
     }
-    let model = voxtell::fusion::VoxTellModel::from_dir(&model_dir, DType::F32, &device)
-        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
-    let dim = model.config().text_dim;
-    if let Some((p, v)) = table.iter().find(|(_, v)| v.len() != dim) {
-        bail!(
-            "the vector of prompt {p:?} is {}-wide but the model {} takes {dim}-wide ones (a bank or text model of another kind)",
-            v.len(),
-            model_dir.display()
-        );
+    let mut predictor =
+        Predictor::open(&folder, vectors, options, &device, &batch.prompts()).map_err(|e| match e {
+            voxtell::infer::InferError::Model(_) | voxtell::infer::InferError::Tensor(_) => {
+                anyhow::Error::new(e).context(loading())
+            }
+            e => e.into(),
+        })?;
+    for notice in predictor.notices() {
+        log.verbose(notice.clone());
     }
-    let predictor = Predictor::new(model, source, options)?;
+    log.verbose(format!("model: {}", model_dir.display()));
     log.verbose(format!("prompts and model ready in {:.1} s", t0.elapsed().as_secs_f64()));
 
-    let stop = Arc::new(AtomicBool::new(false));
     {
-        let stop = stop.clone();
+        let cancel = cancel.clone();
+        let mut interrupted = false;
         // The first Ctrl-C stops after the cases already predicted are written; a second ends
         // the process at once (outputs are renamed into place only when complete, so no output
         // name ever holds a partial file; a temporary file being written may remain).
         let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
+            if std::mem::replace(&mut interrupted, true) {
                 std::process::exit(130);
             }
+            cancel.cancel();
             eprintln!(
                 "\ninterrupted: writing the cases already predicted, then stopping (Ctrl-C again to quit now)"
             );
         });
     }
-    let failures = run_cases(&predictor, &cases, &table, &out_dir, outputs, args.series.clone(), &stop, &log);
-    if stop.load(Ordering::SeqCst) {
+    let progress = Progress::new(&log, batch.pending());
+    let records = predictor.run_batch(&batch, &|e| progress.show(e))?;
+    if cancel.is_cancelled() {
         eprintln!("stopped by the user");
         std::process::exit(130);
     }
-    if !failures.is_empty() {
-        eprintln!("{} of {} case(s) failed (reasons above):", failures.len(), cases.len());
-        for (path, _) in &failures {
-            eprintln!("  {}", path.display());
+    let failed: Vec<_> = records.iter().filter(|r| r.status == CaseStatus::Failed).collect();
+    if !failed.is_empty() {
+        eprintln!("{} of {} case(s) failed (reasons above):", failed.len(), batch.pending());
+        for r in failed {
+            eprintln!("  {}", r.source);
         }
         return Ok(false);
     }
-    log.info(format!("{} case(s) done in {:.1} s", cases.len(), t0.elapsed().as_secs_f64()));
+    log.info(format!("{} case(s) done in {:.1} s", batch.pending(), t0.elapsed().as_secs_f64()));
     Ok(true)
 }
 
+/// The writers the flags ask for, in the order their files are listed.
+fn writers(args: &PredictArgs) -> Vec<Arc<dyn OutputWriter>> {
+    let mut w: Vec<Arc<dyn OutputWriter>> =
+        vec![if args.save_combined { Arc::new(CombinedMap) } else { Arc::new(MaskFiles) }];
+    if args.save_probabilities {
+        w.push(Arc::new(ProbabilityMaps));
+    }
+    if args.statistics {
+        w.push(Arc::new(StatisticsFile));
+    }
+    if args.preview {
+        w.push(Arc::new(PreviewImage));
+    }
+    w
+}
+
+/// --jobs: a JSON file or an inline JSON string.
+fn read_jobs(jobs: &str) -> anyhow::Result<Vec<voxtell::infer::Job>> {
+    let text = if std::path::Path::new(jobs).is_file() {
+        std::fs::read_to_string(jobs).with_context(|| format!("reading the jobs file {jobs}"))?
+    } else if jobs.trim_start().starts_with('[') {
+        jobs.to_string()
+    } else {
+        anyhow::bail!("--jobs {jobs:?} is neither a file nor inline JSON")
+    };
+    Ok(jobs_from_json(&text)?)
+}
+
+/// The library names an option by its field (``option `max_memory` ``); the user knows it by its
+/// flag.
+pub fn flags(text: &str) -> String {
+    const FLAGS: [(&str, &str); 10] = [
+        ("max_memory", "--max-memory"),
+        ("accumulate", "--accumulate"),
+        ("step_size", "--step-size"),
+        ("jobs", "--jobs"),
+        ("inputs", "-i/--input"),
+        ("prompts", "-p/--prompts"),
+        ("model", "-m/--model"),
+        ("text_model", "--text-model"),
+        ("embeddings", "--embeddings"),
+        ("resume", "--resume"),
+    ];
+    FLAGS.iter().fold(text.to_string(), |t, (option, flag)| t.replace(&format!("option `{option}`"), flag))
+}
+
 /// An error with its causes, each cause added only when the message so far does not already
-/// say it (the crates' errors often include their source's text).
+/// say it (the crates' errors often include their source's text), in the command's words.
 pub fn message(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
@@ -341,27 +331,7 @@ pub fn message(e: &anyhow::Error) -> String {
             out = format!("{out}: {text}");
         }
     }
-    out
-}
-
-/// Messages by verbosity.
-struct Log {
-    quiet: bool,
-    verbose: bool,
-}
-
-impl Log {
-    fn info(&self, msg: String) {
-        if !self.quiet {
-            eprintln!("{msg}");
-        }
-    }
-
-    fn verbose(&self, msg: String) {
-        if self.verbose {
-            eprintln!("{msg}");
-        }
-    }
+    flags(&out)
 }
 
 /// The bank: --embeddings, $VOXTELL_EMBEDDINGS, the Hugging Face cache; empty with
@@ -370,12 +340,7 @@ fn load_bank(args: &PredictArgs, log: &Log) -> anyhow::Result<EmbeddingBank> {
     if args.no_precomputed {
         return Ok(EmbeddingBank::default());
     }
-    let path = args
-        .embeddings
-        .clone()
-        .or_else(|| std::env::var_os("VOXTELL_EMBEDDINGS").filter(|v| !v.is_empty()).map(PathBuf::from))
-        .or_else(|| hub_file(BANK_FILE));
-    match path {
+    match resolve_bank(args.embeddings.as_deref()) {
         Some(p) => {
             let bank = EmbeddingBank::read(&p)?;
             log.verbose(format!("embedding bank: {} ({} prompts)", p.display(), bank.len()));
@@ -385,52 +350,6 @@ fn load_bank(args: &PredictArgs, log: &Log) -> anyhow::Result<EmbeddingBank> {
             log.verbose("no embedding bank found; prompts need a text model".to_string());
             Ok(EmbeddingBank::default())
         }
-    }
-}
-
-/// A file of the VoxTell repository from the local Hugging Face cache (downloaded first when
-/// built with the `download` feature and online).
-fn hub_file(file: &str) -> Option<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
-    if let Some(p) = cache.model(MODEL_REPO.to_string()).get(file) {
-        return Some(p);
-    }
-    download(cache, file)
-}
-
-/// Fetch a file of the VoxTell repository into the cache (`download` feature).
-#[cfg(feature = "download")]
-fn download(cache: hf_hub::Cache, file: &str) -> Option<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true).build().ok()?;
-    api.model(MODEL_REPO.to_string()).get(file).ok()
-}
-
-/// Without the `download` feature nothing is fetched.
-#[cfg(not(feature = "download"))]
-fn download(_cache: hf_hub::Cache, _file: &str) -> Option<PathBuf> {
-    None
-}
-
-/// The model folder: -m, $VOXTELL_MODEL, the Hugging Face cache.
-fn resolve_model(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("VOXTELL_MODEL").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let plans = hub_file(&format!("{MODEL_SUBDIR}/plans.json"));
-    let ckpt = hub_file(&format!("{MODEL_SUBDIR}/fold_0/checkpoint_final.pth"));
-    match (plans, ckpt) {
-        (Some(p), Some(_)) => Ok(p.parent().map(Path::to_path_buf).unwrap_or_default()),
-        _ => bail!(
-            "no model: pass -m/--model DIR or set $VOXTELL_MODEL (the published weights are {MODEL_REPO}, folder {MODEL_SUBDIR}; {})",
-            if cfg!(feature = "download") {
-                "downloading them failed"
-            } else {
-                "this build does not download; build with `--features download` or fetch them with huggingface-cli"
-            }
-        ),
     }
 }
 
@@ -449,352 +368,11 @@ fn pick_device(choice: Option<&str>, gpu: usize, log: &Log) -> anyhow::Result<De
             log.info(format!("warning: Metal device {gpu} unavailable ({e}); using the CPU"));
             Device::Cpu
         }),
-        Some(other) => bail!("unknown device {other:?}"),
+        Some(other) => anyhow::bail!("unknown device {other:?}"),
         None if voxtell::candle::utils::cuda_is_available() => cuda().unwrap_or(Device::Cpu),
         None if voxtell::candle::utils::metal_is_available() => metal().unwrap_or(Device::Cpu),
         None => Device::Cpu,
     })
-}
-
-/// Cases from --jobs or -i/-p, with their output names; clashing names are errors here.
-fn resolve_cases(args: &PredictArgs, outputs: Outputs) -> anyhow::Result<Vec<Case>> {
-    let pairs: Vec<(PathBuf, Vec<String>)> = match &args.jobs {
-        Some(jobs) => parse_jobs(jobs)?,
-        None => {
-            ensure!(!args.prompts.is_empty(), "no prompts: pass -p/--prompts or --jobs");
-            input_paths(&args.input)?.into_iter().map(|p| (p, args.prompts.clone())).collect()
-        }
-    };
-    ensure!(!pairs.is_empty(), "no input images");
-    let mut by_file: HashMap<String, PathBuf> = HashMap::new();
-    let mut cases = Vec::with_capacity(pairs.len());
-    for (path, prompts) in pairs {
-        ensure!(!prompts.is_empty(), "{}: no prompts", path.display());
-        let name = naming::case_name(&path);
-        let mode = if outputs.combined { OutputMode::Combined } else { OutputMode::PerPrompt };
-        let mut files = naming::output_files(&name, &prompts, mode)?;
-        if outputs.probabilities {
-            files.extend(prompts.iter().map(|p| naming::probability_file(&name, p)));
-        }
-        if outputs.statistics {
-            files.push(naming::statistics_file(&name));
-        }
-        if outputs.preview {
-            files.push(naming::preview_file(&name));
-        }
-        for f in &files {
-            // The same prompt twice for one image writes the same file twice: harmless.
-            if let Some(prev) = by_file.insert(f.clone(), path.clone())
-                && prev != path
-            {
-                bail!(
-                    "{} and {} would both write {f}; give the inputs different names (or one job per image)",
-                    prev.display(),
-                    path.display()
-                );
-            }
-        }
-        cases.push(Case { path, name, prompts, outputs: files });
-    }
-    Ok(cases)
-}
-
-fn is_nifti(p: &Path) -> bool {
-    let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    n.ends_with(".nii") || n.ends_with(".nii.gz")
-}
-
-/// -i: one folder of NIfTI files (sorted), NIfTI files in order (de-duplicated), or DICOM
-/// series folders.
-fn input_paths(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    ensure!(!inputs.is_empty(), "no input: pass -i/--input");
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut nifti: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("reading the folder {}", input.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && is_nifti(p))
-                .collect();
-            let dicom = voxtell::io::is_dicom_folder(input);
-            match (nifti.is_empty(), dicom) {
-                (false, true) => bail!("{}: holds both NIfTI files and a DICOM series", input.display()),
-                // Named after the folder, also when given as `.` or `..`.
-                (true, true) => out.push(std::fs::canonicalize(input).unwrap_or_else(|_| input.clone())),
-                (false, false) => {
-                    ensure!(
-                        inputs.len() == 1,
-                        "{}: a folder of NIfTI files must be the only input",
-                        input.display()
-                    );
-                    nifti.sort();
-                    out.extend(nifti);
-                }
-                (true, false) => {
-                    bail!("{}: no NIfTI files and no DICOM series in the folder", input.display())
-                }
-            }
-        } else if input.is_file() {
-            out.push(input.clone());
-        } else {
-            bail!("{}: no such file or folder", input.display());
-        }
-    }
-    let mut seen = HashSet::new();
-    out.retain(|p| seen.insert(p.clone()));
-    Ok(out)
-}
-
-/// --jobs: a JSON file or an inline JSON string.
-fn parse_jobs(jobs: &str) -> anyhow::Result<Vec<(PathBuf, Vec<String>)>> {
-    let text = if Path::new(jobs).is_file() {
-        std::fs::read_to_string(jobs).with_context(|| format!("reading the jobs file {jobs}"))?
-    } else {
-        jobs.to_string()
-    };
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-        if text.trim_start().starts_with('[') {
-            "--jobs is not valid JSON".to_string()
-        } else {
-            format!("--jobs {jobs:?} is neither a file nor inline JSON")
-        }
-    })?;
-    let list = value
-        .as_array()
-        .ok_or_else(|| anyhow!("--jobs must be a JSON list of {{\"image\", \"prompts\"}}"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, job)| {
-            let image = job
-                .get("image")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| anyhow!("job {i}: \"image\" must be a path string"))?;
-            let prompts = match job.get("prompts") {
-                Some(serde_json::Value::String(s)) => vec![s.clone()],
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .map(|p| p.as_str().map(String::from))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| anyhow!("job {i}: \"prompts\" must hold strings"))?,
-                _ => bail!("job {i}: \"prompts\" must be a string or a list of strings"),
-            };
-            // A folder named `.` or `..` is a case named after the folder itself.
-            let path = PathBuf::from(image);
-            let path = if path.is_dir() { std::fs::canonicalize(&path).unwrap_or(path) } else { path };
-            Ok((path, prompts))
-        })
-        .collect()
-}
-
-/// A case read and reoriented, ready to predict.
-struct Loaded {
-    ras: RasVolume,
-}
-
-/// A finished prediction on its way to the writer.
-struct ToWrite {
-    case: Case,
-    masks: Masks,
-    image: RasVolume,
-}
-
-/// Run every case: a reader thread reads ahead one case, a writer thread writes the last
-/// case's files, the calling thread predicts. Returns the failed cases with their errors.
-#[allow(clippy::too_many_arguments)]
-fn run_cases(
-    predictor: &Predictor,
-    cases: &[Case],
-    table: &HashMap<String, Vec<f32>>,
-    out_dir: &Path,
-    outputs: Outputs,
-    series: Option<String>,
-    stop: &AtomicBool,
-    log: &Log,
-) -> Vec<(PathBuf, String)> {
-    let mut failures = Vec::new();
-    std::thread::scope(|scope| {
-        let (read_tx, read_rx) = mpsc::sync_channel::<(usize, anyhow::Result<Loaded>)>(1);
-        let (write_tx, write_rx) = mpsc::sync_channel::<ToWrite>(1);
-        let reader = scope.spawn(move || {
-            for (i, case) in cases.iter().enumerate() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let loaded = read_case(&case.path, series.as_deref());
-                if read_tx.send((i, loaded)).is_err() {
-                    break;
-                }
-            }
-        });
-        let writer = scope.spawn(move || {
-            let mut failed = Vec::new();
-            for job in write_rx {
-                let t = Instant::now();
-                let (path, name) = (job.case.path.clone(), job.case.name.clone());
-                match write_case(job, out_dir, outputs) {
-                    Ok(n) => {
-                        log.info(format!("{name}: wrote {n} file(s) in {:.1} s", t.elapsed().as_secs_f64()))
-                    }
-                    Err(e) => {
-                        let msg = message(&e);
-                        eprintln!("error: {}: {msg}", path.display());
-                        failed.push((path, msg));
-                    }
-                }
-            }
-            failed
-        });
-        for (i, loaded) in read_rx {
-            let case = &cases[i];
-            let result = loaded.and_then(|l| {
-                let vectors: Vec<Vec<f32>> = case.prompts.iter().map(|p| table[p].clone()).collect();
-                let masks = predict_case(predictor, case, &l.ras, &vectors, i, cases.len(), stop, log)?;
-                Ok((masks, l.ras))
-            });
-            match result {
-                Ok((masks, image)) => {
-                    if write_tx.send(ToWrite { case: case.clone(), masks, image }).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let msg = message(&e);
-                    eprintln!("error: {}: {msg}", case.path.display());
-                    failures.push((case.path.clone(), msg));
-                }
-            }
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-        }
-        drop(write_tx);
-        if reader.join().is_err() {
-            failures.push((PathBuf::from("(reader)"), "the reading thread crashed".to_string()));
-        }
-        match writer.join() {
-            Ok(f) => failures.extend(f),
-            Err(_) => failures.push((PathBuf::from("(writer)"), "the writing thread crashed".to_string())),
-        }
-    });
-    failures
-}
-
-fn read_case(path: &Path, series: Option<&str>) -> anyhow::Result<Loaded> {
-    let volume = if path.is_dir() {
-        voxtell::io::read_dicom_series(path, &DicomOptions { series_uid: series.map(String::from) })?
-    } else {
-        voxtell::io::read(path)?
-    };
-    Ok(Loaded { ras: volume.to_ras()? })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn predict_case(
-    predictor: &Predictor,
-    case: &Case,
-    ras: &RasVolume,
-    vectors: &[Vec<f32>],
-    index: usize,
-    n_cases: usize,
-    stop: &AtomicBool,
-    log: &Log,
-) -> anyhow::Result<Masks> {
-    let shape = ras.data.shape();
-    let plan = predictor.plan([shape[0], shape[1], shape[2]], case.prompts.len())?;
-    if plan.passes > 1 {
-        log.info(format!(
-            "{}: memory budget {}: running the {} prompts in {} groups of ≤ {} (the encoder runs once per group)",
-            case.name,
-            voxtell::infer::predict::human_bytes(plan.budget_bytes),
-            case.prompts.len(),
-            plan.passes,
-            plan.prompt_group
-        ));
-    }
-    log.verbose(format!("{}: {plan:?}", case.name));
-    let label = format!("[{}/{}] {}", index + 1, n_cases, case.name);
-    let bar = if !log.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let bar = ProgressBar::new((plan.tiles * plan.passes) as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} tiles, {elapsed_precise} elapsed, ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(label.clone());
-        Some(bar)
-    } else {
-        None
-    };
-    let t = Instant::now();
-    let mut next_line = 0.25f64;
-    let prompts = case.prompts.clone();
-    let masks = predictor.predict_ras(ras, &prompts, vectors, |done, total| {
-        if let Some(bar) = &bar {
-            // The tiles cover the crop box, which the plan (on the whole volume) overestimates.
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        } else if !log.quiet && done as f64 / total as f64 >= next_line {
-            eprintln!("{label}: {done}/{total} tiles, {:.1} s", t.elapsed().as_secs_f64());
-            next_line += 0.25;
-        }
-        !stop.load(Ordering::SeqCst)
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let masks = masks?;
-    log.info(format!(
-        "{label}: {} tile(s) in {:.1} s",
-        masks.plan().tiles * masks.plan().passes,
-        t.elapsed().as_secs_f64()
-    ));
-    Ok(masks)
-}
-
-/// Write every output of one case; returns how many files were written.
-fn write_case(job: ToWrite, out_dir: &Path, outputs: Outputs) -> anyhow::Result<usize> {
-    let ToWrite { case, mut masks, image } = job;
-    let opts = WriteOptions { overwrite: true };
-    if outputs.keep_largest {
-        for i in 0..masks.len() {
-            let mut m = masks.mask(i)?;
-            components::keep_largest_component(&mut m);
-            masks.set_mask(i, &m)?;
-        }
-    }
-    let mut written = 0;
-    if outputs.combined {
-        masks.write_combined(out_dir.join(&case.outputs[0]), opts)?;
-        written += 1;
-    } else {
-        for i in 0..masks.len() {
-            masks.write_mask(i, out_dir.join(&case.outputs[i]), opts)?;
-            written += 1;
-        }
-    }
-    if outputs.probabilities {
-        for (i, p) in case.prompts.iter().enumerate() {
-            masks.write_probabilities(i, out_dir.join(naming::probability_file(&case.name, p)), opts)?;
-            written += 1;
-        }
-    }
-    if outputs.statistics {
-        let s = stats::of_masks(&case.name, &case.path.display().to_string(), &masks)?;
-        stats::write_statistics(&out_dir.join(naming::statistics_file(&case.name)), &s, true)?;
-        written += 1;
-    }
-    if outputs.preview {
-        let p = preview::of_masks(&image, &masks)?;
-        p.write_png(&out_dir.join(naming::preview_file(&case.name)), true)?;
-        written += 1;
-    }
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -813,15 +391,14 @@ mod tests {
     }
 
     #[test]
-    fn jobs_accept_a_string_or_a_list_of_prompts() {
-        let jobs = parse_jobs(
-            r#"[{"image": "a.nii.gz", "prompts": "liver"}, {"image": "b.nii", "prompts": ["x", "y"]}]"#,
-        )
-        .unwrap();
-        assert_eq!(jobs[0], (PathBuf::from("a.nii.gz"), vec!["liver".to_string()]));
-        assert_eq!(jobs[1].1, vec!["x".to_string(), "y".to_string()]);
-        assert!(parse_jobs(r#"[{"image": 3, "prompts": "x"}]"#).is_err());
-        assert!(parse_jobs(r#"[{"image": "a", "prompts": [1]}]"#).is_err());
-        assert!(parse_jobs("no-such-file.json").is_err());
+    fn jobs_are_a_file_or_inline_json() {
+        assert_eq!(read_jobs(r#"[{"image": "a.nii.gz", "prompts": "liver"}]"#).unwrap().len(), 1);
+        assert!(read_jobs("no-such-file.json").is_err());
+    }
+
+    #[test]
+    fn library_options_are_named_by_their_flags() {
+        let msg = flags("raise the memory budget, option `max_memory`, or use a machine with more memory");
+        assert_eq!(msg, "raise the memory budget, --max-memory, or use a machine with more memory");
     }
 }

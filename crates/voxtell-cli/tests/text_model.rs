@@ -146,3 +146,74 @@ fn a_bank_or_text_model_of_another_width_is_refused() {
     assert!(!ok);
     assert!(err.contains("24-wide") && err.contains("8-wide"), "{err}");
 }
+
+/// `voxtell ARGS` with the Hugging Face cache at `hf_home` and nothing from the environment.
+fn voxtell_with_cache(args: &[&str], hf_home: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_voxtell"))
+        .args(args)
+        .env("HF_HOME", hf_home)
+        .env("VOXTELL_MODEL", "")
+        .env("VOXTELL_EMBEDDINGS", "")
+        .env("VOXTELL_TEXT_MODEL", "")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn a_text_model_of_another_kind_is_refused_when_named_and_passed_over_when_only_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    // cfg_a converted, its voxtell.json naming a mean-pooled, normalised 24-wide encoder.
+    let model = tmp.path().join("model");
+    let (ok, err) =
+        voxtell(&["convert", fixtures().join("fusion/cfg_a").to_str().unwrap(), model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let meta_path = model.join("voxtell.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["text_encoder"]["id"] = "sentence-transformers/all-MiniLM-L6-v2".into();
+    meta["text_encoder"]["pooling"] = "mean".into();
+    meta["text_encoder"]["normalize"] = true.into();
+    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+    // The tiny Qwen3 (8-wide, last-token pooling) where the Hugging Face cache keeps
+    // Qwen/Qwen3-Embedding-4B.
+    let hf_home = tmp.path().join("hf");
+    let repo = hf_home.join("hub/models--Qwen--Qwen3-Embedding-4B");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "r1").unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::rename(qwen_dir(tmp.path()), repo.join("snapshots/r1")).unwrap();
+    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
+    let bank = fixtures().join("infer/predict/bank.npz");
+    let run = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "predict",
+            "-i",
+            image.to_str().unwrap(),
+            "-m",
+            model.to_str().unwrap(),
+            "--embeddings",
+            bank.to_str().unwrap(),
+            "-p",
+            "Liver",
+            "-o",
+            out.to_str().unwrap(),
+            "-v",
+        ];
+        a.extend_from_slice(extra);
+        voxtell_with_cache(&a, &hf_home)
+    };
+    // Only found in the cache: passed over, with a note in verbose mode; the bank has the prompt.
+    let out = tmp.path().join("out");
+    let (ok, err) = run(&[], &out);
+    assert!(ok, "{err}");
+    assert!(err.contains("not using the cached text model"), "{err}");
+    assert!(out.join("mr_small_Liver.nii.gz").is_file());
+    // Named: an error saying what differs, before any output.
+    let named = repo.join("snapshots/r1");
+    let out = tmp.path().join("out-named");
+    let (ok, err) = run(&["--text-model", named.to_str().unwrap()], &out);
+    assert!(!ok);
+    assert!(err.contains("pooling") && err.contains("all-MiniLM-L6-v2"), "{err}");
+    assert!(std::fs::read_dir(&out).map(|d| d.count() == 0).unwrap_or(true));
+}

@@ -24,8 +24,17 @@ pub enum InferError {
     /// An argument or input does not fit (named in the message).
     #[error("{0}")]
     Invalid(String),
+    /// An option of the prediction does not fit (the option is named by its field, e.g.
+    /// `step_size`; a front end maps it to its own spelling with [`InferError::option`]).
+    #[error("option `{option}`: {reason}")]
+    Option {
+        /// The option's name (a field of `PredictOptions` or `BatchOptions`).
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The accumulated logits hold ±inf (the official predictor aborts in the same case).
-    #[error("the blended logits of prompt {prompt:?} hold ±inf; use `--accumulate f32`")]
+    #[error("the blended logits of prompt {prompt:?} hold ±inf; accumulate in f32 (option `accumulate`)")]
     Overflow {
         /// The prompt whose logits overflowed.
         prompt: String,
@@ -41,6 +50,20 @@ pub enum InferError {
         /// Why.
         reason: String,
     },
+}
+
+impl InferError {
+    /// The option a user can change to get past this error, named as the field of
+    /// `PredictOptions` or `BatchOptions` it is (`max_memory`, `accumulate`, `step_size`, …), so
+    /// that a front end can point at its own flag or setting.
+    pub fn option(&self) -> Option<&'static str> {
+        match self {
+            InferError::Option { option, .. } => Some(option),
+            InferError::Overflow { .. } => Some("accumulate"),
+            InferError::Memory(_) => Some("max_memory"),
+            _ => None,
+        }
+    }
 }
 
 /// `Result` with [`InferError`].

@@ -3,18 +3,20 @@
 //! z-score, centred padding, sliding window with Gaussian blending, threshold `logit > 0`,
 //! un-crop; the [`Masks`] it returns write themselves back in the scan's own geometry.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use ndarray::{Array3, s};
-use voxtell_fusion::VoxTellModel;
-use voxtell_io::{RasGeometry, RasVolume, Volume, WriteOptions};
-use voxtell_text::PromptVectors;
+use voxtell_fusion::{ModelDir, ModelMeta, VoxTellModel};
+use voxtell_io::{RasVolume, Volume};
+use voxtell_text::{EncoderSpec, PromptVectors};
 use voxtell_vision::ops::{ConvPrecision, with_conv_precision};
 
 use crate::error::{InferError, Result};
-use crate::preprocess::{self, Bbox};
-use crate::sliding::{self, Accumulate, Logits, Window};
+use crate::masks::Masks;
+use crate::plan::Plan;
+use crate::preprocess;
+use crate::sliding::{self, Accumulate, Window};
 
 /// Settings of a prediction.
 #[derive(Debug, Clone)]
@@ -49,24 +51,6 @@ impl Default for PredictOptions {
     }
 }
 
-/// How a prediction will run: how many prompts share one pass over the tiles, and the memory
-/// that needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    /// Tiles per pass.
-    pub tiles: usize,
-    /// Prompts accumulated together in one pass over the tiles.
-    pub prompt_group: usize,
-    /// Prompts run through the network's decoder at once (always 1 on the CPU).
-    pub decoder_group: usize,
-    /// Passes over the tiles (1 unless memory is short).
-    pub passes: usize,
-    /// Estimated peak bytes of the working set.
-    pub estimated_bytes: u64,
-    /// The budget it was planned for.
-    pub budget_bytes: u64,
-}
-
 /// A VoxTell model ready to segment volumes from text prompts.
 ///
 /// ```no_run
@@ -82,10 +66,17 @@ pub struct Plan {
 /// masks.write_mask(0, "ct_liver.nii.gz", voxtell_io::WriteOptions::default())?;
 /// # Ok(()) }
 /// ```
+///
+/// Many cases, each with its own prompts, run through [`Predictor::run_batch`]
+/// ([`crate::batch`]).
 #[derive(Debug)]
 pub struct Predictor {
     model: VoxTellModel,
     vectors: PromptVectors,
+    /// Vectors of the prompts prepared for batches ([`Predictor::prepare`]), by prompt text: a
+    /// prompt has the same vector in every case of a run.
+    prepared: HashMap<String, Vec<f32>>,
+    notices: Vec<String>,
     options: PredictOptions,
     device: Device,
 }
@@ -99,21 +90,42 @@ impl Predictor {
         options: PredictOptions,
         device: &Device,
     ) -> Result<Self> {
-        let model = VoxTellModel::from_dir(model_dir, DType::F32, device)?;
-        Self::new(model, vectors, options)
+        Self::open(&ModelDir::open(model_dir)?, vectors, options, device, &[])
     }
 
-    /// A predictor around an already loaded model.
-    pub fn new(model: VoxTellModel, vectors: PromptVectors, options: PredictOptions) -> Result<Self> {
-        let bank_dim = vectors.bank().dim();
-        let text_dim = model.config().text_dim;
-        if !vectors.bank().is_empty() && bank_dim != text_dim {
-            return Err(InferError::Invalid(format!(
-                "the embedding bank holds {bank_dim}-wide vectors but the model takes {text_dim}-wide ones (a bank of another text encoder?)"
-            )));
+    /// A predictor for an opened model folder, in the order that keeps memory low and fails
+    /// early: the text encoder is checked against the folder's `voxtell.json` (a text model the
+    /// user named that does not fit is an error; one only found in the Hugging Face cache is
+    /// passed over, with a [`Predictor::notices`] line), `prompts` (e.g. the union of a
+    /// batch's prompts, [`crate::Batch::prompts`]) are embedded — so an unknown prompt fails
+    /// before anything is loaded, and a text model needed for it is dropped again — and only
+    /// then is the network loaded.
+    pub fn open(
+        model_dir: &ModelDir,
+        mut vectors: PromptVectors,
+        options: PredictOptions,
+        device: &Device,
+        prompts: &[&str],
+    ) -> Result<Self> {
+        let mut notices = Vec::new();
+        if let Some(meta) = model_dir.meta() {
+            check_text_encoder(meta, &mut vectors, &mut notices)?;
         }
+        let text_dim = model_dir.config().text_dim;
+        check_bank_width(&vectors, text_dim)?;
+        let mut prepared = HashMap::new();
+        embed_missing(&mut vectors, &mut prepared, prompts, text_dim)?;
+        let model = model_dir.load(DType::F32, device)?;
         let device = model.device().clone();
-        Ok(Predictor { model, vectors, options, device })
+        Ok(Predictor { model, vectors, prepared, notices, options, device })
+    }
+
+    /// A predictor around an already loaded model (no `voxtell.json` to check the text
+    /// encoder against: only the vectors' width is checked).
+    pub fn new(model: VoxTellModel, vectors: PromptVectors, options: PredictOptions) -> Result<Self> {
+        check_bank_width(&vectors, model.config().text_dim)?;
+        let device = model.device().clone();
+        Ok(Predictor { model, vectors, prepared: HashMap::new(), notices: Vec::new(), options, device })
     }
 
     /// The model.
@@ -136,19 +148,35 @@ impl Predictor {
         &self.vectors
     }
 
+    /// What the predictor decided on its own while opening (e.g. a cached text model passed
+    /// over, and why), for a front end to show when asked to be verbose.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
     /// Vectors for `prompts` (bank lookups by lowercased prompt; the text encoder, when there
     /// is one, for the rest). Call it for all prompts of a batch before any image work: a
     /// prompt that can be neither looked up nor embedded is an error naming it.
     pub fn vectors(&mut self, prompts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let v = self.vectors.vectors(prompts)?;
         let dim = self.model.config().text_dim;
-        if let Some((p, bad)) = prompts.iter().zip(&v).find(|(_, v)| v.len() != dim) {
-            return Err(InferError::Invalid(format!(
-                "the vector of prompt {p:?} is {}-wide but the model takes {dim}-wide ones",
-                bad.len()
-            )));
+        for (p, v) in prompts.iter().zip(&v) {
+            check_width(p, v, dim)?;
         }
         Ok(v)
+    }
+
+    /// Embed the prompts not prepared yet, all in one call to the prompt source (the bank
+    /// first, the text model only for what it lacks), and keep their vectors for
+    /// [`Predictor::prepared`] and [`Predictor::run_batch`]. A prompt that can be neither looked
+    /// up nor embedded is an error naming it.
+    pub fn prepare(&mut self, prompts: &[&str]) -> Result<()> {
+        embed_missing(&mut self.vectors, &mut self.prepared, prompts, self.model.config().text_dim)
+    }
+
+    /// The vector of a prepared prompt.
+    pub fn prepared(&self, prompt: &str) -> Option<&[f32]> {
+        self.prepared.get(prompt).map(Vec::as_slice)
     }
 
     /// Segment `volume` for each prompt.
@@ -173,72 +201,43 @@ impl Predictor {
     /// The plan for a volume of (S, A, R) shape `ras_shape` and `n_prompts` prompts under the
     /// memory budget of the options.
     pub fn plan(&self, ras_shape: [usize; 3], n_prompts: usize) -> Result<Plan> {
-        let config = self.model.config();
-        let patch = config.patch_size;
-        let padded: [usize; 3] = std::array::from_fn(|a| ras_shape[a].max(patch[a]));
-        let step = self.options.step_size;
-        if !(step > 0.0 && step <= 1.0) || patch.iter().any(|&p| (p as f64 * step) < 1.0) {
-            return Err(InferError::Invalid(format!("step size {step} does not fit the {patch:?} patch")));
-        }
-        let tiles = (0..3).map(|a| crate::window::steps(padded[a], patch[a], step).len()).product();
-        let vox_padded = padded.iter().product::<usize>() as u64;
-        let vox = ras_shape.iter().product::<usize>() as u64;
-        let n = n_prompts.max(1) as u64;
-        let acc_b = self.options.accumulate.bytes() as u64;
-        // Input (original, cropped, padded) and the kept results (u8 masks, optional logits).
-        let kept = if self.options.keep_logits { 1 + acc_b } else { 1 };
-        let fixed = vox * 4 * 2 + vox_padded * 4 + n * vox * kept;
-        // Encoder activations of one tile: each stage's output, kept as a skip, plus two
-        // temporaries of the largest stage.
-        let f = &config.arch.features_per_stage;
-        let stage_bytes: Vec<u64> = config
-            .stage_sizes()
-            .iter()
-            .zip(f)
-            .map(|(sz, &c)| sz.iter().product::<usize>() as u64 * c as u64 * 4)
-            .collect();
-        let encoder = stage_bytes.iter().sum::<u64>() + 2 * stage_bytes.iter().copied().max().unwrap_or(0);
-        let per_prompt_decoder = self.model.decoder_bytes_per_prompt(4).max(1);
-        let patch_vox = patch.iter().product::<usize>() as u64;
-        let budget = match self.options.max_memory {
-            Some(b) => b,
-            None => voxtell_text::source::available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
-        };
-        for g in (1..=n).rev() {
-            let accumulators = (g + 1) * vox_padded * acc_b + g * patch_vox * 4;
-            let base = fixed + encoder + accumulators;
-            if base + per_prompt_decoder > budget {
-                continue;
-            }
-            // On the CPU the decoder runs one prompt at a time: batching prompts through it was
-            // slower there (4 prompts at 192³: 65 s and 18.6 GB batched, 43 s and 7.8 GB one
-            // at a time; docs/performance.md) — its kernels already keep both cores busy, and
-            // a batch only multiplies the full-resolution activations. On a GPU the budget
-            // decides (not measured there yet).
-            let most = if self.device.is_cpu() { 1 } else { g };
-            let decoder_group = ((budget - base) / per_prompt_decoder).clamp(1, most);
-            let passes = n.div_ceil(g);
-            return Ok(Plan {
-                tiles,
-                prompt_group: g as usize,
-                decoder_group: decoder_group as usize,
-                passes: passes as usize,
-                estimated_bytes: base + decoder_group * per_prompt_decoder,
-                budget_bytes: budget,
-            });
-        }
-        let need = fixed + encoder + 2 * vox_padded * acc_b + patch_vox * 4 + per_prompt_decoder;
-        Err(InferError::Memory(format!(
-            "a volume of {ras_shape:?} voxels needs about {} even one prompt at a time, over the budget of {} (raise --max-memory or use a machine with more memory)",
-            human_bytes(need),
-            human_bytes(budget)
-        )))
+        self.plan_with(&self.options, ras_shape, n_prompts)
+    }
+
+    pub(crate) fn plan_with(
+        &self,
+        options: &PredictOptions,
+        ras_shape: [usize; 3],
+        n_prompts: usize,
+    ) -> Result<Plan> {
+        let per_prompt_decoder = self.model.decoder_bytes_per_prompt(4);
+        crate::plan::plan(
+            self.model.config(),
+            per_prompt_decoder,
+            options,
+            self.device.is_cpu(),
+            ras_shape,
+            n_prompts,
+        )
     }
 
     /// Segment a volume already in the network's (S, A, R) layout with the given prompt
     /// vectors (`prompts` are the names kept in the result).
     pub fn predict_ras(
         &self,
+        ras: &RasVolume,
+        prompts: &[String],
+        vectors: &[Vec<f32>],
+        progress: impl FnMut(usize, usize) -> bool,
+    ) -> Result<Masks> {
+        self.predict_ras_with(&self.options, ras, prompts, vectors, progress)
+    }
+
+    /// [`Predictor::predict_ras`] under other options (a batch keeps the logits when one of its
+    /// writers needs them).
+    pub(crate) fn predict_ras_with(
+        &self,
+        options: &PredictOptions,
         ras: &RasVolume,
         prompts: &[String],
         vectors: &[Vec<f32>],
@@ -253,14 +252,11 @@ impl Predictor {
         }
         let config = self.model.config();
         let (patch, text_dim) = (config.patch_size, config.text_dim);
-        if let Some(v) = vectors.iter().find(|v| v.len() != text_dim) {
-            return Err(InferError::Invalid(format!(
-                "a prompt vector is {}-wide but the model takes {text_dim}-wide ones",
-                v.len()
-            )));
+        for (p, v) in prompts.iter().zip(vectors) {
+            check_width(p, v, text_dim)?;
         }
         let shape = ras.data.shape();
-        let plan = self.plan([shape[0], shape[1], shape[2]], prompts.len())?;
+        let plan = self.plan_with(options, [shape[0], shape[1], shape[2]], prompts.len())?;
         let mut texts = Vec::new();
         for vecs in vectors.chunks(plan.prompt_group) {
             let flat: Vec<f32> = vecs.iter().flatten().copied().collect();
@@ -270,7 +266,7 @@ impl Predictor {
             let image = Tensor::from_slice(tile.data, (1, 1, patch[0], patch[1], patch[2]), &self.device)?;
             let text =
                 texts.get(pass).ok_or_else(|| InferError::Invalid(format!("no prompt group {pass}")))?;
-            let out = with_conv_precision(self.options.precision, || {
+            let out = with_conv_precision(options.precision, || {
                 self.model.forward_grouped(&image, text, plan.decoder_group)
             })?;
             let logits = out
@@ -280,8 +276,78 @@ impl Predictor {
                 .ok_or_else(|| InferError::Invalid("the network returned no output".into()))?;
             Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        segment(ras, prompts, patch, &self.options, plan, net, &mut progress)
+        segment(ras, prompts, patch, options, plan, net, &mut progress)
     }
+}
+
+/// The one check of a prompt vector's width against the model's.
+fn check_width(prompt: &str, vector: &[f32], dim: usize) -> Result<()> {
+    if vector.len() == dim {
+        return Ok(());
+    }
+    Err(InferError::Invalid(format!(
+        "the vector of prompt {prompt:?} is {}-wide but the model takes {dim}-wide ones (a bank or text model of another encoder?)",
+        vector.len()
+    )))
+}
+
+/// A non-empty bank must hold vectors of the model's width.
+fn check_bank_width(vectors: &PromptVectors, dim: usize) -> Result<()> {
+    let bank = vectors.bank();
+    if bank.is_empty() || bank.dim() == dim {
+        return Ok(());
+    }
+    Err(InferError::Invalid(format!(
+        "the embedding bank holds {}-wide vectors but the model takes {dim}-wide ones (a bank of another text encoder?)",
+        bank.dim()
+    )))
+}
+
+/// A model folder that names its text encoder (`voxtell.json`) refuses a text model of another
+/// kind: an error for a folder the user named, passed over (with a notice) when it was only
+/// found in the Hugging Face cache.
+fn check_text_encoder(
+    meta: &ModelMeta,
+    vectors: &mut PromptVectors,
+    notices: &mut Vec<String>,
+) -> Result<()> {
+    let Some(dir) = vectors.model_dir().map(Path::to_path_buf) else { return Ok(()) };
+    if !dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    let t = &meta.text_encoder;
+    let check = EncoderSpec::of_folder(&dir)
+        .and_then(|spec| spec.matches(&t.id, t.dim, &t.pooling, t.normalize, t.instruction.as_deref()));
+    match check {
+        Ok(()) => Ok(()),
+        Err(e) if vectors.model_origin().is_explicit() => Err(e.into()),
+        Err(e) => {
+            notices.push(format!("not using the cached text model {}: {e}", dir.display()));
+            vectors.forget_model();
+            Ok(())
+        }
+    }
+}
+
+/// Embed the prompts `prepared` lacks in one call (first-seen order), checking each width.
+fn embed_missing(
+    vectors: &mut PromptVectors,
+    prepared: &mut HashMap<String, Vec<f32>>,
+    prompts: &[&str],
+    dim: usize,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    let missing: Vec<&str> =
+        prompts.iter().copied().filter(|p| !prepared.contains_key(*p) && seen.insert(*p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let embedded = vectors.vectors(&missing)?;
+    for (p, v) in missing.iter().zip(&embedded) {
+        check_width(p, v, dim)?;
+    }
+    prepared.extend(missing.iter().map(|p| p.to_string()).zip(embedded));
+    Ok(())
 }
 
 /// The pipeline around any network: crop to the non-zero box, z-score, centred padding to
@@ -347,147 +413,4 @@ pub fn segment(
         logits: kept,
         plan: Plan { tiles, passes, ..plan },
     })
-}
-
-/// `1.5 GiB`, `120.0 MiB`, `512 KiB`, `100 B`.
-pub fn human_bytes(b: u64) -> String {
-    let f = b as f64;
-    if b >= 1 << 30 {
-        format!("{:.2} GiB", f / (1u64 << 30) as f64)
-    } else if b >= 1 << 20 {
-        format!("{:.1} MiB", f / (1u64 << 20) as f64)
-    } else if b >= 1 << 10 {
-        format!("{:.0} KiB", f / 1024.0)
-    } else {
-        format!("{b} B")
-    }
-}
-
-/// The result of a prediction: one binary mask per prompt (in the network's (S, A, R) layout,
-/// restorable to the scan's own grid), and the blended logits when they were kept.
-#[derive(Debug, Clone)]
-pub struct Masks {
-    prompts: Vec<String>,
-    geometry: RasGeometry,
-    bbox: Bbox,
-    ras_shape: [usize; 3],
-    cropped: Vec<Array3<u8>>,
-    logits: Option<Vec<Logits>>,
-    plan: Plan,
-}
-
-impl Masks {
-    /// The prompts, in order.
-    pub fn prompts(&self) -> &[String] {
-        &self.prompts
-    }
-
-    /// Number of prompts.
-    pub fn len(&self) -> usize {
-        self.prompts.len()
-    }
-
-    /// Whether there are no prompts (never, for a finished prediction).
-    pub fn is_empty(&self) -> bool {
-        self.prompts.is_empty()
-    }
-
-    /// How to map (S, A, R) arrays back to the scan's grid.
-    pub fn geometry(&self) -> &RasGeometry {
-        &self.geometry
-    }
-
-    /// The crop box (non-zero voxels of the input) in (S, A, R) indices.
-    pub fn bbox(&self) -> &Bbox {
-        &self.bbox
-    }
-
-    /// Shape of the (S, A, R) arrays.
-    pub fn ras_shape(&self) -> [usize; 3] {
-        self.ras_shape
-    }
-
-    /// How the prediction ran.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
-    /// Prompt `i`'s mask (0/1) over the whole (S, A, R) volume; zero outside the crop box.
-    pub fn mask(&self, i: usize) -> Result<Array3<u8>> {
-        let m = self.cropped.get(i).ok_or_else(|| self.no_prompt(i))?;
-        Ok(preprocess::uncrop(m.view(), &self.bbox, self.ras_shape))
-    }
-
-    /// Prompt `i`'s mask inside the crop box only.
-    pub fn cropped_mask(&self, i: usize) -> Option<&Array3<u8>> {
-        self.cropped.get(i)
-    }
-
-    /// One label map: label `i + 1` where prompt `i`'s mask is set, later prompts overwriting
-    /// earlier ones (the official `--save-combined`).
-    pub fn combined(&self) -> Array3<u16> {
-        let mut inner = Array3::<u16>::zeros(self.cropped.first().map(|m| m.raw_dim()).unwrap_or_default());
-        for (i, m) in self.cropped.iter().enumerate() {
-            ndarray::Zip::from(&mut inner).and(m).for_each(|o, &v| {
-                if v != 0 {
-                    *o = (i + 1) as u16;
-                }
-            });
-        }
-        preprocess::uncrop(inner.view(), &self.bbox, self.ras_shape)
-    }
-
-    /// Prompt `i`'s blended logits inside the crop box, when kept
-    /// ([`PredictOptions::keep_logits`]).
-    pub fn logits(&self, i: usize) -> Option<&Logits> {
-        self.logits.as_ref()?.get(i)
-    }
-
-    /// Prompt `i`'s probabilities (sigmoid of the logits) over the whole (S, A, R) volume, zero
-    /// outside the crop box; `None` unless the logits were kept.
-    pub fn probabilities(&self, i: usize) -> Option<Array3<f32>> {
-        let l = self.logits(i)?.to_f32().mapv(|x| 1.0 / (1.0 + (-x).exp()));
-        Some(preprocess::uncrop(l.view(), &self.bbox, self.ras_shape))
-    }
-
-    /// Write prompt `i`'s mask as a u8 NIfTI in the scan's own geometry.
-    pub fn write_mask(&self, i: usize, path: impl AsRef<Path>, options: WriteOptions) -> Result<()> {
-        let m = self.mask(i)?.mapv(u16::from);
-        Ok(voxtell_io::write_seg(path, m.view(), &self.geometry, options)?)
-    }
-
-    /// Write the combined label map ([`Masks::combined`]) in the scan's own geometry.
-    pub fn write_combined(&self, path: impl AsRef<Path>, options: WriteOptions) -> Result<()> {
-        Ok(voxtell_io::write_seg(path, self.combined().view(), &self.geometry, options)?)
-    }
-
-    /// Write prompt `i`'s probabilities as an f32 NIfTI in the scan's own geometry.
-    pub fn write_probabilities(&self, i: usize, path: impl AsRef<Path>, options: WriteOptions) -> Result<()> {
-        let p = self.probabilities(i).ok_or_else(|| {
-            InferError::Invalid("probabilities need the logits (PredictOptions::keep_logits)".to_string())
-        })?;
-        Ok(voxtell_io::write_ras_f32(path, p.view(), &self.geometry, options)?)
-    }
-
-    /// Replace prompt `i`'s mask (e.g. after keeping its largest component); `mask` covers the
-    /// whole (S, A, R) volume. Masks are zero outside the crop box by construction, and voxels
-    /// set there are dropped.
-    pub fn set_mask(&mut self, i: usize, mask: &Array3<u8>) -> Result<()> {
-        if mask.shape() != self.ras_shape {
-            return Err(InferError::Invalid(format!(
-                "mask of shape {:?} for a volume of {:?}",
-                mask.shape(),
-                self.ras_shape
-            )));
-        }
-        let b = self.bbox;
-        let inner = mask.slice(s![b[0][0]..b[0][1], b[1][0]..b[1][1], b[2][0]..b[2][1]]).to_owned();
-        let slot = self.cropped.get_mut(i).ok_or_else(|| InferError::Invalid(format!("no prompt {i}")))?;
-        *slot = inner;
-        Ok(())
-    }
-
-    fn no_prompt(&self, i: usize) -> InferError {
-        InferError::Invalid(format!("no prompt {i}: the prediction has {}", self.prompts.len()))
-    }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use ndarray::{Array3, Array4, s};
-use voxtell_infer::predict::{Plan, PredictOptions, Predictor, segment};
 use voxtell_infer::sliding::{Accumulate, Logits, Tile, Window};
+use voxtell_infer::{Plan, PredictOptions, Predictor, segment};
 use voxtell_infer::{preprocess, window};
 use voxtell_text::{EmbeddingBank, PromptVectors};
 

@@ -31,4 +31,4 @@ pub use bert::BertEmbedder;
 pub use encoder::{EncoderKind, EncoderSpec, Pooling, TextEncoder};
 pub use error::{Result, TextError};
 pub use qwen::{EmbedMode, QwenEmbedder};
-pub use source::{DEFAULT_TEXT_MODEL, PromptVectors, resolve_text_model};
+pub use source::{DEFAULT_TEXT_MODEL, PromptVectors, TextModelOrigin, locate_text_model, resolve_text_model};

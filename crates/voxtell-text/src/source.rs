@@ -14,18 +14,44 @@ use crate::error::{Result, TextError};
 /// The Hugging Face model id of VoxTell v1.1's text encoder.
 pub const DEFAULT_TEXT_MODEL: &str = "Qwen/Qwen3-Embedding-4B";
 
+/// Where a text-model folder was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextModelOrigin {
+    /// Given by the caller (a path or an option).
+    Given,
+    /// From `$VOXTELL_TEXT_MODEL`.
+    Environment,
+    /// From the local Hugging Face cache ([`DEFAULT_TEXT_MODEL`]), found without being asked
+    /// for: a caller may pass over it when it does not fit the model.
+    Cache,
+}
+
+impl TextModelOrigin {
+    /// Whether the user named this folder (by a path or the environment), so that a folder
+    /// that does not fit the model is an error rather than passed over.
+    pub fn is_explicit(self) -> bool {
+        self != TextModelOrigin::Cache
+    }
+}
+
 /// Find a text-model folder: the given path, else `$VOXTELL_TEXT_MODEL` (when non-empty), else
 /// the local Hugging Face cache for [`DEFAULT_TEXT_MODEL`] (read-only: nothing is downloaded).
 pub fn resolve_text_model(explicit: Option<&Path>) -> Option<PathBuf> {
+    locate_text_model(explicit).map(|(dir, _)| dir)
+}
+
+/// As [`resolve_text_model`], with where the folder was found.
+pub fn locate_text_model(explicit: Option<&Path>) -> Option<(PathBuf, TextModelOrigin)> {
     if let Some(p) = explicit {
-        return Some(p.to_path_buf());
+        return Some((p.to_path_buf(), TextModelOrigin::Given));
     }
     if let Some(p) = std::env::var_os("VOXTELL_TEXT_MODEL").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), TextModelOrigin::Environment));
     }
     let cache = hf_hub::Cache::from_env();
     let repo = cache.model(DEFAULT_TEXT_MODEL.to_string());
-    repo.get("config.json").and_then(|p| p.parent().map(Path::to_path_buf))
+    let dir = repo.get("config.json").and_then(|p| p.parent().map(Path::to_path_buf))?;
+    Some((dir, TextModelOrigin::Cache))
 }
 
 /// Bytes the weights of a model folder need in `dtype`, from the sizes of its safetensors files
@@ -55,19 +81,42 @@ pub fn available_memory() -> Option<u64> {
 pub struct PromptVectors {
     bank: EmbeddingBank,
     model_dir: Option<PathBuf>,
+    origin: TextModelOrigin,
     dtype: DType,
     device: Device,
 }
 
 impl PromptVectors {
-    /// A source with `bank` (possibly empty) and an optional text-model folder.
+    /// A source with `bank` (possibly empty) and an optional text-model folder, which counts as
+    /// given by the caller ([`TextModelOrigin::Given`]).
     pub fn new(bank: EmbeddingBank, model_dir: Option<PathBuf>, dtype: DType, device: &Device) -> Self {
-        PromptVectors { bank, model_dir, dtype, device: device.clone() }
+        PromptVectors { bank, model_dir, origin: TextModelOrigin::Given, dtype, device: device.clone() }
+    }
+
+    /// A source with `bank` and the text model [`locate_text_model`] finds for `explicit`,
+    /// remembering where it was found.
+    pub fn located(bank: EmbeddingBank, explicit: Option<&Path>, dtype: DType, device: &Device) -> Self {
+        let (model_dir, origin) = match locate_text_model(explicit) {
+            Some((dir, origin)) => (Some(dir), origin),
+            None => (None, TextModelOrigin::Given),
+        };
+        PromptVectors { bank, model_dir, origin, dtype, device: device.clone() }
     }
 
     /// The text-model folder, if any (describe it with [`EncoderSpec::of_folder`]).
     pub fn model_dir(&self) -> Option<&Path> {
         self.model_dir.as_deref()
+    }
+
+    /// Where the text-model folder was found.
+    pub fn model_origin(&self) -> TextModelOrigin {
+        self.origin
+    }
+
+    /// Stop using the text-model folder (e.g. one found in the cache that does not fit the
+    /// segmentation model): prompts the bank lacks are then errors.
+    pub fn forget_model(&mut self) {
+        self.model_dir = None;
     }
 
     /// The bank, including vectors embedded so far.
@@ -93,7 +142,7 @@ impl PromptVectors {
                 return Err(TextError::Model {
                     path: PathBuf::from(DEFAULT_TEXT_MODEL),
                     reason: format!(
-                        "no text model (--text-model, $VOXTELL_TEXT_MODEL or the Hugging Face cache) to embed {} prompt(s) missing from the bank: {:?}",
+                        "no text model (option `text_model`, $VOXTELL_TEXT_MODEL or the Hugging Face cache) to embed {} prompt(s) missing from the bank: {:?}",
                         missing.len(),
                         missing
                     ),

@@ -1,0 +1,691 @@
+//! Batch prediction: many cases, each an image with its own prompts, written as the caller's
+//! [`OutputWriter`]s choose. Every front end (the `voxtell` command, a server, a cohort
+//! worker) runs its cases through here.
+//!
+//! - [`Job`]: an input (a NIfTI file, a DICOM series folder, or a volume in memory), its
+//!   prompts, its case name and its own [`CancelToken`]. [`jobs_from_inputs`] and
+//!   [`jobs_from_json`] build them the way `voxtell predict` takes them.
+//! - [`Batch`]: the jobs checked before any work — every case has prompts, no two cases or
+//!   prompts write one file, cases whose outputs all exist are marked skipped when asked — with
+//!   the union of the prompts to embed ([`Batch::prompts`]).
+//! - [`Predictor::run_batch`]: the prompts embedded once, then read → predict → write with the
+//!   next case read ahead on one thread and the last one written behind on another while the
+//!   calling thread predicts. It reports [`Event`]s as it goes and ends each case in a
+//!   [`CaseRecord`]: a case that fails is recorded with its error and the batch goes on.
+//!
+//! Every output is written whole under a temporary name and renamed into place, so a batch
+//! stopped at any moment leaves no partial file under an output's name.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Serialize;
+use voxtell_io::{DicomOptions, RasVolume, Volume};
+
+use crate::components;
+use crate::error::{InferError, Result};
+use crate::masks::Masks;
+use crate::naming;
+use crate::plan::Plan;
+use crate::predict::{PredictOptions, Predictor};
+use crate::writers::{OutputWriter, PredictedCase};
+
+/// Where a case's image comes from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A NIfTI file (`.nii`, `.nii.gz`) or a folder holding one DICOM series.
+    Path(PathBuf),
+    /// A volume already in memory (e.g. uploaded to a server).
+    Volume(Arc<Volume>),
+}
+
+impl Input {
+    /// The path, or `(in memory)`: how records, statistics and messages name the source.
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Path(p) => p.display().to_string(),
+            Input::Volume(_) => "(in memory)".to_string(),
+        }
+    }
+
+    /// Read the image and reorient it to the network's (S, A, R) layout; `dicom` chooses the
+    /// series of a DICOM folder.
+    pub fn read_ras(&self, dicom: &DicomOptions) -> Result<RasVolume> {
+        let volume = match self {
+            Input::Path(p) if p.is_dir() => voxtell_io::read_dicom_series(p, dicom)?,
+            Input::Path(p) => voxtell_io::read(p)?,
+            Input::Volume(v) => return Ok(v.to_ras()?),
+        };
+        Ok(volume.to_ras()?)
+    }
+}
+
+/// A flag that stops one job, or a whole batch, from another thread. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancel: a job not started yet is not started, a running prediction stops after its
+    /// current tile; nothing is written for it.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One case: an image, its prompts and its name.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The case name; outputs are named after it.
+    pub name: String,
+    /// The image.
+    pub input: Input,
+    /// The prompts, in order.
+    pub prompts: Vec<String>,
+    /// Cancels this job alone.
+    pub cancel: CancelToken,
+}
+
+impl Job {
+    /// A job for a NIfTI file or DICOM series folder, named as the official tool names it
+    /// ([`naming::case_name`]).
+    pub fn from_path(path: impl Into<PathBuf>, prompts: Vec<String>) -> Job {
+        let path = path.into();
+        Job { name: naming::case_name(&path), input: Input::Path(path), prompts, cancel: CancelToken::new() }
+    }
+
+    /// A job for a volume in memory.
+    pub fn from_volume(name: impl Into<String>, volume: Arc<Volume>, prompts: Vec<String>) -> Job {
+        Job { name: name.into(), input: Input::Volume(volume), prompts, cancel: CancelToken::new() }
+    }
+}
+
+/// How a batch writes and what it skips.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// The output folder (created when the batch is made).
+    pub out_dir: PathBuf,
+    /// The writers of each case, in order (see [`crate::writers`]).
+    pub writers: Vec<Arc<dyn OutputWriter>>,
+    /// Skip a case whose outputs all exist already (resume an interrupted run).
+    pub skip_existing: bool,
+    /// Keep only the largest 6-connected component of each mask before writing.
+    pub keep_largest: bool,
+    /// Which series to read from DICOM folders holding several.
+    pub dicom: DicomOptions,
+    /// Stops the whole batch: the case being predicted is dropped, the cases already predicted
+    /// are still written, nothing after is started.
+    pub cancel: CancelToken,
+}
+
+impl BatchOptions {
+    /// Options writing with `writers` into `out_dir`, skipping nothing.
+    pub fn new(out_dir: impl Into<PathBuf>, writers: Vec<Arc<dyn OutputWriter>>) -> Self {
+        BatchOptions {
+            out_dir: out_dir.into(),
+            writers,
+            skip_existing: false,
+            keep_largest: false,
+            dicom: DicomOptions::default(),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// A job with its output files.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The job.
+    pub job: Job,
+    /// The files its writers write, relative to the output folder, in writer order.
+    pub outputs: Vec<String>,
+    /// Whether the case is skipped ([`BatchOptions::skip_existing`] and all outputs exist).
+    pub skip: bool,
+}
+
+/// Jobs checked and ready to run ([`Predictor::run_batch`]).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    cases: Vec<Case>,
+    options: BatchOptions,
+}
+
+impl Batch {
+    /// Check `jobs` before any work: at least one job, every job with prompts, every output
+    /// name taken by one case only (two prompts of a case that would write one file, or two
+    /// images with one case name, are errors naming both), at least one writer. Creates the
+    /// output folder, and marks the cases to skip.
+    pub fn new(jobs: Vec<Job>, options: BatchOptions) -> Result<Batch> {
+        if jobs.is_empty() {
+            return Err(InferError::Invalid("no input images".to_string()));
+        }
+        if options.writers.is_empty() {
+            return Err(InferError::Option {
+                option: "writers",
+                reason: "no output writer: nothing would be written".to_string(),
+            });
+        }
+        let mut owner: HashMap<String, String> = HashMap::new();
+        let mut cases = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let source = job.input.describe();
+            if job.prompts.is_empty() {
+                return Err(InferError::Invalid(format!("{source}: no prompts")));
+            }
+            let mut outputs = Vec::new();
+            for w in &options.writers {
+                outputs.extend(w.files(&job.name, &job.prompts)?);
+            }
+            for f in &outputs {
+                // The same image twice writes the same files twice: harmless.
+                if let Some(prev) = owner.insert(f.clone(), source.clone())
+                    && prev != source
+                {
+                    return Err(InferError::Invalid(format!(
+                        "{prev} and {source} would both write {f}; give the inputs different names (or one job per image)"
+                    )));
+                }
+            }
+            cases.push(Case { job, outputs, skip: false });
+        }
+        std::fs::create_dir_all(&options.out_dir).map_err(|e| InferError::Output {
+            path: options.out_dir.clone(),
+            reason: format!("cannot create the output folder: {e}"),
+        })?;
+        if options.skip_existing {
+            for c in &mut cases {
+                c.skip = c.outputs.iter().all(|f| options.out_dir.join(f).exists());
+            }
+        }
+        Ok(Batch { cases, options })
+    }
+
+    /// The cases, in order.
+    pub fn cases(&self) -> &[Case] {
+        &self.cases
+    }
+
+    /// The options.
+    pub fn options(&self) -> &BatchOptions {
+        &self.options
+    }
+
+    /// Cases that will run (not skipped).
+    pub fn pending(&self) -> usize {
+        self.cases.iter().filter(|c| !c.skip).count()
+    }
+
+    /// The prompts of the cases that will run, each once, in first-seen order: embed them
+    /// before loading the model ([`Predictor::open`]).
+    pub fn prompts(&self) -> Vec<&str> {
+        let mut seen = HashSet::new();
+        self.cases
+            .iter()
+            .filter(|c| !c.skip)
+            .flat_map(|c| c.job.prompts.iter().map(String::as_str))
+            .filter(|p| seen.insert(*p))
+            .collect()
+    }
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseStatus {
+    /// Every output written.
+    Written,
+    /// Skipped: its outputs all existed.
+    Skipped,
+    /// Reading, predicting or writing failed ([`CaseRecord::error`]).
+    Failed,
+    /// Its job (or the batch) was cancelled before its outputs were written.
+    Cancelled,
+}
+
+/// The end of one case, for a caller to log.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseRecord {
+    /// Position in the batch.
+    pub index: usize,
+    /// Case name.
+    pub name: String,
+    /// The image ([`Input::describe`]).
+    pub source: String,
+    /// How it ended.
+    pub status: CaseStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The option a user could change to get past the error ([`InferError::option`]).
+    pub option: Option<&'static str>,
+    /// Seconds reading, predicting and writing (each 0 when not reached).
+    pub read_seconds: f64,
+    /// Seconds predicting.
+    pub predict_seconds: f64,
+    /// Seconds writing.
+    pub write_seconds: f64,
+    /// Tiles run (over all prompt groups).
+    pub tiles: usize,
+    /// Files written.
+    pub outputs: Vec<PathBuf>,
+}
+
+impl CaseRecord {
+    fn new(index: usize, case: &Case, status: CaseStatus) -> Self {
+        Self::named(index, case.job.name.clone(), case.job.input.describe(), status)
+    }
+
+    fn named(index: usize, name: String, source: String, status: CaseStatus) -> Self {
+        CaseRecord {
+            index,
+            name,
+            source,
+            status,
+            error: None,
+            option: None,
+            read_seconds: 0.0,
+            predict_seconds: 0.0,
+            write_seconds: 0.0,
+            tiles: 0,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn fail(mut self, e: &InferError) -> Self {
+        if matches!(e, InferError::Cancelled) {
+            self.status = CaseStatus::Cancelled;
+        } else {
+            self.status = CaseStatus::Failed;
+            self.error = Some(error_text(e));
+            self.option = e.option();
+        }
+        self
+    }
+}
+
+/// What a batch reports while it runs. `case` is the position in the batch, `cases` the
+/// batch's length.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A case whose outputs all exist was skipped.
+    Skipped(&'a CaseRecord),
+    /// A case's image is read and its prediction starts.
+    Started {
+        /// Position.
+        case: usize,
+        /// Cases in the batch.
+        cases: usize,
+        /// Case name.
+        name: &'a str,
+    },
+    /// How the case will run: its prompt groups (one pass over the tiles each).
+    Planned {
+        /// Position.
+        case: usize,
+        /// Case name.
+        name: &'a str,
+        /// The memory plan.
+        plan: &'a Plan,
+        /// The prompts of each group, in order.
+        groups: Vec<&'a [String]>,
+    },
+    /// A tile is done.
+    Tile {
+        /// Position.
+        case: usize,
+        /// The prompt group (0-based) being run.
+        group: usize,
+        /// Prompt groups.
+        groups: usize,
+        /// Tiles done in this group.
+        done: usize,
+        /// Tiles of each group.
+        total: usize,
+    },
+    /// The prediction is done and goes to the writers.
+    Predicted {
+        /// Position.
+        case: usize,
+        /// Case name.
+        name: &'a str,
+        /// Tiles run over all groups.
+        tiles: usize,
+        /// Seconds predicting.
+        seconds: f64,
+    },
+    /// Every output of a case is written.
+    Written(&'a CaseRecord),
+    /// A case failed or was cancelled; the batch goes on.
+    Failed(&'a CaseRecord),
+}
+
+/// A case read and reoriented, or why it could not be.
+type Read = (usize, f64, Result<RasVolume>);
+
+/// A finished prediction on its way to the writer.
+struct ToWrite {
+    index: usize,
+    masks: Masks,
+    image: RasVolume,
+    record: CaseRecord,
+}
+
+impl Predictor {
+    /// Run a batch: embed the prompts of its pending cases once ([`Predictor::prepare`]; a
+    /// prompt that can be neither looked up nor embedded is an error before any image is
+    /// read), then each case — read, predict, write — with the next case read ahead and the
+    /// last one written behind. Returns one record per case, in batch order; a case that fails
+    /// does not stop the others. When the batch is cancelled, the cases not reached have no
+    /// record.
+    pub fn run_batch(
+        &mut self,
+        batch: &Batch,
+        events: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Result<Vec<CaseRecord>> {
+        let mut records = Vec::with_capacity(batch.cases.len());
+        for (i, c) in batch.cases.iter().enumerate().filter(|(_, c)| c.skip) {
+            let r = CaseRecord::new(i, c, CaseStatus::Skipped);
+            events(&Event::Skipped(&r));
+            records.push(r);
+        }
+        self.prepare(&batch.prompts())?;
+        let mut options = self.options().clone();
+        options.keep_logits |= batch.options.writers.iter().any(|w| w.needs_logits());
+        let this = &*self;
+        let pending: Vec<usize> = (0..batch.cases.len()).filter(|&i| !batch.cases[i].skip).collect();
+        let pending = pending.as_slice();
+        records.extend(std::thread::scope(|scope| this.pipeline(scope, batch, pending, &options, events)));
+        records.sort_by_key(|r| r.index);
+        Ok(records)
+    }
+
+    /// The three stages of [`Predictor::run_batch`]; returns the records of `pending`.
+    fn pipeline<'scope, 'env>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        batch: &'env Batch,
+        pending: &'env [usize],
+        options: &PredictOptions,
+        events: &'env (dyn Fn(&Event<'_>) + Sync),
+    ) -> Vec<CaseRecord> {
+        let stop = &batch.options.cancel;
+        let (read_tx, read_rx) = mpsc::sync_channel::<Read>(1);
+        let (write_tx, write_rx) = mpsc::sync_channel::<ToWrite>(1);
+        let reader = scope.spawn(move || {
+            for &i in pending {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let job = &batch.cases[i].job;
+                let t = Instant::now();
+                let read = if job.cancel.is_cancelled() {
+                    Err(InferError::Cancelled)
+                } else {
+                    job.input.read_ras(&batch.options.dicom)
+                };
+                if read_tx.send((i, t.elapsed().as_secs_f64(), read)).is_err() {
+                    break;
+                }
+            }
+        });
+        let writer = scope.spawn(move || {
+            let mut done = Vec::new();
+            for w in write_rx {
+                done.push(write_case(w, batch, events));
+            }
+            done
+        });
+        let mut records = Vec::new();
+        for (i, read_seconds, read) in read_rx {
+            let case = &batch.cases[i];
+            let mut record = CaseRecord::new(i, case, CaseStatus::Written);
+            record.read_seconds = read_seconds;
+            let t = Instant::now();
+            let result = read.and_then(|image| {
+                let masks = self.predict_case(i, batch, &image, options, events)?;
+                Ok((masks, image))
+            });
+            record.predict_seconds = t.elapsed().as_secs_f64();
+            match result {
+                Ok((masks, image)) => {
+                    record.tiles = masks.plan().tiles * masks.plan().passes;
+                    events(&Event::Predicted {
+                        case: i,
+                        name: &case.job.name,
+                        tiles: record.tiles,
+                        seconds: record.predict_seconds,
+                    });
+                    if write_tx.send(ToWrite { index: i, masks, image, record }).is_err() {
+                        break;
+                    }
+                }
+                // Stopped with the batch: no record, as for the cases not reached.
+                Err(InferError::Cancelled) if stop.is_cancelled() => break,
+                Err(e) => {
+                    let record = record.fail(&e);
+                    events(&Event::Failed(&record));
+                    records.push(record);
+                }
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        drop(write_tx);
+        if reader.join().is_err() {
+            records.push(crashed(batch, "reading"));
+        }
+        match writer.join() {
+            Ok(written) => records.extend(written),
+            Err(_) => records.push(crashed(batch, "writing")),
+        }
+        records
+    }
+
+    /// Predict case `i` of `batch` from its image, reporting the plan and each tile.
+    fn predict_case(
+        &self,
+        i: usize,
+        batch: &Batch,
+        image: &RasVolume,
+        options: &PredictOptions,
+        events: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Result<Masks> {
+        let job = &batch.cases[i].job;
+        events(&Event::Started { case: i, cases: batch.cases.len(), name: &job.name });
+        let shape = image.data.shape();
+        let plan = self.plan_with(options, [shape[0], shape[1], shape[2]], job.prompts.len())?;
+        let groups = plan.groups(&job.prompts);
+        let n_groups = groups.len();
+        events(&Event::Planned { case: i, name: &job.name, plan: &plan, groups });
+        let vectors = job
+            .prompts
+            .iter()
+            .map(|p| {
+                self.prepared(p)
+                    .map(<[f32]>::to_vec)
+                    .ok_or_else(|| InferError::Invalid(format!("prompt {p:?} was not prepared")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stop = &batch.options.cancel;
+        self.predict_ras_with(options, image, &job.prompts, &vectors, |done, total| {
+            // `done` counts over all groups; each group runs the same tiles.
+            let per_group = (total / n_groups.max(1)).max(1);
+            let group = (done.saturating_sub(1) / per_group).min(n_groups.saturating_sub(1));
+            events(&Event::Tile {
+                case: i,
+                group,
+                groups: n_groups,
+                done: done - group * per_group,
+                total: per_group,
+            });
+            !(stop.is_cancelled() || job.cancel.is_cancelled())
+        })
+    }
+}
+
+/// Post-process and write one case; its record with the files written or the error.
+fn write_case(w: ToWrite, batch: &Batch, events: &(dyn Fn(&Event<'_>) + Sync)) -> CaseRecord {
+    let ToWrite { index, mut masks, image, mut record } = w;
+    let case = &batch.cases[index];
+    let t = Instant::now();
+    let result = (|| -> Result<Vec<PathBuf>> {
+        if batch.options.keep_largest {
+            for i in 0..masks.len() {
+                let mut m = masks.mask(i)?;
+                components::keep_largest_component(&mut m);
+                masks.set_mask(i, &m)?;
+            }
+        }
+        let finished = PredictedCase {
+            name: &case.job.name,
+            input: &case.job.input,
+            prompts: &case.job.prompts,
+            masks: &masks,
+            image: &image,
+        };
+        let mut written = Vec::new();
+        for writer in &batch.options.writers {
+            written.extend(writer.write(&finished, &batch.options.out_dir)?);
+        }
+        Ok(written)
+    })();
+    record.write_seconds = t.elapsed().as_secs_f64();
+    match result {
+        Ok(outputs) => {
+            record.outputs = outputs;
+            events(&Event::Written(&record));
+            record
+        }
+        Err(e) => {
+            let record = record.fail(&e);
+            events(&Event::Failed(&record));
+            record
+        }
+    }
+}
+
+/// The record of a pipeline thread that panicked (a bug; the batch still reports it).
+fn crashed(batch: &Batch, stage: &str) -> CaseRecord {
+    let name = format!("({stage})");
+    CaseRecord {
+        error: Some(format!("the {stage} thread crashed")),
+        ..CaseRecord::named(batch.cases.len(), name.clone(), name, CaseStatus::Failed)
+    }
+}
+
+/// An error with its causes, each cause added only where the text so far does not already say
+/// it (the crates' errors often include their source's text).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Jobs for `inputs` with the same `prompts` each, as `voxtell predict -i` takes them: one
+/// folder of NIfTI files (every `*.nii` / `*.nii.gz` in it, sorted by name), NIfTI files in the
+/// given order, or folders that each hold one DICOM series (one case per folder). A path given
+/// twice is one case.
+pub fn jobs_from_inputs(inputs: &[PathBuf], prompts: &[String]) -> Result<Vec<Job>> {
+    if inputs.is_empty() {
+        return Err(InferError::Option { option: "inputs", reason: "no input given".to_string() });
+    }
+    if prompts.is_empty() {
+        return Err(InferError::Option { option: "prompts", reason: "no prompts given".to_string() });
+    }
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut nifti: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| {
+                    InferError::Invalid(format!("{}: cannot read the folder: {e}", input.display()))
+                })?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && is_nifti(p))
+                .collect();
+            let dicom = voxtell_io::is_dicom_folder(input);
+            let invalid = |what: &str| Err(InferError::Invalid(format!("{}: {what}", input.display())));
+            match (nifti.is_empty(), dicom) {
+                (false, true) => return invalid("holds both NIfTI files and a DICOM series"),
+                // Named after the folder, also when given as `.` or `..`.
+                (true, true) => out.push(std::fs::canonicalize(input).unwrap_or_else(|_| input.clone())),
+                (false, false) if inputs.len() != 1 => {
+                    return invalid("a folder of NIfTI files must be the only input");
+                }
+                (false, false) => {
+                    nifti.sort();
+                    out.extend(nifti);
+                }
+                (true, false) => return invalid("no NIfTI files and no DICOM series in the folder"),
+            }
+        } else if input.is_file() {
+            out.push(input.clone());
+        } else {
+            return Err(InferError::Invalid(format!("{}: no such file or folder", input.display())));
+        }
+    }
+    let mut seen = HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    Ok(out.into_iter().map(|p| Job::from_path(p, prompts.to_vec())).collect())
+}
+
+fn is_nifti(p: &Path) -> bool {
+    let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    n.ends_with(".nii") || n.ends_with(".nii.gz")
+}
+
+/// Jobs from a JSON list `[{"image": PATH, "prompts": ["..", ..] or ".."}, ..]` (the official
+/// jobs format). A folder given as `.` or `..` is a case named after the folder itself.
+pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
+    let invalid = |reason: String| InferError::Option { option: "jobs", reason };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| invalid("must be a JSON list of {\"image\", \"prompts\"}".to_string()))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let image = job
+                .get("image")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| invalid(format!("job {i}: \"image\" must be a path string")))?;
+            let prompts = match job.get("prompts") {
+                Some(serde_json::Value::String(s)) => vec![s.clone()],
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|p| p.as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(format!("job {i}: \"prompts\" must hold strings")))?,
+                _ => {
+                    return Err(invalid(format!(
+                        "job {i}: \"prompts\" must be a string or a list of strings"
+                    )));
+                }
+            };
+            let path = PathBuf::from(image);
+            let path = if path.is_dir() { std::fs::canonicalize(&path).unwrap_or(path) } else { path };
+            Ok(Job::from_path(path, prompts))
+        })
+        .collect()
+}
