@@ -92,21 +92,21 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
-                eprintln!("error: {}", predict::message(&e));
+                eprintln!("error: {}", report::message(&e));
                 ExitCode::FAILURE
             }
         },
         Command::Phantom(args) => match train::phantom(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", predict::message(&e));
+                eprintln!("error: {}", report::message(&e));
                 ExitCode::FAILURE
             }
         },
         Command::Train(args) => match train::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", predict::message(&e));
+                eprintln!("error: {}", report::message(&e));
                 ExitCode::FAILURE
             }
         },
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             match embed(prompts, from_file, output, append, text_model, &text_dtype, list) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {}", predict::message(&e));
+                    eprintln!("error: {}", report::message(&e));
                     ExitCode::FAILURE
                 }
             }

@@ -301,39 +301,6 @@ fn read_jobs(jobs: &str) -> anyhow::Result<Vec<voxtell::infer::Job>> {
     Ok(jobs_from_json(&text)?)
 }
 
-/// The library names an option by its field (``option `max_memory` ``); the user knows it by its
-/// flag.
-pub fn flags(text: &str) -> String {
-    const FLAGS: [(&str, &str); 10] = [
-        ("max_memory", "--max-memory"),
-        ("accumulate", "--accumulate"),
-        ("step_size", "--step-size"),
-        ("jobs", "--jobs"),
-        ("inputs", "-i/--input"),
-        ("prompts", "-p/--prompts"),
-        ("model", "-m/--model"),
-        ("text_model", "--text-model"),
-        ("embeddings", "--embeddings"),
-        ("resume", "--resume"),
-    ];
-    FLAGS.iter().fold(text.to_string(), |t, (option, flag)| t.replace(&format!("option `{option}`"), flag))
-}
-
-/// An error with its causes, each cause added only when the message so far does not already
-/// say it (the crates' errors often include their source's text), in the command's words.
-pub fn message(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.is_empty() {
-            out = text;
-        } else if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-    }
-    flags(&out)
-}
-
 /// The bank: --embeddings, $VOXTELL_EMBEDDINGS, the Hugging Face cache; empty with
 /// --no-precomputed or when none is found.
 fn load_bank(args: &PredictArgs, log: &Log) -> anyhow::Result<EmbeddingBank> {
@@ -394,11 +361,5 @@ mod tests {
     fn jobs_are_a_file_or_inline_json() {
         assert_eq!(read_jobs(r#"[{"image": "a.nii.gz", "prompts": "liver"}]"#).unwrap().len(), 1);
         assert!(read_jobs("no-such-file.json").is_err());
-    }
-
-    #[test]
-    fn library_options_are_named_by_their_flags() {
-        let msg = flags("raise the memory budget, option `max_memory`, or use a machine with more memory");
-        assert_eq!(msg, "raise the memory budget, --max-memory, or use a machine with more memory");
     }
 }

@@ -1,13 +1,12 @@
-//! What `voxtell predict` shows while a batch runs: messages by verbosity, and the batch's
-//! events as a progress bar on a terminal or a line every quarter elsewhere.
+//! What `voxtell predict` shows while a batch runs: messages by verbosity, the batch's events as
+//! a progress bar on a terminal or a line every quarter elsewhere, and errors in the command's
+//! words (its flags where the library names an option).
 
 use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use voxtell::infer::{CaseStatus, Event, human_bytes};
-
-use crate::predict::flags;
 
 /// Messages by verbosity.
 pub struct Log {
@@ -145,5 +144,49 @@ fn print_above(s: &State, line: &str) {
     match &s.bar {
         Some(bar) => bar.suspend(|| eprintln!("{line}")),
         None => eprintln!("{line}"),
+    }
+}
+
+/// The library names an option by its field (``option `max_memory` ``); the user knows it by its
+/// flag.
+pub fn flags(text: &str) -> String {
+    const FLAGS: [(&str, &str); 10] = [
+        ("max_memory", "--max-memory"),
+        ("accumulate", "--accumulate"),
+        ("step_size", "--step-size"),
+        ("jobs", "--jobs"),
+        ("inputs", "-i/--input"),
+        ("prompts", "-p/--prompts"),
+        ("model", "-m/--model"),
+        ("text_model", "--text-model"),
+        ("embeddings", "--embeddings"),
+        ("resume", "--resume"),
+    ];
+    FLAGS.iter().fold(text.to_string(), |t, (option, flag)| t.replace(&format!("option `{option}`"), flag))
+}
+
+/// An error with its causes, each cause added only when the message so far does not already
+/// say it (the crates' errors often include their source's text), in the command's words.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    flags(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_options_are_named_by_their_flags() {
+        let msg = flags("raise the memory budget, option `max_memory`, or use a machine with more memory");
+        assert_eq!(msg, "raise the memory budget, --max-memory, or use a machine with more memory");
     }
 }
