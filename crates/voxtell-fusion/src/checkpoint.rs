@@ -146,15 +146,7 @@ impl Checkpoint {
             };
             tensors.insert(key.to_string(), self.tensor(key, dtype, &Device::Cpu)?);
         }
-        voxtell_io::atomic::write_atomic(out, overwrite, |tmp| {
-            // The safetensors writer replaces `tmp` by a file of its own, private to the user;
-            // give the result the permissions an ordinary new file gets.
-            let permissions = std::fs::metadata(tmp)?.permissions();
-            candle_core::safetensors::save(&tensors, tmp)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            std::fs::set_permissions(tmp, permissions)
-        })?;
-        Ok(())
+        write_tensors(&tensors, out, overwrite)
     }
 
     /// A `VarBuilder` over these weights: every request is checked against the file's shape,
@@ -162,6 +154,20 @@ impl Checkpoint {
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
+}
+
+/// Write `tensors` to a safetensors file through the atomic writer ([`voxtell_io::atomic`]),
+/// replacing an existing file only with `overwrite`: for model weights and any other tensor
+/// state (e.g. an optimiser's) saved whole.
+pub fn write_tensors(tensors: &HashMap<String, Tensor>, out: &Path, overwrite: bool) -> Result<()> {
+    voxtell_io::atomic::write_atomic(out, overwrite, |tmp| {
+        // The safetensors writer replaces `tmp` by a file of its own, private to the user;
+        // give the result the permissions an ordinary new file gets.
+        let permissions = std::fs::metadata(tmp)?.permissions();
+        candle_core::safetensors::save(tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::set_permissions(tmp, permissions)
+    })?;
+    Ok(())
 }
 
 impl SimpleBackend for Checkpoint {

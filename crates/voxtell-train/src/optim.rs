@@ -98,17 +98,10 @@ fn check_names(params: &HashMap<String, Var>, grads: &Gradients) -> Result<()> {
     }
 }
 
-/// Write an optimiser state to a safetensors file, atomically (through
-/// [`voxtell_io::atomic`]), replacing an existing file.
+/// Write an optimiser state to a safetensors file, atomically
+/// ([`voxtell_fusion::checkpoint::write_tensors`]), replacing an existing file.
 fn save_state(state: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    voxtell_io::atomic::write_atomic(path, true, |tmp| {
-        // The safetensors writer replaces `tmp` by a file of its own, private to the user;
-        // give the result the permissions an ordinary new file gets.
-        let permissions = std::fs::metadata(tmp)?.permissions();
-        candle_core::safetensors::save(state, tmp).map_err(|e| std::io::Error::other(e.to_string()))?;
-        std::fs::set_permissions(tmp, permissions)
-    })?;
-    Ok(())
+    Ok(voxtell_fusion::checkpoint::write_tensors(state, path, true)?)
 }
 
 /// Read an optimiser state written by [`save_state`].
