@@ -2,6 +2,7 @@
 
 mod predict;
 mod report;
+mod serve;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Segment scans from text prompts (a superset of the official voxtell-predict).
     Predict(Box<predict::PredictArgs>),
+    /// Serve the official voxtell-server HTTP API (napari-voxtell's remote mode) with this
+    /// engine: upload scans, run prompt jobs with progress, fetch masks, export label maps.
+    Serve(Box<serve::ServeArgs>),
     /// Train or fine-tune a text-prompted model (Dice + BCE, deep supervision), or resume a run.
     Train(train::TrainArgs),
     /// Write synthetic torso CT phantoms with their masks as an nnU-Net dataset, with a
@@ -96,6 +100,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Serve(args) => match serve::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", report::message(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Phantom(args) => match train::phantom(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -145,7 +156,7 @@ fn info(paths: &[PathBuf], series: Option<String>, ras: bool) -> ExitCode {
             continue;
         }
         let volume = if path.is_dir() {
-            read_dicom_series(path, &DicomOptions { series_uid: series.clone() })
+            read_dicom_series(path, &DicomOptions { series_uid: series.clone(), ..Default::default() })
         } else {
             read_nifti(path)
         };

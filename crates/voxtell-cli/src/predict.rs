@@ -132,7 +132,7 @@ pub fn text_dtype(name: &str) -> DType {
 }
 
 /// Parse a size like `8G`, `512M`, `1.5GiB` or a plain number of bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -162,7 +162,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             .build_global()
             .context("setting up the thread pool")?;
     }
-    let bank = load_bank(&args, &log)?;
+    let bank = load_bank(args.no_precomputed, args.embeddings.as_deref(), &log)?;
     if args.list_embeddings {
         println!("{} prompts, {}-wide vectors", bank.len(), bank.dim());
         for label in bank.labels() {
@@ -187,7 +187,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             writers: writers(&args),
             skip_existing: args.no_overwrite,
             keep_largest: args.keep_largest,
-            dicom: DicomOptions { series_uid: args.series.clone() },
+            dicom: DicomOptions { series_uid: args.series.clone(), ..Default::default() },
             cancel: cancel.clone(),
             ..BatchOptions::new(out_dir, Vec::new())
         },
@@ -303,11 +303,15 @@ fn read_jobs(jobs: &str) -> anyhow::Result<Vec<voxtell::infer::Job>> {
 
 /// The bank: --embeddings, $VOXTELL_EMBEDDINGS, the Hugging Face cache; empty with
 /// --no-precomputed or when none is found.
-fn load_bank(args: &PredictArgs, log: &Log) -> anyhow::Result<EmbeddingBank> {
-    if args.no_precomputed {
+pub(crate) fn load_bank(
+    no_precomputed: bool,
+    embeddings: Option<&std::path::Path>,
+    log: &Log,
+) -> anyhow::Result<EmbeddingBank> {
+    if no_precomputed {
         return Ok(EmbeddingBank::default());
     }
-    match resolve_bank(args.embeddings.as_deref()) {
+    match resolve_bank(embeddings) {
         Some(p) => {
             let bank = EmbeddingBank::read(&p)?;
             log.verbose(format!("embedding bank: {} ({} prompts)", p.display(), bank.len()));
@@ -322,7 +326,7 @@ fn load_bank(args: &PredictArgs, log: &Log) -> anyhow::Result<EmbeddingBank> {
 
 /// The device asked for; a GPU that is not there falls back to the CPU with a warning, as the
 /// official tool does.
-fn pick_device(choice: Option<&str>, gpu: usize, log: &Log) -> anyhow::Result<Device> {
+pub(crate) fn pick_device(choice: Option<&str>, gpu: usize, log: &Log) -> anyhow::Result<Device> {
     let cuda = || Device::new_cuda(gpu);
     let metal = || Device::new_metal(gpu);
     Ok(match choice {

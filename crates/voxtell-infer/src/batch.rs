@@ -39,8 +39,11 @@ use crate::writers::{OutputWriter, PredictedCase};
 pub enum Input {
     /// A NIfTI file (`.nii`, `.nii.gz`) or a folder holding one DICOM series.
     Path(PathBuf),
-    /// A volume already in memory (e.g. uploaded to a server).
+    /// A volume already in memory.
     Volume(Arc<Volume>),
+    /// A volume already reoriented to the network's (S, A, R) layout (e.g. an image a server
+    /// holds for several jobs); shared, not copied.
+    Ras(Arc<RasVolume>),
 }
 
 impl Input {
@@ -48,19 +51,20 @@ impl Input {
     pub fn describe(&self) -> String {
         match self {
             Input::Path(p) => p.display().to_string(),
-            Input::Volume(_) => "(in memory)".to_string(),
+            Input::Volume(_) | Input::Ras(_) => "(in memory)".to_string(),
         }
     }
 
     /// Read the image and reorient it to the network's (S, A, R) layout; `dicom` chooses the
     /// series of a DICOM folder.
-    pub fn read_ras(&self, dicom: &DicomOptions) -> Result<RasVolume> {
+    pub fn read_ras(&self, dicom: &DicomOptions) -> Result<Arc<RasVolume>> {
         let volume = match self {
             Input::Path(p) if p.is_dir() => voxtell_io::read_dicom_series(p, dicom)?,
             Input::Path(p) => voxtell_io::read(p)?,
-            Input::Volume(v) => return Ok(v.to_ras()?),
+            Input::Volume(v) => return Ok(Arc::new(v.to_ras()?)),
+            Input::Ras(r) => return Ok(Arc::clone(r)),
         };
-        Ok(volume.to_ras()?)
+        Ok(Arc::new(volume.to_ras()?))
     }
 }
 
@@ -132,6 +136,12 @@ pub struct BatchOptions {
 }
 
 impl BatchOptions {
+    /// Options for writers that keep their results in memory and write no file (e.g. a
+    /// server's): no output folder.
+    pub fn in_memory(writers: Vec<Arc<dyn OutputWriter>>) -> Self {
+        Self::new(PathBuf::new(), writers)
+    }
+
     /// Options writing with `writers` into `out_dir`, skipping nothing.
     pub fn new(out_dir: impl Into<PathBuf>, writers: Vec<Arc<dyn OutputWriter>>) -> Self {
         BatchOptions {
@@ -167,7 +177,7 @@ impl Batch {
     /// Check `jobs` before any work: at least one job, every job with prompts, every output
     /// name taken by one case only (two prompts of a case that would write one file, or two
     /// images with one case name, are errors naming both), at least one writer. Creates the
-    /// output folder, and marks the cases to skip.
+    /// output folder (when a writer writes files), and marks the cases to skip.
     pub fn new(jobs: Vec<Job>, options: BatchOptions) -> Result<Batch> {
         if jobs.is_empty() {
             return Err(InferError::Invalid("no input images".to_string()));
@@ -201,10 +211,13 @@ impl Batch {
             }
             cases.push(Case { job, outputs, skip: false });
         }
-        std::fs::create_dir_all(&options.out_dir).map_err(|e| InferError::Output {
-            path: options.out_dir.clone(),
-            reason: format!("cannot create the output folder: {e}"),
-        })?;
+        // Writers that keep their results in memory need no folder.
+        if cases.iter().any(|c| !c.outputs.is_empty()) {
+            std::fs::create_dir_all(&options.out_dir).map_err(|e| InferError::Output {
+                path: options.out_dir.clone(),
+                reason: format!("cannot create the output folder: {e}"),
+            })?;
+        }
         if options.skip_existing {
             for c in &mut cases {
                 c.skip = c.outputs.iter().all(|f| options.out_dir.join(f).exists());
@@ -372,13 +385,13 @@ pub enum Event<'a> {
 }
 
 /// A case read and reoriented, or why it could not be.
-type Read = (usize, f64, Result<RasVolume>);
+type Read = (usize, f64, Result<Arc<RasVolume>>);
 
 /// A finished prediction on its way to the writer.
 struct ToWrite {
     index: usize,
     masks: Masks,
-    image: RasVolume,
+    image: Arc<RasVolume>,
     record: CaseRecord,
 }
 

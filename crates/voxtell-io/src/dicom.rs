@@ -33,6 +33,9 @@ const TOLERANCE: f64 = 1e-3;
 pub struct DicomOptions {
     /// The SeriesInstanceUID to read when the folder holds several series.
     pub series_uid: Option<String>,
+    /// Refuse a series of more voxels (slices × rows × columns, from the headers) before any
+    /// pixel data is decoded; `None`: no cap beyond what can be allocated.
+    pub max_voxels: Option<u64>,
 }
 
 /// One series found in a folder.
@@ -185,6 +188,14 @@ pub fn read_dicom_series(folder: impl AsRef<Path>, options: &DicomOptions) -> Re
     // Decode the pixels slice by slice; Fortran order of (i, j, k) is row-major per slice.
     let (rows, columns) = (first.rows, first.columns);
     let per_slice = rows * columns;
+    let voxels = (per_slice as u64).saturating_mul(n as u64);
+    if let Some(max) = options.max_voxels
+        && voxels > max
+    {
+        return Err(err(format!(
+            "{n} slices of {rows}×{columns} are {voxels} voxels, more than the {max} allowed"
+        )));
+    }
     let mut data: Vec<f32> = Vec::new();
     data.try_reserve_exact(per_slice * n)
         .map_err(|_| err(format!("cannot allocate {n} slices of {rows}×{columns}")))?;

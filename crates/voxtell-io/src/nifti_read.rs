@@ -131,6 +131,44 @@ pub fn read_nifti_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Volume> 
     read_nifti_from(bytes, bytes.len() as u64, name.as_ref())
 }
 
+/// What a NIfTI-1 image declares about its voxels, read from its header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NiftiExtent {
+    /// The voxel grid.
+    pub shape: [usize; 3],
+    /// Bytes per stored voxel.
+    pub bytes_per_voxel: usize,
+    /// Bytes of the uncompressed file up to the end of the voxel data (`vox_offset` + data).
+    pub decoded_bytes: u64,
+}
+
+impl NiftiExtent {
+    /// Number of voxels.
+    pub fn voxels(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// Read only the header of a NIfTI-1 image held in memory (gzip-compressed or not) and say how
+/// large it is, so a caller can refuse it before [`read_nifti_bytes`] allocates anything.
+/// Errors are those of [`read_nifti_bytes`] for a bad header (not NIfTI-1, not 3-D, bad
+/// datatype or geometry).
+pub fn nifti_extent(bytes: &[u8], name: impl AsRef<Path>) -> Result<NiftiExtent> {
+    let path = name.as_ref();
+    let compressed = bytes.len() >= 2 && bytes[..2] == [0x1f, 0x8b];
+    let mut reader: Box<dyn Read + '_> =
+        if compressed { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) };
+    let mut raw_header = [0u8; HEADER_SIZE];
+    read_exact(&mut reader, &mut raw_header, path, "header")?;
+    let layout = validate(&parse_header(&raw_header, path)?, path)?;
+    let voxels: u64 = layout.shape.iter().map(|&d| d as u64).product();
+    Ok(NiftiExtent {
+        shape: layout.shape,
+        bytes_per_voxel: layout.datatype.size(),
+        decoded_bytes: layout.vox_offset.saturating_add(voxels.saturating_mul(layout.datatype.size() as u64)),
+    })
+}
+
 /// `file_len` is the stored (possibly compressed) size, used to reject impossible headers early.
 fn read_nifti_from(mut buffered: impl BufRead, file_len: u64, path: &Path) -> Result<Volume> {
     let compressed = {

@@ -79,11 +79,18 @@ fn a_chosen_series_is_read_from_a_folder_with_two() {
     let series = list_series(&folder).unwrap();
     assert_eq!(series.len(), 2);
     for sub in &case.sub_cases {
-        let vol =
-            read_dicom_series(&folder, &DicomOptions { series_uid: Some(sub.series_uid.clone()) }).unwrap();
+        let vol = read_dicom_series(
+            &folder,
+            &DicomOptions { series_uid: Some(sub.series_uid.clone()), ..Default::default() },
+        )
+        .unwrap();
         assert_matches_sitk(&vol, &sub.expected, &sub.affine, &sub.series_uid);
     }
-    let err = read_dicom_series(&folder, &DicomOptions { series_uid: Some("1.2.3.4".into()) }).unwrap_err();
+    let err = read_dicom_series(
+        &folder,
+        &DicomOptions { series_uid: Some("1.2.3.4".into()), ..Default::default() },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("1.2.3.4"), "{err}");
 }
 

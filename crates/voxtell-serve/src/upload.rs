@@ -1,0 +1,165 @@
+//! Reading an uploaded scan: NIfTI bytes (gzip-compressed or not, told apart by their magic), or
+//! a zip holding one DICOM series. Every size is checked before it is allocated: the NIfTI
+//! header's voxel count against `--max-upload` and the cache, each zip entry's real size while
+//! it is extracted. Zip entries are written under generated names in a private folder (an entry
+//! name never becomes a path) and read by the project's DICOM reader.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use voxtell_infer::human_bytes;
+use voxtell_io::{DicomOptions, IoError, RasVolume};
+
+use crate::error::ApiError;
+
+/// Caps on a zip upload (a DICOM series).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZipLimits {
+    /// Most entries (files and folders) in the archive.
+    pub max_entries: usize,
+    /// Largest single entry, uncompressed.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for ZipLimits {
+    /// 100 000 entries (a whole-body CT has a few thousand slices), 512 MiB per file; the total
+    /// is capped by `--max-upload`.
+    fn default() -> Self {
+        ZipLimits { max_entries: 100_000, max_entry_bytes: 512 << 20 }
+    }
+}
+
+/// What an upload decodes to, and what it was.
+pub(crate) struct Uploaded {
+    pub(crate) ras: RasVolume,
+    pub(crate) source: String,
+}
+
+/// Read an upload (already capped at `max_upload` bytes by the route).
+pub(crate) fn read(
+    body: &[u8],
+    max_upload: u64,
+    cache_memory: u64,
+    zip: ZipLimits,
+    scratch: &Path,
+) -> Result<Uploaded, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad(
+            "The upload is empty: send the bytes of a .nii, .nii.gz or a zip of one DICOM series.",
+        ));
+    }
+    if body.starts_with(b"PK\x03\x04") {
+        return read_dicom_zip(body, max_upload, cache_memory, zip, scratch);
+    }
+    let name = if body.starts_with(&[0x1f, 0x8b]) { "upload.nii.gz" } else { "upload.nii" };
+    let extent = voxtell_io::nifti_extent(body, name).map_err(|e| bad_image(&e))?;
+    if extent.decoded_bytes > max_upload {
+        return Err(ApiError::too_large(format!(
+            "The image declares {:?} voxels ({} uncompressed), more than --max-upload {}.",
+            extent.shape,
+            human_bytes(extent.decoded_bytes),
+            human_bytes(max_upload)
+        )));
+    }
+    let in_memory = extent.voxels().saturating_mul(4);
+    if in_memory > cache_memory {
+        return Err(ApiError::too_large(format!(
+            "The image of {:?} voxels needs {} in memory, more than the server's cache (--cache-memory {}).",
+            extent.shape,
+            human_bytes(in_memory),
+            human_bytes(cache_memory)
+        )));
+    }
+    let volume = voxtell_io::read_nifti_bytes(body, name).map_err(|e| bad_image(&e))?;
+    let ras = volume.to_ras().map_err(|e| bad_image(&e))?;
+    Ok(Uploaded { ras, source: format!("{name}, {:?} voxels", extent.shape) })
+}
+
+fn bad_image(e: &IoError) -> ApiError {
+    ApiError::bad(format!("Cannot read the upload: {}", voxtell_infer::batch::error_text(e)))
+}
+
+/// Extract a zip of one DICOM series into a private folder and read it.
+fn read_dicom_zip(
+    body: &[u8],
+    max_upload: u64,
+    cache_memory: u64,
+    limits: ZipLimits,
+    scratch: &Path,
+) -> Result<Uploaded, ApiError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body))
+        .map_err(|e| ApiError::bad(format!("Cannot read the zip upload: {e}")))?;
+    if archive.len() > limits.max_entries {
+        return Err(ApiError::too_large(format!(
+            "The zip holds {} entries, more than the server takes ({}).",
+            archive.len(),
+            limits.max_entries
+        )));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("dicom-")
+        .tempdir_in(scratch)
+        .map_err(|e| ApiError::internal(format!("Cannot make a folder for the DICOM upload: {e}")))?;
+    let mut total = 0u64;
+    let mut files = 0usize;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| ApiError::bad(format!("Zip entry {i}: {e}")))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
+        if entry.size() > limits.max_entry_bytes {
+            return Err(ApiError::too_large(format!(
+                "Zip entry {name:?} declares {}, more than the server takes per file ({}).",
+                human_bytes(entry.size()),
+                human_bytes(limits.max_entry_bytes)
+            )));
+        }
+        // The declared size may lie: copy at most one byte more than either cap allows.
+        let cap = limits.max_entry_bytes.min(max_upload.saturating_sub(total));
+        let path = dir.path().join(format!("{files:06}.dcm"));
+        let mut out = std::fs::File::create(&path)
+            .map_err(|e| ApiError::internal(format!("Cannot write the DICOM upload: {e}")))?;
+        let copied = std::io::copy(&mut (&mut entry).take(cap + 1), &mut out)
+            .map_err(|e| ApiError::bad(format!("Zip entry {name:?} cannot be extracted: {e}")))?;
+        out.flush().map_err(|e| ApiError::internal(format!("Cannot write the DICOM upload: {e}")))?;
+        if copied > cap {
+            return Err(ApiError::too_large(if cap < limits.max_entry_bytes {
+                format!("The zip's contents exceed --max-upload ({}).", human_bytes(max_upload))
+            } else {
+                format!(
+                    "Zip entry {name:?} is larger than the server takes per file ({}).",
+                    human_bytes(limits.max_entry_bytes)
+                )
+            }));
+        }
+        total += copied;
+        files += 1;
+    }
+    if files == 0 {
+        return Err(ApiError::bad("The zip upload holds no files."));
+    }
+    let options = DicomOptions { max_voxels: Some(cache_memory / 4), ..Default::default() };
+    let volume = voxtell_io::read_dicom_series(dir.path(), &options).map_err(|e| match e {
+        IoError::MultipleSeries { series, .. } => ApiError::bad(format!(
+            "The zip holds {} DICOM series; upload one at a time: {}",
+            series.len(),
+            series.join("; ")
+        )),
+        e => ApiError::bad(format!(
+            "Cannot read the zip as a DICOM series: {}",
+            voxtell_infer::batch::error_text(&e).replace(&dir.path().display().to_string(), "(upload)")
+        )),
+    })?;
+    let in_memory = (volume.data.len() as u64).saturating_mul(4);
+    if in_memory > cache_memory {
+        return Err(ApiError::too_large(format!(
+            "The series needs {} in memory, more than the server's cache (--cache-memory {}).",
+            human_bytes(in_memory),
+            human_bytes(cache_memory)
+        )));
+    }
+    let ras = volume.to_ras().map_err(|e| bad_image(&e))?;
+    let shape = ras.geometry.original_shape;
+    Ok(Uploaded { ras, source: format!("DICOM zip, {files} files, {shape:?} voxels") })
+}
