@@ -1,5 +1,6 @@
 //! The `voxtell` command-line tool.
 
+mod cohort;
 mod predict;
 mod report;
 mod serve;

@@ -16,13 +16,14 @@ use clap::Args;
 use voxtell::candle::{DType, Device};
 use voxtell::fusion::{ModelDir, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
-    Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, MaskFiles,
-    OutputWriter, PredictOptions, Predictor, PreviewImage, ProbabilityMaps, StatisticsFile, jobs_from_inputs,
-    jobs_from_json,
+    Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, Event, MaskFiles,
+    OutputWriter, Part, PartArg, PredictOptions, Predictor, PreviewImage, ProbabilityMaps, StatisticsFile,
+    jobs_from_inputs, jobs_from_json,
 };
 use voxtell::io::DicomOptions;
 use voxtell::text::{EmbeddingBank, PromptVectors};
 
+use crate::cohort;
 use crate::report::{Log, Progress};
 
 /// Arguments of `voxtell predict`.
@@ -30,7 +31,7 @@ use crate::report::{Log, Progress};
 pub struct PredictArgs {
     /// Input scans: one folder of NIfTI files (all *.nii / *.nii.gz, sorted by name), NIfTI files
     /// in the given order, or folders that each hold one DICOM series (one case per folder).
-    #[arg(short = 'i', long = "input", num_args = 1.., required_unless_present_any = ["jobs", "list_embeddings"])]
+    #[arg(short = 'i', long = "input", num_args = 1.., required_unless_present_any = ["jobs", "list_embeddings", "retry_failed"])]
     pub input: Vec<PathBuf>,
     /// Output folder (created if missing).
     #[arg(short = 'o', long = "output", required_unless_present = "list_embeddings")]
@@ -41,7 +42,7 @@ pub struct PredictArgs {
     pub model: Option<PathBuf>,
     /// Text prompts, applied to every input.
     #[arg(short = 'p', long = "prompts", num_args = 1.., conflicts_with = "jobs",
-          required_unless_present_any = ["jobs", "list_embeddings"])]
+          required_unless_present_any = ["jobs", "list_embeddings", "retry_failed"])]
     pub prompts: Vec<String>,
     /// Jobs as a JSON file or an inline JSON string: [{"image": PATH, "prompts": [..] or "text"}]
     /// (then -i is ignored).
@@ -70,9 +71,26 @@ pub struct PredictArgs {
     /// overwrite) instead of one mask per prompt.
     #[arg(long)]
     pub save_combined: bool,
-    /// Skip cases whose outputs all exist.
-    #[arg(long)]
+    /// Skip cases whose outputs all exist: resume a run that was stopped (nnU-Net's
+    /// --continue-prediction is an alias).
+    #[arg(long, visible_alias = "continue-prediction", alias = "continue_prediction")]
     pub no_overwrite: bool,
+    /// Split the cases into this many parts (nnU-Net's -num_parts): the sorted case names, every
+    /// N-th from --part-id. `auto`: SLURM_ARRAY_TASK_COUNT.
+    #[arg(long, value_name = "N|auto")]
+    pub num_parts: Option<PartArg>,
+    /// Which part to run, 0 to N-1 (nnU-Net's -part_id). `auto`: from the Slurm array task
+    /// (SLURM_ARRAY_TASK_ID, _MIN, _MAX, _STEP) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with --num-parts N).
+    #[arg(long, value_name = "I|auto")]
+    pub part_id: Option<PartArg>,
+    /// Append one JSON line per case to this file (`{part}` becomes the part id): case, inputs,
+    /// prompts, outputs, status, error, seconds, peak RSS.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Run again the cases whose latest line in these reports says `failed` (instead of -i/--jobs).
+    #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["jobs", "input", "prompts"])]
+    pub retry_failed: Vec<PathBuf>,
     /// Device: cpu, cuda or metal (default: a GPU when the binary was built with one and one is
     /// present, else cpu).
     #[arg(long, value_parser = ["cpu", "cuda", "metal"])]
@@ -80,7 +98,7 @@ pub struct PredictArgs {
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: SLURM_CPUS_PER_TASK when set, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Tile step as a fraction of the patch size.
@@ -155,7 +173,13 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 /// Run `voxtell predict`; returns whether every case succeeded.
 pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let log = Log { quiet: args.quiet, verbose: args.verbose };
-    if let Some(n) = args.threads {
+    let threads = args.threads.or_else(|| {
+        std::env::var("SLURM_CPUS_PER_TASK")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&n: &usize| n > 0)
+    });
+    if let Some(n) = threads {
         ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -176,10 +200,23 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
         "--step-size must be in (0, 1], got {}",
         args.step_size
     );
-    let jobs = match &args.jobs {
+    let part = Part::resolve(args.part_id, args.num_parts, &|name| std::env::var(name).ok())?;
+    let mut jobs = match &args.jobs {
         Some(jobs) => read_jobs(jobs)?,
+        None if !args.retry_failed.is_empty() => cohort::failed_jobs(&args.retry_failed)?,
         None => jobs_from_inputs(&args.input, &args.prompts)?,
     };
+    if let Some(p) = part {
+        let total = jobs.len();
+        jobs = p.select(jobs);
+        log.info(format!("part {} of {} (0-based): {} of {total} case(s)", p.id, p.count, jobs.len()));
+        voxtell::io::atomic::set_run_tag(&p.tag());
+    }
+    if jobs.is_empty() {
+        log.info("nothing to do: no cases".to_string());
+        return Ok(true);
+    }
+    let report = args.report.as_deref().map(|r| cohort::Report::open(r, part)).transpose()?;
     let cancel = CancelToken::new();
     let batch = Batch::new(
         jobs,
@@ -192,9 +229,18 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             ..BatchOptions::new(out_dir, Vec::new())
         },
     )?;
+    if let Some(p) = part {
+        let removed = voxtell::io::atomic::remove_stale(&batch.options().out_dir, &p.tag())?;
+        if removed > 0 {
+            log.info(format!("removed {removed} temporary file(s) left by an earlier run of this part"));
+        }
+    }
     let skipped = batch.cases().len() - batch.pending();
     if skipped > 0 {
         log.info(format!("skipping {skipped} case(s) whose outputs all exist (--no-overwrite)"));
+    }
+    if let Some(report) = &report {
+        report.skipped(&batch)?;
     }
     if batch.pending() == 0 {
         log.info("nothing to do".to_string());
@@ -256,7 +302,19 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
         });
     }
     let progress = Progress::new(&log, batch.pending());
-    let records = predictor.run_batch(&batch, &|e| progress.show(e))?;
+    let report_error = std::sync::Mutex::new(None);
+    let records = predictor.run_batch(&batch, &|e| {
+        progress.show(e);
+        if let (Some(report), Event::Written(r) | Event::Failed(r)) = (&report, e)
+            && let Err(err) = report.record(&batch, r)
+            && let Ok(mut slot) = report_error.lock()
+        {
+            slot.get_or_insert(err);
+        }
+    })?;
+    if let Some(err) = report_error.into_inner().ok().flatten() {
+        return Err(err);
+    }
     if cancel.is_cancelled() {
         eprintln!("stopped by the user");
         std::process::exit(130);

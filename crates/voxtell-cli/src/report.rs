@@ -150,7 +150,9 @@ fn print_above(s: &State, line: &str) {
 /// The library names an option by its field (``option `max_memory` ``); the user knows it by its
 /// flag.
 pub fn flags(text: &str) -> String {
-    const FLAGS: [(&str, &str); 10] = [
+    const FLAGS: [(&str, &str); 12] = [
+        ("num_parts", "--num-parts"),
+        ("part_id", "--part-id"),
         ("max_memory", "--max-memory"),
         ("accumulate", "--accumulate"),
         ("step_size", "--step-size"),

@@ -199,6 +199,12 @@ impl Batch {
             for w in &options.writers {
                 outputs.extend(w.files(&job.name, &job.prompts)?);
             }
+            if let Some(f) = outputs.iter().find(|f| voxtell_io::atomic::is_temp_name(f.as_ref())) {
+                return Err(InferError::Invalid(format!(
+                    "{source}: its output {f} would look like a temporary file of an interrupted write (a name starting with {}); rename the input",
+                    voxtell_io::atomic::TEMP_PREFIX
+                )));
+            }
             for f in &outputs {
                 // The same image twice writes the same files twice: harmless.
                 if let Some(prev) = owner.insert(f.clone(), source.clone())

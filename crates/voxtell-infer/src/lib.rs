@@ -15,6 +15,7 @@ pub mod plan;
 pub mod predict;
 pub mod preprocess;
 pub mod preview;
+pub mod shard;
 pub mod sliding;
 pub mod stats;
 pub mod window;
@@ -28,6 +29,7 @@ pub use error::{InferError, Result};
 pub use masks::Masks;
 pub use plan::{Plan, human_bytes};
 pub use predict::{PredictOptions, Predictor, segment};
+pub use shard::{Part, PartArg};
 pub use sliding::{Accumulate, Logits};
 pub use voxtell_vision::ops::ConvPrecision;
 pub use writers::{

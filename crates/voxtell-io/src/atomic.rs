@@ -5,7 +5,8 @@
 //! in one step. The rules:
 //!
 //! - The temporary name is `.voxtell-tmp-{tag}-{random}-{name}{suffix}`: `tag` is the process id
-//!   (for a reader of a folder listing), `random` is 64 bits drawn per name from the operating
+//!   (for a reader of a folder listing), after the run's tag when one is set ([`set_run_tag`]:
+//!   a cohort part removes its own stale temporaries with [`remove_stale`]), `random` is 64 bits drawn per name from the operating
 //!   system's randomness, so two processes — also two containers on two hosts that both run as
 //!   PID 1 and share one output folder — do not pick the same name.
 //! - The temporary file is created here with `create_new`, which never opens (let alone
@@ -33,6 +34,7 @@ use std::fs::{self, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoError, Result};
@@ -129,7 +131,10 @@ pub fn write_atomic_tagged<T>(
     let result = fill(&tmp)
         .and_then(|value| sync_file(&tmp).map(|()| value))
         .map_err(|e| IoError::os(path, e))
-        .and_then(|value| place(&tmp, path, overwrite).map(|()| value));
+        .and_then(|value| {
+            abort_hook();
+            place(&tmp, path, overwrite).map(|()| value)
+        });
     match result {
         Ok(value) => {
             sync_folder(folder);
@@ -244,9 +249,65 @@ fn clean(text: &str, max: usize) -> String {
         .collect()
 }
 
-/// The process id, the readable part of a temporary name.
+/// The run tag set by [`set_run_tag`].
+static RUN_TAG: OnceLock<String> = OnceLock::new();
+
+/// Put `tag` (e.g. a cohort part, `p3of8`; cleaned as the tag of [`write_atomic_tagged`]) before
+/// the process id in every temporary name this process makes from now on, so that a restarted
+/// run can find its own leftovers ([`remove_stale`]) and never touch another run's. Set once;
+/// a second call with another tag is refused (returns `false`).
+pub fn set_run_tag(tag: &str) -> bool {
+    let tag = clean(tag, 24);
+    RUN_TAG.get_or_init(|| tag.clone()) == &tag
+}
+
+/// Remove the temporary files of earlier processes of the run `tag` ([`set_run_tag`]) from
+/// `folder` — what a process killed between writing and renaming left. Returns how many were
+/// removed. Files of other runs, and every other file, are left alone.
+pub fn remove_stale(folder: impl AsRef<Path>, tag: &str) -> Result<usize> {
+    let folder = folder.as_ref();
+    let prefix = format!("{TEMP_PREFIX}{}-", clean(tag, 24));
+    let own = format!("{prefix}{}-", std::process::id());
+    let entries = match fs::read_dir(folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(IoError::os(folder, e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // This process's own names are being written now.
+        if name.starts_with(&prefix)
+            && !name.starts_with(&own)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            fs::remove_file(entry.path()).map_err(|e| IoError::os(entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The readable part of a temporary name: the run tag, if any, and the process id.
 fn process_tag() -> String {
-    std::process::id().to_string()
+    match RUN_TAG.get() {
+        Some(run) => format!("{run}-{}", std::process::id()),
+        None => std::process::id().to_string(),
+    }
+}
+
+/// A test hook (hidden, not an interface): with `VOXTELL_TEST_ABORT_BEFORE_RENAME=N` set, the
+/// process aborts when its N-th complete temporary file is about to be moved into place — a
+/// kill at the worst moment, on demand.
+fn abort_hook() {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("VOXTELL_TEST_ABORT_BEFORE_RENAME").ok()?.parse().ok());
+    if let Some(n) = at
+        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n
+    {
+        std::process::abort();
+    }
 }
 
 /// 64 random bits: SipHash of a per-call counter and the clock, keyed with the random keys the

@@ -272,3 +272,41 @@ fn bad_destinations_are_errors_that_name_them() {
     assert!(folder.is_dir());
     assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
+
+#[test]
+fn parts_with_the_same_pid_keep_their_temporaries_apart() {
+    // Two cohort parts on two hosts, both PID 1, writing into one folder; each is killed while
+    // its temporary file is still open (the `fill` closure stops the write by failing only after
+    // copying the file aside, as a kill would leave it).
+    let dir = tempfile::tempdir().unwrap();
+    let mut leftovers = Vec::new();
+    for part in ["p0of2", "p1of2"] {
+        let out = dir.path().join(format!("{part}.nii.gz"));
+        let mut draw = || 7u64; // the same random draw too: only the tag tells them apart
+        write_atomic_tagged(&out, true, Some(".nii.gz"), &format!("{part}-1"), &mut draw, |tmp| {
+            std::fs::write(tmp, b"partial")?;
+            let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with(&format!("{TEMP_PREFIX}{part}-1-")), "{name}");
+            let kept = tmp.with_file_name(format!("{name}.kept"));
+            std::fs::copy(tmp, &kept)?;
+            leftovers.push((kept, tmp.to_path_buf()));
+            Ok(())
+        })
+        .unwrap();
+    }
+    for (kept, tmp) in &leftovers {
+        std::fs::rename(kept, tmp).unwrap();
+    }
+    std::fs::write(dir.path().join("p0of2.nii.gz.other"), b"not ours").unwrap();
+    // Part 0 restarts: only its own leftover goes.
+    assert_eq!(voxtell_io::atomic::remove_stale(dir.path(), "p0of2").unwrap(), 1);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| is_temp_name(n.as_ref()))
+        .collect();
+    assert_eq!(names.len(), 1);
+    assert!(names[0].starts_with(&format!("{TEMP_PREFIX}p1of2-1-")), "{names:?}");
+    assert!(dir.path().join("p0of2.nii.gz").is_file() && dir.path().join("p0of2.nii.gz.other").is_file());
+    assert_eq!(voxtell_io::atomic::remove_stale(dir.path(), "p0of2").unwrap(), 0);
+}
