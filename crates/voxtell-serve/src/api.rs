@@ -88,6 +88,9 @@ async fn authorize(State(shared): State<AppState>, request: Request, next: Next)
         let given =
             request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
         if !bool::from(given.ct_eq(expected.as_bytes())) {
+            // Read (and drop) a modest body first, so a client that sends before it reads gets
+            // the answer rather than a reset connection.
+            let _ = read_body(request.into_body(), UNAUTHORIZED_DRAIN, "").await;
             return ApiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing API key.").into_response();
         }
     }
@@ -105,6 +108,9 @@ async fn capabilities(State(shared): State<AppState>) -> axum::Json<Value> {
         "available_embeddings": shared.bank_labels,
     }))
 }
+
+/// Most bytes of a request without the key read before answering 401.
+const UNAUTHORIZED_DRAIN: u64 = 64 << 20;
 
 /// Bytes read past a route's limit before answering 413 anyway: a client that sends its whole
 /// body before reading the answer (most do) then gets the JSON detail instead of a broken
@@ -157,6 +163,7 @@ async fn upload_image(
     RawQuery(query): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    let raw = read_body(raw, shared.config.max_upload, "--max-upload").await?;
     let mut include_image = true;
     for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -164,7 +171,6 @@ async fn upload_image(
             include_image = parse_bool(k, v)?;
         }
     }
-    let raw = read_body(raw, shared.config.max_upload, "--max-upload").await?;
     let work = Arc::clone(&shared);
     let (id, meta, payload) = blocking(move || {
         let config = &work.config;
@@ -326,9 +332,11 @@ async fn export(
     id: Result<Path<String>, PathRejection>,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    // The body first: an answer sent before it is read resets a client still sending.
+    let raw = read_body(raw, shared.config.max_upload, "--max-upload").await;
     let id = path_id(id)?;
     let image = shared.image(&id, true).ok_or_else(|| ApiError::not_found("Unknown image_id."))?;
-    let raw = read_body(raw, shared.config.max_upload, "--max-upload").await?;
+    let raw = raw?;
     let work = Arc::clone(&shared);
     let bytes = blocking(move || {
         let voxels: u64 = image.shape.iter().map(|&d| d as u64).product();

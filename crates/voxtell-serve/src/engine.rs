@@ -33,7 +33,17 @@ pub(crate) fn spawn(
                 }
                 let Some((job, image)) = shared.start_job(&id) else { continue };
                 let t = std::time::Instant::now();
-                let (status, error, payload) = run(&mut predictor, &job, &image);
+                // A panic is a bug; the job still ends (as an error) and the worker goes on.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&mut predictor, &job, &image)
+                }));
+                let (status, error, payload) = outcome.unwrap_or_else(|_| {
+                    (
+                        Status::Error,
+                        Some("internal error: the prediction crashed (see the server's log)".into()),
+                        None,
+                    )
+                });
                 shared.log(|| {
                     format!(
                         "job {id}: {} prompt(s) on image {}: {} in {:.1} s{}",

@@ -280,6 +280,9 @@ fn a_key_guards_every_route_but_healthz() {
         let a = anonymous.send(method, path, &[], Some(b"{}"));
         assert_eq!((a.status, a.detail().as_str()), (401, "Invalid or missing API key."), "{method} {path}");
     }
+    // A client that sends a whole upload before reading gets the 401, not a reset.
+    let a = anonymous.post("/images", &read_fixture(CT));
+    assert_eq!(a.status, 401);
     let wrong = c.with_key(Some("s3cre"));
     assert_eq!(wrong.get("/capabilities").status, 401);
     // The scheme is compared exactly, as the official server does.
