@@ -251,11 +251,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     // them is dropped before the segmentation model is loaded.
     let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
     let t0 = Instant::now();
-    let vectors =
-        PromptVectors::located(bank, args.text_model.as_deref(), text_dtype(&args.text_dtype), &device);
-    let model_dir = resolve_model_dir(args.model.as_deref())?;
+    let (vectors, model_dir, folder) =
+        locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());
-    let folder = ModelDir::open(&model_dir).with_context(loading)?;
     let options = PredictOptions {
         step_size: args.step_size,
         accumulate: args.accumulate.parse::<Accumulate>()?,
@@ -329,6 +327,22 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     }
     log.info(format!("{} case(s) done in {:.1} s", batch.pending(), t0.elapsed().as_secs_f64()));
     Ok(true)
+}
+
+/// The prompt source (the bank, and the text model `--text-model` or the environment names)
+/// and the model folder (`-m`, `$VOXTELL_MODEL` or the Hugging Face cache), opened.
+pub(crate) fn locate(
+    bank: EmbeddingBank,
+    text_model: Option<&std::path::Path>,
+    dtype: &str,
+    device: &Device,
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<(PromptVectors, PathBuf, ModelDir)> {
+    let vectors = PromptVectors::located(bank, text_model, text_dtype(dtype), device);
+    let model_dir = resolve_model_dir(model)?;
+    let folder = ModelDir::open(&model_dir)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    Ok((vectors, model_dir, folder))
 }
 
 /// The writers the flags ask for, in the order their files are listed.

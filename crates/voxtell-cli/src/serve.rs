@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use voxtell::fusion::{ModelDir, resolve_model_dir};
 use voxtell::infer::{Accumulate, ConvPrecision, PredictOptions, Predictor, human_bytes};
-use voxtell::text::PromptVectors;
 use voxtell_serve::{ServeConfig, Server};
 
-use crate::predict::{load_bank, parse_size, pick_device, text_dtype};
+use crate::predict::{load_bank, locate, parse_size, pick_device};
 use crate::report::Log;
 
 /// Arguments of `voxtell serve`.
@@ -106,11 +104,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let bank = load_bank(args.no_precomputed, args.embeddings.as_deref(), &log)?;
     let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
-    let vectors =
-        PromptVectors::located(bank, args.text_model.as_deref(), text_dtype(&args.text_dtype), &device);
-    let model_dir = resolve_model_dir(args.model.as_deref())?;
+    let (vectors, model_dir, folder) =
+        locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());
-    let folder = ModelDir::open(&model_dir).with_context(loading)?;
     let options = PredictOptions {
         step_size: 0.5,
         accumulate: Accumulate::F16,

@@ -46,6 +46,17 @@ pub(crate) struct Registry {
     cached: u64,
 }
 
+impl Registry {
+    /// The images of queued and running jobs: never evicted or reaped.
+    fn pinned_images(&self) -> HashSet<String> {
+        self.queue
+            .iter()
+            .chain(self.running.iter())
+            .filter_map(|j| self.jobs.get(j).map(|j| j.image_id.clone()))
+            .collect()
+    }
+}
+
 /// A cached image.
 #[derive(Debug)]
 struct Image {
@@ -480,12 +491,7 @@ impl Shared {
         if reg.cached + bytes <= limit {
             return Ok(());
         }
-        let pinned: HashSet<String> = reg
-            .queue
-            .iter()
-            .chain(reg.running.iter())
-            .filter_map(|j| reg.jobs.get(j).map(|j| j.image_id.clone()))
-            .collect();
+        let pinned = reg.pinned_images();
         // (tick, is image, id)
         let mut candidates: Vec<(u64, bool, String)> = reg
             .images
@@ -533,12 +539,7 @@ impl Shared {
     pub(crate) fn reap(&self) {
         let timeout = self.config.idle_timeout;
         let mut reg = self.reg();
-        let pinned: HashSet<String> = reg
-            .queue
-            .iter()
-            .chain(reg.running.iter())
-            .filter_map(|j| reg.jobs.get(j).map(|j| j.image_id.clone()))
-            .collect();
+        let pinned = reg.pinned_images();
         let old_images: Vec<String> = reg
             .images
             .iter()
