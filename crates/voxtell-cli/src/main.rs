@@ -89,6 +89,12 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: voxtell::alloc::BlockAllocator = voxtell::alloc::BlockAllocator::new();
 
+/// Give freed memory back to the system (a server between jobs).
+fn release_memory() {
+    ALLOCATOR.release();
+    voxtell::trim_heap();
+}
+
 fn main() -> ExitCode {
     voxtell::tune_allocator();
     let cli = Cli::parse();
@@ -101,7 +107,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => match serve::run(*args) {
+        Command::Serve(args) => match serve::run(*args, release_memory) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {}", report::message(&e));

@@ -83,8 +83,8 @@ pub struct ServeArgs {
     pub quiet: bool,
 }
 
-/// Run `voxtell serve` until Ctrl-C or SIGTERM.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Run `voxtell serve` until Ctrl-C or SIGTERM; `after_job` gives memory back between jobs.
+pub fn run(args: ServeArgs, after_job: fn()) -> anyhow::Result<()> {
     let log = Log { quiet: args.quiet, verbose: !args.quiet };
     if let Some(n) = args.threads {
         ensure!(n > 0, "--threads must be at least 1");
@@ -151,15 +151,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         cache_memory: cache,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         log: !args.quiet,
+        after_job: Some(after_job),
         ..ServeConfig::new(model_name)
     };
     let server = Server::start(listener, predictor, config)?;
-    log.info(format!(
+    // Always printed, also with -q: with --port 0 it is the only way to learn the port.
+    eprintln!(
         "Serving on http://{} (cache {}, predictions {}); Ctrl-C to stop",
         server.local_addr(),
         human_bytes(cache),
         human_bytes(budget - cache)
-    ));
+    );
     server.wait_for_signal()?;
     Ok(())
 }

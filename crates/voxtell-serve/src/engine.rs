@@ -55,6 +55,10 @@ pub(crate) fn spawn(
                     )
                 });
                 shared.end_job(&job, status, error, payload);
+                drop((job, image));
+                if let Some(release) = shared.config.after_job {
+                    release();
+                }
             }
         })
         .map_err(ServeError::Runtime)

@@ -61,6 +61,9 @@ pub struct ServeConfig {
     pub zip: ZipLimits,
     /// Print one line per upload, job and eviction on stderr.
     pub log: bool,
+    /// Called on the worker thread after each job, once its memory is freed: a binary with its
+    /// own allocator gives the freed memory back here, so an idle server is small.
+    pub after_job: Option<fn()>,
 }
 
 impl ServeConfig {
@@ -75,6 +78,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_secs(3600),
             zip: ZipLimits::default(),
             log: true,
+            after_job: None,
         }
     }
 }

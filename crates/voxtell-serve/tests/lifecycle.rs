@@ -224,3 +224,25 @@ fn shutdown_cancels_the_running_job_and_ends_its_stream() {
     assert_eq!(rest.last().unwrap(), &json!({ "status": "cancelled" }));
     let _ = queued;
 }
+
+static RELEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_release() {
+    RELEASED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn the_after_job_hook_runs_once_per_job() {
+    let (_server, c) = start(ServeConfig { after_job: Some(count_release), ..config() });
+    let (id, _, _) = c.upload(&small_image(0), false);
+    for _ in 0..2 {
+        let job = c.start_job(&id, json!(["liver"]));
+        assert_eq!(c.all_events(&job).last().unwrap(), &json!({ "status": "done" }));
+    }
+    // The hook runs after the job's terminal line; give the worker a moment.
+    let t = Instant::now();
+    while RELEASED.load(std::sync::atomic::Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(RELEASED.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

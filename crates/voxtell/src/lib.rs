@@ -62,8 +62,29 @@ pub fn tune_allocator() -> bool {
     glibc_thresholds(1 << 30, -1)
 }
 
+/// Give the free memory of the C heap back to the system (glibc's `malloc_trim(0)`; elsewhere a
+/// no-op). [`tune_allocator`] turns automatic trimming off, which suits one prediction; a
+/// long-running program (a server between jobs) calls this when it goes idle. Returns whether
+/// memory was given back.
+pub fn trim_heap() -> bool {
+    glibc_trim()
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)] // the FFI call to glibc's mallopt; nothing else is unsafe in this crate
+#[allow(unsafe_code)] // the FFI call to glibc's malloc_trim
+fn glibc_trim() -> bool {
+    // SAFETY: malloc_trim only returns free heap pages to the system; it takes the allocator's
+    // own locks and may be called from any thread at any time.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn glibc_trim() -> bool {
+    false
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // the FFI call to glibc's mallopt
 fn glibc_thresholds(mmap: i32, trim: i32) -> bool {
     // SAFETY: mallopt only changes allocator parameters; it is called with valid parameter
     // numbers and values, and before the program starts other threads.
