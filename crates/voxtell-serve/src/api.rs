@@ -258,7 +258,6 @@ async fn start_job(State(shared): State<AppState>, raw: Body) -> Result<axum::Js
         )));
     }
     let keep_largest = payload.get("keep_largest").is_some_and(truthy);
-    shared.image(image_id, true);
     let (job_id, position) = shared.add_job(image_id, prompts, keep_largest)?;
     shared.log(|| format!("job {job_id} on image {image_id}: queued at position {position}"));
     Ok(axum::Json(json!({ "job_id": job_id })))

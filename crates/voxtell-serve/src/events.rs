@@ -17,8 +17,8 @@ use crate::state::{JobShared, LineKind};
 
 /// The streaming body for `job`.
 pub(crate) fn stream(job: Arc<JobShared>) -> Body {
-    let mut changed = job.changed.subscribe();
-    changed.mark_unchanged();
+    // A new receiver has the current version marked as seen.
+    let changed = job.changed.subscribe();
     let (first, cursor, done) = {
         let p = job.lock();
         if let Some(last) = p.lines.last().filter(|l| l.kind == LineKind::Terminal) {

@@ -346,9 +346,14 @@ impl Shared {
         let job = Arc::new(JobShared::new(id.clone(), image_id.to_string(), prompts, keep_largest));
         let position = {
             let mut reg = self.reg();
-            if !reg.images.contains_key(image_id) {
+            reg.tick += 1;
+            let tick = reg.tick;
+            let Some(image) = reg.images.get_mut(image_id) else {
                 return Err(ApiError::not_found("Unknown image_id (upload it first)."));
-            }
+            };
+            // A job counts as a use of its image (the official server touches it here too).
+            image.last_used = Instant::now();
+            image.tick = tick;
             reg.jobs.insert(id.clone(), Arc::clone(&job));
             reg.queue.push_back(id.clone());
             reg.queue.len() + usize::from(reg.running.is_some())

@@ -151,14 +151,6 @@ fn read_dicom_zip(
             voxtell_infer::batch::error_text(&e).replace(&dir.path().display().to_string(), "(upload)")
         )),
     })?;
-    let in_memory = (volume.data.len() as u64).saturating_mul(4);
-    if in_memory > cache_memory {
-        return Err(ApiError::too_large(format!(
-            "The series needs {} in memory, more than the server's cache (--cache-memory {}).",
-            human_bytes(in_memory),
-            human_bytes(cache_memory)
-        )));
-    }
     let ras = volume.to_ras().map_err(|e| bad_image(&e))?;
     let shape = ras.geometry.original_shape;
     Ok(Uploaded { ras, source: format!("DICOM zip, {files} files, {shape:?} voxels") })
