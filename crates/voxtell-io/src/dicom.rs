@@ -192,9 +192,14 @@ pub fn read_dicom_series(folder: impl AsRef<Path>, options: &DicomOptions) -> Re
     if let Some(max) = options.max_voxels
         && voxels > max
     {
-        return Err(err(format!(
-            "{n} slices of {rows}×{columns} are {voxels} voxels, more than the {max} allowed"
-        )));
+        return Err(IoError::TooManyVoxels {
+            path: folder.to_path_buf(),
+            slices: n,
+            rows,
+            columns,
+            voxels,
+            max,
+        });
     }
     let mut data: Vec<f32> = Vec::new();
     data.try_reserve_exact(per_slice * n)

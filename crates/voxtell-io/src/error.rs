@@ -85,6 +85,23 @@ pub enum IoError {
         /// One line per series: UID, description and number of files.
         series: Vec<String>,
     },
+    /// A series holds more voxels than the reader was allowed to decode
+    /// ([`crate::DicomOptions::max_voxels`]); nothing was decoded.
+    #[error("{path}: {slices} slices of {rows}×{columns} are {voxels} voxels, more than the {max} allowed")]
+    TooManyVoxels {
+        /// The folder.
+        path: PathBuf,
+        /// Slices in the series.
+        slices: usize,
+        /// Rows per slice.
+        rows: usize,
+        /// Columns per slice.
+        columns: usize,
+        /// Their product.
+        voxels: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The output file exists and overwriting was not asked for.
     #[error("{path}: output exists (overwriting was not requested)")]
     OutputExists {

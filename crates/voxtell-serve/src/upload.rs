@@ -146,6 +146,10 @@ fn read_dicom_zip(
             series.len(),
             series.join("; ")
         )),
+        IoError::TooManyVoxels { slices, rows, columns, .. } => ApiError::too_large(format!(
+            "The DICOM series ({slices} slices of {rows}×{columns}) is larger than the image cache takes (--cache-memory {}).",
+            human_bytes(cache_memory)
+        )),
         e => ApiError::bad(format!(
             "Cannot read the zip as a DICOM series: {}",
             voxtell_infer::batch::error_text(&e).replace(&dir.path().display().to_string(), "(upload)")

@@ -196,6 +196,16 @@ fn a_zip_of_one_dicom_series_is_an_image() {
 }
 
 #[test]
+fn a_dicom_series_larger_than_the_cache_is_413_naming_the_cache() {
+    let files = series_files("ct_axial");
+    // Room for the zip but not for the decoded voxels (4 bytes each).
+    let (_server, c) = start(ServeConfig { cache_memory: 1024, ..config() });
+    let a = c.post("/images", &zip_of(&files));
+    assert_eq!(a.status, 413, "{:?}", String::from_utf8_lossy(&a.body));
+    assert!(a.detail().contains("--cache-memory") && a.detail().contains("slices"), "{}", a.detail());
+}
+
+#[test]
 fn a_zip_bomb_is_stopped_at_the_cap() {
     let (_server, c) = start(ServeConfig { max_upload: 8 << 20, ..config() });
     let bomb = zip_of(&[("slice.dcm".to_string(), vec![0u8; 64 << 20])]);
