@@ -30,6 +30,19 @@ pub struct ReportLine {
     pub error: Option<String>,
     /// Read, predict and write time.
     pub seconds: f64,
+    /// Reading the image and preparing it for the network (on the reading thread, beside the
+    /// previous case's prediction).
+    #[serde(default)]
+    pub read_seconds: f64,
+    /// Predicting.
+    #[serde(default)]
+    pub predict_seconds: f64,
+    /// Of `predict_seconds`, inside the network's forward passes.
+    #[serde(default)]
+    pub network_seconds: f64,
+    /// Writing (on the writing thread, beside the next case's prediction).
+    #[serde(default)]
+    pub write_seconds: f64,
     /// The process's peak resident memory so far (bytes; VmHWM), when the system says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss: Option<u64>,
@@ -76,6 +89,10 @@ impl Report {
             status: status.to_string(),
             error: record.error.clone(),
             seconds: record.read_seconds + record.predict_seconds + record.write_seconds,
+            read_seconds: record.read_seconds,
+            predict_seconds: record.predict_seconds,
+            network_seconds: record.network_seconds,
+            write_seconds: record.write_seconds,
             peak_rss: peak_rss(),
             part: self.part.map(|p| format!("{}/{}", p.id, p.count)),
         })
@@ -96,6 +113,10 @@ impl Report {
                 status: "skipped".to_string(),
                 error: None,
                 seconds: 0.0,
+                read_seconds: 0.0,
+                predict_seconds: 0.0,
+                network_seconds: 0.0,
+                write_seconds: 0.0,
                 peak_rss: peak_rss(),
                 part: self.part.map(|p| format!("{}/{}", p.id, p.count)),
             })?;

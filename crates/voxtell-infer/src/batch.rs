@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, mpsc};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -32,6 +32,7 @@ use crate::masks::Masks;
 use crate::naming;
 use crate::plan::Plan;
 use crate::predict::{PredictOptions, Predictor};
+use crate::preprocess::Prepared;
 use crate::writers::{OutputWriter, PredictedCase};
 
 /// Where a case's image comes from.
@@ -66,6 +67,41 @@ impl Input {
         };
         Ok(Arc::new(volume.to_ras()?))
     }
+}
+
+impl Input {
+    /// Bytes a reading thread holds at most while reading this input and preparing it for a
+    /// network of `patch` ([`crate::preprocess::prepare`]): the decoded volume, its (S, A, R)
+    /// copy and the prepared copy, padded to the patch. From the header for a NIfTI file; for a
+    /// DICOM folder from its files' sizes (2 bytes a voxel, uncompressed; compressed series
+    /// are underestimated); 0 when the input cannot be looked at (reading it will say why).
+    pub fn estimated_bytes(&self, patch: [usize; 3]) -> u64 {
+        let voxels = match self {
+            Input::Volume(v) => v.data.len() as u64,
+            Input::Ras(r) => r.data.len() as u64,
+            Input::Path(p) if p.is_dir() => folder_bytes(p) / 2,
+            Input::Path(p) => nifti_voxels(p).unwrap_or(0),
+        };
+        if voxels == 0 {
+            return 0;
+        }
+        let padded = voxels.max(patch.iter().map(|&d| d as u64).product());
+        (2 * voxels + padded).saturating_mul(4)
+    }
+}
+
+/// The voxels a NIfTI file's header claims (only the start of the file is read).
+fn nifti_voxels(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(path).ok()?.take(64 * 1024).read_to_end(&mut head).ok()?;
+    Some(voxtell_io::nifti_extent(&head, path).ok()?.voxels())
+}
+
+/// The bytes of the files directly in `folder`.
+fn folder_bytes(folder: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(folder) else { return 0 };
+    entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// A flag that stops one job, or a whole batch, from another thread. Clones share the flag.
@@ -295,6 +331,9 @@ pub struct CaseRecord {
     pub predict_seconds: f64,
     /// Seconds writing.
     pub write_seconds: f64,
+    /// Of `predict_seconds`, the seconds inside the network's forward passes
+    /// ([`Masks::network_seconds`]).
+    pub network_seconds: f64,
     /// Tiles run (over all prompt groups).
     pub tiles: usize,
     /// Files written.
@@ -317,6 +356,7 @@ impl CaseRecord {
             read_seconds: 0.0,
             predict_seconds: 0.0,
             write_seconds: 0.0,
+            network_seconds: 0.0,
             tiles: 0,
             outputs: Vec::new(),
         }
@@ -390,8 +430,12 @@ pub enum Event<'a> {
     Failed(&'a CaseRecord),
 }
 
-/// A case read and reoriented, or why it could not be.
-type Read = (usize, f64, Result<Arc<RasVolume>>);
+/// A case read and prepared for the network, or why it could not be.
+struct ReadCase {
+    index: usize,
+    seconds: f64,
+    result: Result<(Arc<RasVolume>, Prepared)>,
+}
 
 /// A finished prediction on its way to the writer.
 struct ToWrite {
@@ -399,15 +443,89 @@ struct ToWrite {
     masks: Masks,
     image: Arc<RasVolume>,
     record: CaseRecord,
+    /// What the writer holds while writing it.
+    bytes: u64,
+}
+
+/// The memory the three stages of a batch hold, so that together they stay within one budget:
+/// the predictor plans each case with what the case read ahead and the case being written hold
+/// taken off the budget, and the reader starts reading ahead only when its estimate fits beside
+/// the running prediction's plan and the case being written (or when nothing else runs).
+struct Ledger {
+    budget: u64,
+    held: Mutex<Held>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    ahead: u64,
+    predicting: u64,
+    behind: u64,
+}
+
+impl Ledger {
+    fn new(budget: u64) -> Self {
+        Ledger { budget, held: Mutex::new(Held::default()), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // The counts stay meaningful even if a stage panicked while holding the lock.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Held)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Wait until `estimate` bytes fit beside the other stages (or nothing else runs, or the
+    /// batch is stopped), then reserve them for the case read ahead.
+    fn reserve_ahead(&self, estimate: u64, stop: &CancelToken) {
+        let mut held = self.lock();
+        loop {
+            let busy = held.predicting.saturating_add(held.behind);
+            if busy == 0 || busy.saturating_add(estimate) <= self.budget || stop.is_cancelled() {
+                held.ahead = estimate;
+                return;
+            }
+            // Woken by every change; the timeout only re-checks the stop flag.
+            held = match self.changed.wait_timeout(held, std::time::Duration::from_millis(200)) {
+                Ok((h, _)) => h,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// The case read ahead moves to the predictor: plan it (under the lock, so the reader sees
+    /// the plan before it reserves again) with what the writer holds taken off the budget.
+    fn start_predicting(&self, input: u64, plan: impl FnOnce(u64) -> Result<Plan>) -> Result<Plan> {
+        let mut held = self.lock();
+        held.ahead = 0;
+        held.predicting = input;
+        let planned = plan(held.behind);
+        held.predicting = match &planned {
+            Ok(p) => p.estimated_bytes.max(input),
+            Err(_) => 0,
+        };
+        drop(held);
+        self.changed.notify_all();
+        planned
+    }
 }
 
 impl Predictor {
     /// Run a batch: embed the prompts of its pending cases once ([`Predictor::prepare`]; a
     /// prompt that can be neither looked up nor embedded is an error before any image is
-    /// read), then each case — read, predict, write — with the next case read ahead and the
-    /// last one written behind. Returns one record per case, in batch order; a case that fails
-    /// does not stop the others. When the batch is cancelled, the cases not reached have no
-    /// record.
+    /// read), then each case — read and prepare, predict, write — with the next case read and
+    /// prepared ahead on one thread and the last one written behind on another while the
+    /// calling thread predicts. The three stages share one memory budget
+    /// ([`PredictOptions::max_memory`], else 80 % of the memory available when the batch
+    /// starts): each case is planned with what the case read ahead and the case being written
+    /// hold taken off it ([`Plan::held_bytes`]), and a case is read ahead only when its
+    /// estimate ([`Input::estimated_bytes`]) fits. Returns one record per case, in batch
+    /// order; a case that fails does not stop the others. When the batch is cancelled, the
+    /// cases not reached have no record.
     pub fn run_batch(
         &mut self,
         batch: &Batch,
@@ -422,10 +540,16 @@ impl Predictor {
         self.prepare(&batch.prompts())?;
         let mut options = self.options().clone();
         options.keep_logits |= batch.options.writers.iter().any(|w| w.needs_logits());
+        // One budget for the whole batch, measured once.
+        let ledger = Ledger::new(crate::plan::budget(&options));
+        options.max_memory = Some(ledger.budget);
         let this = &*self;
         let pending: Vec<usize> = (0..batch.cases.len()).filter(|&i| !batch.cases[i].skip).collect();
         let pending = pending.as_slice();
-        records.extend(std::thread::scope(|scope| this.pipeline(scope, batch, pending, &options, events)));
+        let ledger = &ledger;
+        records.extend(std::thread::scope(|scope| {
+            this.pipeline(scope, batch, pending, &options, ledger, events)
+        }));
         records.sort_by_key(|r| r.index);
         Ok(records)
     }
@@ -437,62 +561,80 @@ impl Predictor {
         batch: &'env Batch,
         pending: &'env [usize],
         options: &PredictOptions,
+        ledger: &'env Ledger,
         events: &'env (dyn Fn(&Event<'_>) + Sync),
     ) -> Vec<CaseRecord> {
         let stop = &batch.options.cancel;
-        let (read_tx, read_rx) = mpsc::sync_channel::<Read>(1);
-        let (write_tx, write_rx) = mpsc::sync_channel::<ToWrite>(1);
+        let patch = self.model().config().patch_size;
+        // Hand-overs without a queue: at most one case read ahead and one written behind.
+        let (read_tx, read_rx) = mpsc::sync_channel::<ReadCase>(0);
+        let (write_tx, write_rx) = mpsc::sync_channel::<ToWrite>(0);
         let reader = scope.spawn(move || {
             for &i in pending {
                 if stop.is_cancelled() {
                     break;
                 }
                 let job = &batch.cases[i].job;
+                ledger.reserve_ahead(job.input.estimated_bytes(patch), stop);
                 let t = Instant::now();
-                let read = if job.cancel.is_cancelled() {
+                let result = if job.cancel.is_cancelled() || stop.is_cancelled() {
                     Err(InferError::Cancelled)
                 } else {
-                    job.input.read_ras(&batch.options.dicom)
+                    read_and_prepare(&job.input, &batch.options.dicom, patch)
                 };
-                if read_tx.send((i, t.elapsed().as_secs_f64(), read)).is_err() {
+                let bytes =
+                    result.as_ref().map_or(0, |(image, prepared)| image_bytes(image) + prepared.bytes());
+                ledger.update(|h| h.ahead = bytes);
+                let read = ReadCase { index: i, seconds: t.elapsed().as_secs_f64(), result };
+                if read_tx.send(read).is_err() {
                     break;
                 }
             }
+            ledger.update(|h| h.ahead = 0);
         });
         let writer = scope.spawn(move || {
             let mut done = Vec::new();
             for w in write_rx {
+                ledger.update(|h| h.behind = w.bytes);
                 done.push(write_case(w, batch, events));
+                ledger.update(|h| h.behind = 0);
             }
             done
         });
         let mut records = Vec::new();
-        for (i, read_seconds, read) in read_rx {
+        for ReadCase { index: i, seconds, result } in read_rx {
             let case = &batch.cases[i];
             let mut record = CaseRecord::new(i, case, CaseStatus::Written);
-            record.read_seconds = read_seconds;
+            record.read_seconds = seconds;
             let t = Instant::now();
-            let result = read.and_then(|image| {
-                let masks = self.predict_case(i, batch, &image, options, events)?;
+            let result = result.and_then(|(image, prepared)| {
+                let input = image_bytes(&image) + prepared.bytes();
+                let masks = self.predict_case(i, batch, &image, &prepared, input, options, ledger, events)?;
                 Ok((masks, image))
             });
             record.predict_seconds = t.elapsed().as_secs_f64();
             match result {
                 Ok((masks, image)) => {
                     record.tiles = masks.plan().tiles * masks.plan().passes;
+                    record.network_seconds = masks.network_seconds();
                     events(&Event::Predicted {
                         case: i,
                         name: &case.job.name,
                         tiles: record.tiles,
                         seconds: record.predict_seconds,
                     });
-                    if write_tx.send(ToWrite { index: i, masks, image, record }).is_err() {
+                    // The writer also makes one whole-volume mask at a time.
+                    let bytes = image_bytes(&image) + masks.bytes() + image.data.len() as u64;
+                    let sent = write_tx.send(ToWrite { index: i, masks, image, record, bytes });
+                    ledger.update(|h| h.predicting = 0);
+                    if sent.is_err() {
                         break;
                     }
                 }
                 // Stopped with the batch: no record, as for the cases not reached.
                 Err(InferError::Cancelled) if stop.is_cancelled() => break,
                 Err(e) => {
+                    ledger.update(|h| h.predicting = 0);
                     let record = record.fail(&e);
                     events(&Event::Failed(&record));
                     records.push(record);
@@ -502,6 +644,9 @@ impl Predictor {
                 break;
             }
         }
+        // The hand-over channel closed with the loop; a reader waiting for room must not wait
+        // for a predictor that left.
+        ledger.update(|h| h.predicting = 0);
         drop(write_tx);
         if reader.join().is_err() {
             records.push(crashed(batch, "reading"));
@@ -513,22 +658,21 @@ impl Predictor {
         records
     }
 
-    /// Predict case `i` of `batch` from its image, reporting the plan and each tile.
+    /// Predict case `i` of `batch` from its prepared image, reporting the plan and each tile.
+    #[allow(clippy::too_many_arguments)]
     fn predict_case(
         &self,
         i: usize,
         batch: &Batch,
         image: &RasVolume,
+        prepared: &Prepared,
+        input_bytes: u64,
         options: &PredictOptions,
+        ledger: &Ledger,
         events: &(dyn Fn(&Event<'_>) + Sync),
     ) -> Result<Masks> {
         let job = &batch.cases[i].job;
         events(&Event::Started { case: i, cases: batch.cases.len(), name: &job.name });
-        let shape = image.data.shape();
-        let plan = self.plan_with(options, [shape[0], shape[1], shape[2]], job.prompts.len())?;
-        let groups = plan.groups(&job.prompts);
-        let n_groups = groups.len();
-        events(&Event::Planned { case: i, name: &job.name, plan: &plan, groups });
         let vectors = job
             .prompts
             .iter()
@@ -538,8 +682,14 @@ impl Predictor {
                     .ok_or_else(|| InferError::Invalid(format!("prompt {p:?} was not prepared")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let plan = ledger.start_predicting(input_bytes, |held| {
+            self.plan_with(options, prepared.ras_shape, job.prompts.len(), held)
+        })?;
+        let groups = plan.groups(&job.prompts);
+        let n_groups = groups.len();
+        events(&Event::Planned { case: i, name: &job.name, plan: &plan, groups });
         let stop = &batch.options.cancel;
-        self.predict_ras_with(options, image, &job.prompts, &vectors, |done, total| {
+        self.predict_prepared(options, image, prepared, plan, &job.prompts, &vectors, |done, total| {
             // `done` counts over all groups; each group runs the same tiles.
             let per_group = (total / n_groups.max(1)).max(1);
             let group = (done.saturating_sub(1) / per_group).min(n_groups.saturating_sub(1));
@@ -555,9 +705,26 @@ impl Predictor {
     }
 }
 
+/// Read an input, reorient it to (S, A, R) and prepare it for a network of `patch`.
+fn read_and_prepare(
+    input: &Input,
+    dicom: &DicomOptions,
+    patch: [usize; 3],
+) -> Result<(Arc<RasVolume>, Prepared)> {
+    let image = input.read_ras(dicom)?;
+    crate::predict::check_volume(&image)?;
+    let prepared = crate::preprocess::prepare(image.data.view(), patch);
+    Ok((image, prepared))
+}
+
+/// Bytes of an image's voxels.
+fn image_bytes(image: &RasVolume) -> u64 {
+    image.data.len() as u64 * 4
+}
+
 /// Post-process and write one case; its record with the files written or the error.
 fn write_case(w: ToWrite, batch: &Batch, events: &(dyn Fn(&Event<'_>) + Sync)) -> CaseRecord {
-    let ToWrite { index, mut masks, image, mut record } = w;
+    let ToWrite { index, mut masks, image, mut record, .. } = w;
     let case = &batch.cases[index];
     let t = Instant::now();
     let result = (|| -> Result<Vec<PathBuf>> {
@@ -707,4 +874,84 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
             Ok(Job::from_path(path, prompts))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_read_ahead_waits_until_it_fits_beside_the_other_stages() {
+        let ledger = Ledger::new(100);
+        let stop = CancelToken::new();
+        // Nothing else runs: a case is read even when its estimate exceeds the budget.
+        ledger.reserve_ahead(500, &stop);
+        assert_eq!(ledger.lock().ahead, 500);
+        // The predictor takes it and plans with what the writer holds taken off the budget.
+        ledger.update(|h| h.behind = 30);
+        let plan = ledger
+            .start_predicting(50, |held| {
+                assert_eq!(held, 30);
+                Ok(Plan {
+                    tiles: 1,
+                    prompt_group: 1,
+                    decoder_group: 1,
+                    passes: 1,
+                    estimated_bytes: 60,
+                    budget_bytes: 100 - held,
+                    held_bytes: held,
+                })
+            })
+            .unwrap();
+        assert_eq!(plan.held_bytes, 30);
+        let held = *ledger.lock();
+        assert_eq!((held.ahead, held.predicting, held.behind), (0, 60, 30));
+        // 60 + 30 + 20 > 100: the next read waits until the writer is done.
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let t = Instant::now();
+                ledger.reserve_ahead(20, &stop);
+                t.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(ledger.lock().ahead, 0, "read ahead although it does not fit");
+            ledger.update(|h| h.behind = 0);
+            assert!(reader.join().unwrap() >= Duration::from_millis(300));
+        });
+        assert_eq!(ledger.lock().ahead, 20);
+        // A plan that fails leaves nothing counted for the predictor.
+        let failed = ledger.start_predicting(20, |_| Err(InferError::Memory("too big".into())));
+        assert!(failed.is_err());
+        assert_eq!(ledger.lock().predicting, 0);
+    }
+
+    #[test]
+    fn a_stopped_batch_does_not_wait_for_room() {
+        let ledger = Ledger::new(10);
+        ledger.update(|h| h.predicting = 10);
+        let stop = CancelToken::new();
+        stop.cancel();
+        ledger.reserve_ahead(5, &stop);
+        assert_eq!(ledger.lock().ahead, 5);
+    }
+
+    #[test]
+    fn estimates_come_from_the_nifti_header_or_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = voxtell_io::orientation::IDENTITY;
+        let volume = Volume::new(ndarray::Array3::<f32>::zeros((40, 30, 20)), identity);
+        let path = dir.path().join("a.nii.gz");
+        voxtell_io::write_nifti(&path, volume.data.view(), &identity, voxtell_io::WriteOptions::default())
+            .unwrap();
+        let patch = [16, 16, 16];
+        let want = (2 * 24_000 + 24_000) * 4;
+        assert_eq!(Input::Path(path).estimated_bytes(patch), want);
+        assert_eq!(Input::Volume(Arc::new(volume)).estimated_bytes(patch), want);
+        // Padded up to a larger patch.
+        let small = Volume::new(ndarray::Array3::<f32>::zeros((4, 4, 4)), identity);
+        assert_eq!(Input::Volume(Arc::new(small)).estimated_bytes(patch), (2 * 64 + 4096) * 4);
+        // What cannot be looked at is read (and fails there, saying why).
+        assert_eq!(Input::Path(dir.path().join("missing.nii.gz")).estimated_bytes(patch), 0);
+    }
 }

@@ -28,7 +28,7 @@ pub use batch::{
 pub use error::{InferError, Result};
 pub use masks::Masks;
 pub use plan::{Plan, human_bytes};
-pub use predict::{PredictOptions, Predictor, segment};
+pub use predict::{PredictOptions, Predictor, segment, segment_prepared};
 pub use shard::{Part, PartArg};
 pub use sliding::{Accumulate, Logits};
 pub use voxtell_vision::ops::ConvPrecision;

@@ -22,6 +22,7 @@ pub struct Masks {
     pub(crate) cropped: Vec<Array3<u8>>,
     pub(crate) logits: Option<Vec<Logits>>,
     pub(crate) plan: Plan,
+    pub(crate) network_seconds: f64,
 }
 
 impl Masks {
@@ -58,6 +59,19 @@ impl Masks {
     /// How the prediction ran.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Seconds spent inside the network's forward passes (the rest of a prediction is
+    /// preprocessing, blending and thresholding).
+    pub fn network_seconds(&self) -> f64 {
+        self.network_seconds
+    }
+
+    /// Bytes its arrays hold (the masks inside the crop box, the logits when kept).
+    pub fn bytes(&self) -> u64 {
+        let masks: usize = self.cropped.iter().map(|m| m.len()).sum();
+        let logits: usize = self.logits.iter().flatten().map(Logits::bytes).sum();
+        (masks + logits) as u64
     }
 
     /// Prompt `i`'s mask (0/1) over the whole (S, A, R) volume; zero outside the crop box.

@@ -20,8 +20,11 @@ pub struct Plan {
     pub passes: usize,
     /// Estimated peak bytes of the working set.
     pub estimated_bytes: u64,
-    /// The budget it was planned for.
+    /// The budget it was planned for (the whole budget less `held_bytes`).
     pub budget_bytes: u64,
+    /// Bytes the batch's other stages held when it was planned — the case read ahead, the case
+    /// being written ([`crate::Predictor::run_batch`]) — taken off the budget.
+    pub held_bytes: u64,
 }
 
 impl Plan {
@@ -34,7 +37,8 @@ impl Plan {
 
 /// The plan for a volume of (S, A, R) shape `ras_shape` and `n_prompts` prompts, for a model of
 /// `config` whose decoder needs `per_prompt_decoder` bytes per prompt, under the budget of
-/// `options` (`PredictOptions::max_memory`, else 80 % of the available memory).
+/// `options` (`PredictOptions::max_memory`, else 80 % of the available memory) less the `held`
+/// bytes of a batch's other stages.
 pub(crate) fn plan(
     config: &VoxTellConfig,
     per_prompt_decoder: u64,
@@ -42,6 +46,7 @@ pub(crate) fn plan(
     on_cpu: bool,
     ras_shape: [usize; 3],
     n_prompts: usize,
+    held: u64,
 ) -> Result<Plan> {
     let patch = config.patch_size;
     let padded: [usize; 3] = std::array::from_fn(|a| ras_shape[a].max(patch[a]));
@@ -57,9 +62,10 @@ pub(crate) fn plan(
     let vox = ras_shape.iter().product::<usize>() as u64;
     let n = n_prompts.max(1) as u64;
     let acc_b = options.accumulate.bytes() as u64;
-    // Input (original, cropped, padded) and the kept results (u8 masks, optional logits).
+    // The input (the (S, A, R) volume and the prepared copy, cropped and padded; see
+    // `input_bytes`) and the kept results (u8 masks, optional logits).
     let kept = if options.keep_logits { 1 + acc_b } else { 1 };
-    let fixed = vox * 4 * 2 + vox_padded * 4 + n * vox * kept;
+    let fixed = input_bytes(ras_shape, patch) + n * vox * kept;
     // Encoder activations of one tile: each stage's output, kept as a skip, plus two
     // temporaries of the largest stage.
     let f = &config.arch.features_per_stage;
@@ -72,10 +78,7 @@ pub(crate) fn plan(
     let encoder = stage_bytes.iter().sum::<u64>() + 2 * stage_bytes.iter().copied().max().unwrap_or(0);
     let per_prompt_decoder = per_prompt_decoder.max(1);
     let patch_vox = patch.iter().product::<usize>() as u64;
-    let budget = match options.max_memory {
-        Some(b) => b,
-        None => voxtell_text::source::available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
-    };
+    let budget = budget(options).saturating_sub(held);
     for g in (1..=n).rev() {
         let accumulators = (g + 1) * vox_padded * acc_b + g * patch_vox * 4;
         let base = fixed + encoder + accumulators;
@@ -97,14 +100,40 @@ pub(crate) fn plan(
             passes: passes as usize,
             estimated_bytes: base + decoder_group * per_prompt_decoder,
             budget_bytes: budget,
+            held_bytes: held,
         });
     }
     let need = fixed + encoder + 2 * vox_padded * acc_b + patch_vox * 4 + per_prompt_decoder;
+    let others = if held > 0 {
+        format!(
+            " left beside the {} the batch holds for the cases read ahead and being written",
+            human_bytes(held)
+        )
+    } else {
+        String::new()
+    };
     Err(InferError::Memory(format!(
-        "a volume of {ras_shape:?} voxels needs about {} even one prompt at a time, over the budget of {} (raise the memory budget, option `max_memory`, or use a machine with more memory)",
+        "a volume of {ras_shape:?} voxels needs about {} even one prompt at a time, over the budget of {}{others} (raise the memory budget, option `max_memory`, or use a machine with more memory)",
         human_bytes(need),
         human_bytes(budget)
     )))
+}
+
+/// The working-set budget of `options`: `max_memory`, else 80 % of the memory available now.
+pub(crate) fn budget(options: &PredictOptions) -> u64 {
+    match options.max_memory {
+        Some(b) => b,
+        None => voxtell_text::source::available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
+    }
+}
+
+/// Bytes of a case's input while it waits for or runs through the network: the (S, A, R)
+/// volume (f32) and its prepared copy, cropped and padded to at least `patch` (at most the
+/// padded whole volume).
+pub(crate) fn input_bytes(ras_shape: [usize; 3], patch: [usize; 3]) -> u64 {
+    let vox = ras_shape.iter().map(|&d| d as u64).product::<u64>();
+    let padded = (0..3).map(|a| ras_shape[a].max(patch[a]) as u64).product::<u64>();
+    (vox + padded) * 4
 }
 
 /// `1.5 GiB`, `120.0 MiB`, `512 KiB`, `100 B`.

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use voxtell_fusion::{ModelDir, ModelMeta, VoxTellModel};
@@ -15,7 +16,7 @@ use voxtell_vision::ops::{ConvPrecision, with_conv_precision};
 use crate::error::{InferError, Result};
 use crate::masks::Masks;
 use crate::plan::Plan;
-use crate::preprocess;
+use crate::preprocess::{self, Prepared};
 use crate::sliding::{self, Accumulate, Window};
 
 /// Settings of a prediction.
@@ -201,14 +202,17 @@ impl Predictor {
     /// The plan for a volume of (S, A, R) shape `ras_shape` and `n_prompts` prompts under the
     /// memory budget of the options.
     pub fn plan(&self, ras_shape: [usize; 3], n_prompts: usize) -> Result<Plan> {
-        self.plan_with(&self.options, ras_shape, n_prompts)
+        self.plan_with(&self.options, ras_shape, n_prompts, 0)
     }
 
+    /// The plan under `options` while the batch's other stages hold `held` bytes (taken off
+    /// the budget).
     pub(crate) fn plan_with(
         &self,
         options: &PredictOptions,
         ras_shape: [usize; 3],
         n_prompts: usize,
+        held: u64,
     ) -> Result<Plan> {
         let per_prompt_decoder = self.model.decoder_bytes_per_prompt(4);
         crate::plan::plan(
@@ -218,6 +222,7 @@ impl Predictor {
             self.device.is_cpu(),
             ras_shape,
             n_prompts,
+            held,
         )
     }
 
@@ -230,15 +235,21 @@ impl Predictor {
         vectors: &[Vec<f32>],
         progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<Masks> {
-        self.predict_ras_with(&self.options, ras, prompts, vectors, progress)
+        check_volume(ras)?;
+        let shape = ras.data.shape();
+        let plan = self.plan_with(&self.options, [shape[0], shape[1], shape[2]], prompts.len(), 0)?;
+        let prepared = preprocess::prepare(ras.data.view(), self.model.config().patch_size);
+        self.predict_prepared(&self.options, ras, &prepared, plan, prompts, vectors, progress)
     }
 
-    /// [`Predictor::predict_ras`] under other options (a batch keeps the logits when one of its
-    /// writers needs them).
-    pub(crate) fn predict_ras_with(
+    /// The network over an image prepared from `ras` ([`preprocess::prepare`]) under `plan`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn predict_prepared(
         &self,
         options: &PredictOptions,
         ras: &RasVolume,
+        prepared: &Prepared,
+        plan: Plan,
         prompts: &[String],
         vectors: &[Vec<f32>],
         mut progress: impl FnMut(usize, usize) -> bool,
@@ -255,10 +266,8 @@ impl Predictor {
         for (p, v) in prompts.iter().zip(vectors) {
             check_width(p, v, text_dim)?;
         }
-        let shape = ras.data.shape();
-        let plan = self.plan_with(options, [shape[0], shape[1], shape[2]], prompts.len())?;
         let mut texts = Vec::new();
-        for vecs in vectors.chunks(plan.prompt_group) {
+        for vecs in vectors.chunks(plan.prompt_group.max(1)) {
             let flat: Vec<f32> = vecs.iter().flatten().copied().collect();
             texts.push(Tensor::from_vec(flat, (1, vecs.len(), text_dim), &self.device)?);
         }
@@ -276,7 +285,13 @@ impl Predictor {
                 .ok_or_else(|| InferError::Invalid("the network returned no output".into()))?;
             Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        segment(ras, prompts, patch, options, plan, net, &mut progress)
+        if prepared.patch != patch {
+            return Err(InferError::Invalid(format!(
+                "the image was prepared for a {:?} patch, the network takes {patch:?}",
+                prepared.patch
+            )));
+        }
+        segment_prepared(ras, prepared, prompts, options, plan, net, &mut progress)
     }
 }
 
@@ -351,45 +366,78 @@ fn embed_missing(
 }
 
 /// The pipeline around any network: crop to the non-zero box, z-score, centred padding to
-/// `patch`, the sliding window (`plan.prompt_group` prompts per pass over the tiles), threshold
-/// and un-crop. `net(tile, pass)` returns the logits of the prompts of pass `pass` for one tile
-/// (prompt-major, C order). [`Predictor`] runs it with the VoxTell network; tests run it with a
-/// stub.
+/// `patch` ([`preprocess::prepare`]), then [`segment_prepared`]. `net(tile, pass)` returns the
+/// logits of the prompts of pass `pass` for one tile (prompt-major, C order). [`Predictor`]
+/// runs it with the VoxTell network; tests run it with a stub.
 pub fn segment(
     ras: &RasVolume,
     prompts: &[String],
     patch: [usize; 3],
     options: &PredictOptions,
     plan: Plan,
+    net: impl FnMut(&sliding::Tile<'_>, usize) -> Result<Vec<f32>>,
+    progress: impl FnMut(usize, usize) -> bool,
+) -> Result<Masks> {
+    check_volume(ras)?;
+    let prepared = preprocess::prepare(ras.data.view(), patch);
+    segment_prepared(ras, &prepared, prompts, options, plan, net, progress)
+}
+
+/// A volume with an empty axis has nothing to segment.
+pub(crate) fn check_volume(ras: &RasVolume) -> Result<()> {
+    let shape = ras.data.shape();
+    if shape.contains(&0) {
+        return Err(InferError::Invalid(format!("the volume has an empty axis: {shape:?}")));
+    }
+    Ok(())
+}
+
+/// The sliding window over an image already prepared from `ras` ([`preprocess::prepare`],
+/// with the network's patch), `plan.prompt_group` prompts per pass over the tiles, then
+/// threshold and un-crop. The time spent inside `net` is the result's
+/// [`Masks::network_seconds`].
+pub fn segment_prepared(
+    ras: &RasVolume,
+    prepared: &Prepared,
+    prompts: &[String],
+    options: &PredictOptions,
+    plan: Plan,
     mut net: impl FnMut(&sliding::Tile<'_>, usize) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize, usize) -> bool,
 ) -> Result<Masks> {
+    check_volume(ras)?;
     let shape = ras.data.shape();
     let ras_shape = [shape[0], shape[1], shape[2]];
-    if ras_shape.contains(&0) {
-        return Err(InferError::Invalid(format!("the volume has an empty axis: {ras_shape:?}")));
+    if prepared.ras_shape != ras_shape {
+        return Err(InferError::Invalid(format!(
+            "the prepared image was made from a {:?} volume, not this {ras_shape:?} one",
+            prepared.ras_shape
+        )));
     }
     if prompts.is_empty() || plan.prompt_group == 0 {
         return Err(InferError::Invalid("at least one prompt is needed".to_string()));
     }
-    let bbox = preprocess::nonzero_bbox(ras.data.view());
-    let cropped = preprocess::crop_and_normalize(ras.data.view(), &bbox);
-    let crop_shape = [cropped.shape()[0], cropped.shape()[1], cropped.shape()[2]];
-    let (padded, offset) = preprocess::pad_to_patch(cropped, patch);
+    let padded = &prepared.padded;
     let padded_shape = [padded.shape()[0], padded.shape()[1], padded.shape()[2]];
-    let window = Window::new(padded_shape, patch, options.step_size)?;
+    let window = Window::new(padded_shape, prepared.patch, options.step_size)?;
     let tiles = window.tiles().len();
     let passes = prompts.len().div_ceil(plan.prompt_group);
     let total = tiles * passes;
     let mut masks = Vec::with_capacity(prompts.len());
     let mut kept = options.keep_logits.then(Vec::new);
+    let mut network = Duration::ZERO;
     for (pass, names) in prompts.chunks(plan.prompt_group).enumerate() {
         let blended = sliding::blend(
             padded.view(),
             &window,
             names.len(),
             options.accumulate,
-            |tile| net(tile, pass),
+            |tile| {
+                let t = Instant::now();
+                let out = net(tile, pass);
+                network += t.elapsed();
+                out
+            },
             |d, _| progress(pass * tiles + d, total),
         )?;
         for (name, l) in names.iter().zip(blended) {
@@ -397,7 +445,7 @@ pub fn segment(
             if sliding::has_inf(&l) {
                 return Err(InferError::Overflow { prompt: name.clone() });
             }
-            let l = sliding::unpad(l, offset, crop_shape);
+            let l = sliding::unpad(l, prepared.offset, prepared.crop_shape);
             masks.push(l.mask());
             if let Some(k) = kept.as_mut() {
                 k.push(l);
@@ -407,10 +455,11 @@ pub fn segment(
     Ok(Masks {
         prompts: prompts.to_vec(),
         geometry: ras.geometry.clone(),
-        bbox,
+        bbox: prepared.bbox,
         ras_shape,
         cropped: masks,
         logits: kept,
         plan: Plan { tiles, passes, ..plan },
+        network_seconds: network.as_secs_f64(),
     })
 }

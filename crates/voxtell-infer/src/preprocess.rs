@@ -1,5 +1,6 @@
 //! Preprocessing as the official predictor (voxtell-spec §7.2–7.3): crop to the non-zero box,
-//! z-score over the whole box, and centred zero padding up to the patch size.
+//! z-score over the whole box, and centred zero padding up to the patch size. [`prepare`] does
+//! all three; a batch runs it on its reading thread, beside the network.
 
 use ndarray::{Array3, ArrayView3, s};
 
@@ -57,6 +58,43 @@ pub fn pad_to_patch(data: Array3<f32>, patch: [usize; 3]) -> (Array3<f32>, [usiz
     ])
     .assign(&data);
     (out, below)
+}
+
+/// An image ready for the sliding window: its non-zero box cropped, z-scored and padded to at
+/// least the patch size.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Shape of the (S, A, R) volume it was made from.
+    pub ras_shape: [usize; 3],
+    /// The non-zero box in (S, A, R) indices.
+    pub bbox: Bbox,
+    /// Shape of the crop (the box's extent).
+    pub crop_shape: [usize; 3],
+    /// The z-scored crop, zero-padded to at least the patch size.
+    pub padded: Array3<f32>,
+    /// Where the crop starts inside `padded`.
+    pub offset: [usize; 3],
+    /// The patch it was padded to.
+    pub patch: [usize; 3],
+}
+
+impl Prepared {
+    /// Bytes its arrays hold.
+    pub fn bytes(&self) -> u64 {
+        self.padded.len() as u64 * 4
+    }
+}
+
+/// Crop `data` (in (S, A, R) layout) to its non-zero box, z-score the crop and pad it to
+/// `patch`: the network's input, as the official predictor makes it.
+pub fn prepare(data: ArrayView3<'_, f32>, patch: [usize; 3]) -> Prepared {
+    let shape = data.shape();
+    let ras_shape = [shape[0], shape[1], shape[2]];
+    let bbox = nonzero_bbox(data);
+    let cropped = crop_and_normalize(data, &bbox);
+    let crop_shape = [cropped.shape()[0], cropped.shape()[1], cropped.shape()[2]];
+    let (padded, offset) = pad_to_patch(cropped, patch);
+    Prepared { ras_shape, bbox, crop_shape, padded, offset, patch }
 }
 
 /// Put a cropped result back into a volume of `full` shape (zeros outside `bbox`).

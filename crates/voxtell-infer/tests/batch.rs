@@ -117,6 +117,50 @@ fn a_batch_writes_the_masks_of_a_single_prediction_for_paths_and_volumes_in_memo
 }
 
 #[test]
+fn a_batch_under_a_tight_budget_reads_no_case_ahead_that_does_not_fit_and_still_finishes() {
+    let prompts = strings(&["Liver", "left kidney"]);
+    let volume = Arc::new(voxtell_io::read(image("mr_small")).unwrap());
+    let jobs = |n: usize| -> Vec<Job> {
+        (0..n).map(|i| Job::from_volume(format!("case{i}"), volume.clone(), prompts.clone())).collect()
+    };
+    // Unconstrained, for the masks.
+    let roomy = tempfile::tempdir().unwrap();
+    let mut p = predictor();
+    let records = p.run_batch(&Batch::new(jobs(3), masks_only(roomy.path())).unwrap(), &|_| {}).unwrap();
+    assert!(records.iter().all(|r| r.status == CaseStatus::Written && r.network_seconds > 0.0));
+    assert!(records.iter().all(|r| r.network_seconds <= r.predict_seconds), "{records:?}");
+    // A budget that holds one case's working set but not a second image beside it: every plan
+    // fits what the other stages left, and the batch does not wait for room that never comes.
+    let ras = volume.to_ras().unwrap();
+    let shape = ras.data.shape();
+    let one = p.plan([shape[0], shape[1], shape[2]], prompts.len()).unwrap().estimated_bytes;
+    let budget = one + 1024;
+    p.set_options(PredictOptions { max_memory: Some(budget), ..PredictOptions::default() });
+    let tight = tempfile::tempdir().unwrap();
+    let plans = Mutex::new(Vec::new());
+    let batch = Batch::new(jobs(3), masks_only(tight.path())).unwrap();
+    let records = p
+        .run_batch(&batch, &|e| {
+            if let Event::Planned { plan, .. } = e {
+                plans.lock().unwrap().push(**plan);
+            }
+        })
+        .unwrap();
+    assert!(records.iter().all(|r| r.status == CaseStatus::Written), "{records:?}");
+    let plans = plans.into_inner().unwrap();
+    assert_eq!(plans.len(), 3);
+    for plan in &plans {
+        assert_eq!(plan.budget_bytes + plan.held_bytes, budget, "{plan:?}");
+        assert!(plan.estimated_bytes <= plan.budget_bytes, "{plan:?}");
+    }
+    for case in batch.cases() {
+        for f in &case.outputs {
+            assert_eq!(read_u8(&tight.path().join(f)), read_u8(&roomy.path().join(f)), "{f}");
+        }
+    }
+}
+
+#[test]
 fn every_writer_of_the_command_writes_the_files_it_lists() {
     let out = tempfile::tempdir().unwrap();
     let writers: Vec<Arc<dyn OutputWriter>> = vec![

@@ -95,6 +95,7 @@ fn plan(group: usize) -> Plan {
         passes: 0,
         estimated_bytes: 0,
         budget_bytes: 0,
+        held_bytes: 0,
     }
 }
 
