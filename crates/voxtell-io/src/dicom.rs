@@ -9,6 +9,11 @@
 //!   product; the spacing is (column spacing, row spacing, |last − first| / (n − 1)); the origin
 //!   is the first sorted slice's position. The RAS affine flips the first two world axes.
 //!
+//! [`read_dicom_series_with_source`] also returns the source a derived object (a DICOM SEG over
+//! the same slices) refers to: each slice's SOP Class and Instance UIDs and position in the
+//! volume's slice order, and the series' Patient, Study, Frame of Reference and equipment
+//! attributes ([`DicomSeries`]).
+//!
 //! Unlike SimpleITK, which reads such series with at most a warning, this reader rejects series
 //! that do not form one regular grid: several series without a choice, differing orientations
 //! or sizes, duplicate or unevenly spaced slices (missing slices), and files that are not DICOM.
@@ -58,6 +63,8 @@ struct SliceHeader {
     series_uid: String,
     description: Option<String>,
     modality: Option<String>,
+    sop_class_uid: Option<String>,
+    sop_instance_uid: Option<String>,
     position: [f64; 3],
     orientation: [f64; 6],
     pixel_spacing: [f64; 2],
@@ -96,9 +103,118 @@ pub fn list_series(folder: impl AsRef<Path>) -> Result<Vec<SeriesInfo>> {
     Ok(by_uid.into_values().collect())
 }
 
+/// One slice of a source series, in the volume's slice order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceRef {
+    /// Its file.
+    pub path: PathBuf,
+    /// SOPClassUID, when the file has one.
+    pub sop_class_uid: Option<String>,
+    /// SOPInstanceUID, when the file has one.
+    pub sop_instance_uid: Option<String>,
+    /// ImagePositionPatient (LPS, mm).
+    pub position: [f64; 3],
+}
+
+/// What an object derived from a series (e.g. a DICOM SEG over its slices) needs of its source:
+/// the slices in the volume's slice order (`slices[k]` is voxel plane `k`) and the attributes the
+/// series shares, as its first sorted slice holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomSeries {
+    /// SeriesInstanceUID.
+    pub series_uid: String,
+    /// The slices, sorted as the volume's third axis.
+    pub slices: Vec<SliceRef>,
+    /// ImageOrientationPatient: row cosines, then column cosines.
+    pub orientation: [f64; 6],
+    /// PixelSpacing: between rows, then between columns (mm).
+    pub pixel_spacing: [f64; 2],
+    /// Rows per slice.
+    pub rows: usize,
+    /// Columns per slice.
+    pub columns: usize,
+    /// The Patient, Study, Frame of Reference and equipment attributes of [`SERIES_ATTRIBUTES`]
+    /// that the first sorted slice holds, by keyword, as text; an attribute the source lacks is
+    /// absent, never made up.
+    pub attributes: BTreeMap<&'static str, String>,
+}
+
+impl DicomSeries {
+    /// One of [`DicomSeries::attributes`] by keyword.
+    pub fn attribute(&self, keyword: &str) -> Option<&str> {
+        self.attributes.get(keyword).map(String::as_str)
+    }
+}
+
+/// The attributes a derived object copies from its source series ([`DicomSeries::attributes`]).
+pub const SERIES_ATTRIBUTES: [(&str, dicom_core::Tag); 18] = [
+    ("SpecificCharacterSet", tags::SPECIFIC_CHARACTER_SET),
+    ("PatientName", tags::PATIENT_NAME),
+    ("PatientID", tags::PATIENT_ID),
+    ("PatientBirthDate", tags::PATIENT_BIRTH_DATE),
+    ("PatientSex", tags::PATIENT_SEX),
+    ("StudyInstanceUID", tags::STUDY_INSTANCE_UID),
+    ("StudyDate", tags::STUDY_DATE),
+    ("StudyTime", tags::STUDY_TIME),
+    ("StudyID", tags::STUDY_ID),
+    ("AccessionNumber", tags::ACCESSION_NUMBER),
+    ("ReferringPhysicianName", tags::REFERRING_PHYSICIAN_NAME),
+    ("StudyDescription", tags::STUDY_DESCRIPTION),
+    ("FrameOfReferenceUID", tags::FRAME_OF_REFERENCE_UID),
+    ("PositionReferenceIndicator", tags::POSITION_REFERENCE_INDICATOR),
+    ("Modality", tags::MODALITY),
+    ("Manufacturer", tags::MANUFACTURER),
+    ("ManufacturerModelName", tags::MANUFACTURER_MODEL_NAME),
+    ("SliceThickness", tags::SLICE_THICKNESS),
+];
+
 /// Read one DICOM series from a folder as a volume.
 pub fn read_dicom_series(folder: impl AsRef<Path>, options: &DicomOptions) -> Result<Volume> {
+    read_series(folder.as_ref(), options).map(|(volume, _)| volume)
+}
+
+/// [`read_dicom_series`], also returning what a derived object needs of the source series: its
+/// slices in the volume's order with their UIDs and positions, and its shared attributes.
+pub fn read_dicom_series_with_source(
+    folder: impl AsRef<Path>,
+    options: &DicomOptions,
+) -> Result<(Volume, DicomSeries)> {
     let folder = folder.as_ref();
+    let (volume, slices) = read_series(folder, options)?;
+    let first = &slices[0];
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(&first.path)
+        .map_err(|e| file_err(&first.path, format!("not a readable DICOM file: {e}")))?;
+    let attributes = SERIES_ATTRIBUTES
+        .iter()
+        .filter_map(|&(keyword, tag)| {
+            let value = obj.element_opt(tag).ok().flatten()?.to_str().ok()?;
+            Some((keyword, value.trim_end_matches(['\0', ' ']).to_string()))
+        })
+        .collect();
+    let series = DicomSeries {
+        series_uid: first.series_uid.clone(),
+        orientation: first.orientation,
+        pixel_spacing: first.pixel_spacing,
+        rows: first.rows,
+        columns: first.columns,
+        slices: slices
+            .into_iter()
+            .map(|s| SliceRef {
+                path: s.path,
+                sop_class_uid: s.sop_class_uid,
+                sop_instance_uid: s.sop_instance_uid,
+                position: s.position,
+            })
+            .collect(),
+        attributes,
+    };
+    Ok((volume, series))
+}
+
+/// The volume and its slices' headers in the volume's slice order.
+fn read_series(folder: &Path, options: &DicomOptions) -> Result<(Volume, Vec<SliceHeader>)> {
     let err = |reason: String| IoError::Dicom { path: folder.to_path_buf(), reason };
     let headers = read_headers(folder)?;
     let mut uids: Vec<&str> = headers.iter().map(|h| h.series_uid.as_str()).collect();
@@ -249,14 +365,15 @@ pub fn read_dicom_series(folder: impl AsRef<Path>, options: &DicomOptions) -> Re
         }
         affine[w][3] = sign * origin[w];
     }
-    Ok(Volume {
+    let volume = Volume {
         data,
         affine,
         source: Source {
             path: folder.to_path_buf(),
             format: SourceFormat::Dicom { series_uid: uid, slices: n, modality },
         },
-    })
+    };
+    Ok((volume, slices))
 }
 
 /// Even spacing along the normal, no in-plane offsets, no duplicates. Returns SimpleITK's slice
@@ -388,6 +505,8 @@ fn slice_header(obj: &DefaultDicomObject, path: PathBuf) -> Result<SliceHeader> 
         series_uid,
         description: text(tags::SERIES_DESCRIPTION).filter(|s| !s.is_empty()),
         modality: text(tags::MODALITY).filter(|s| !s.is_empty()),
+        sop_class_uid: text(tags::SOP_CLASS_UID).filter(|s| !s.is_empty()),
+        sop_instance_uid: text(tags::SOP_INSTANCE_UID).filter(|s| !s.is_empty()),
         position: [position[0], position[1], position[2]],
         orientation: [
             orientation[0],

@@ -31,7 +31,10 @@ mod volume;
 
 use std::path::Path;
 
-pub use dicom::{DicomOptions, SeriesInfo, is_dicom_folder, list_series, read_dicom_series};
+pub use dicom::{
+    DicomOptions, DicomSeries, SERIES_ATTRIBUTES, SeriesInfo, SliceRef, is_dicom_folder, list_series,
+    read_dicom_series, read_dicom_series_with_source,
+};
 pub use error::{IoError, Result};
 pub use nifti_read::{NiftiExtent, nifti_extent, read_nifti, read_nifti_bytes};
 pub use nifti_write::{NiftiElement, WriteOptions, write_nifti, write_ras_f32, write_seg};

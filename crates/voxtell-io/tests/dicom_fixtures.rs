@@ -154,3 +154,74 @@ fn a_dicom_input_is_written_back_in_its_own_geometry() {
         assert_eq!(*m, f32::from(u8::from(*v > 0.0)));
     }
 }
+
+/// The file's own text value of `tag`, read independently of the reader.
+fn file_text(path: &Path, tag: dicom_core::Tag) -> Option<String> {
+    let obj = dicom_object::open_file(path).unwrap();
+    let v = obj.element_opt(tag).ok().flatten()?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string();
+    Some(v)
+}
+
+#[test]
+fn the_source_series_lists_every_slice_in_the_volumes_order_with_its_uids_and_position() {
+    use dicom_dictionary_std::tags;
+    use voxtell_io::read_dicom_series_with_source;
+    let mut checked = 0;
+    for case in manifest().cases.iter().filter(|c| c.readable) {
+        let folder = fixtures().join(&case.folder);
+        // Shuffled on disk: the copies' names run against the slice order (reversed, rotated).
+        let shuffled = tempfile::tempdir().unwrap();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for (i, f) in files.iter().enumerate() {
+            std::fs::copy(
+                f,
+                shuffled.path().join(format!("{:03}.dcm", (files.len() - 1 - i + 2) % files.len())),
+            )
+            .unwrap();
+        }
+        let (vol, series) = read_dicom_series_with_source(shuffled.path(), &DicomOptions::default()).unwrap();
+        assert_eq!(
+            vol.data,
+            read_dicom_series(&folder, &DicomOptions::default()).unwrap().data,
+            "{}",
+            case.name
+        );
+        let n = vol.data.shape()[2];
+        assert_eq!(series.slices.len(), n, "{}", case.name);
+        assert_eq!((series.columns, series.rows), (vol.data.shape()[0], vol.data.shape()[1]));
+        for (k, s) in series.slices.iter().enumerate() {
+            // Plane k's origin through the affine (RAS) is the slice's position (LPS).
+            let ras: Vec<f64> = (0..3).map(|w| vol.affine[w][2] * k as f64 + vol.affine[w][3]).collect();
+            let lps = [-ras[0], -ras[1], ras[2]];
+            for w in 0..3 {
+                assert!(
+                    (lps[w] - s.position[w]).abs() < 1e-4,
+                    "{}: slice {k}: {lps:?} vs {:?}",
+                    case.name,
+                    s.position
+                );
+            }
+            assert_eq!(s.sop_instance_uid, file_text(&s.path, tags::SOP_INSTANCE_UID), "{}", case.name);
+            assert_eq!(s.sop_class_uid, file_text(&s.path, tags::SOP_CLASS_UID), "{}", case.name);
+            assert!(s.sop_instance_uid.is_some(), "{}: slice {k} without SOPInstanceUID", case.name);
+        }
+        let mut uids: Vec<_> = series.slices.iter().map(|s| s.sop_instance_uid.clone()).collect();
+        uids.sort();
+        uids.dedup();
+        assert_eq!(uids.len(), n, "{}: SOPInstanceUIDs repeat", case.name);
+        let first = &series.slices[0].path;
+        for (keyword, tag) in voxtell_io::SERIES_ATTRIBUTES {
+            assert_eq!(
+                series.attribute(keyword),
+                file_text(first, tag).as_deref(),
+                "{}: {keyword}",
+                case.name
+            );
+        }
+        assert!(series.attribute("StudyInstanceUID").is_some(), "{}", case.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
