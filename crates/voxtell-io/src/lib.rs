@@ -22,6 +22,7 @@
 
 pub mod atomic;
 mod dicom;
+pub mod dicom_seg;
 mod error;
 mod nifti_read;
 mod nifti_write;
