@@ -105,10 +105,13 @@ impl Report {
                 case: case.job.name.clone(),
                 inputs: vec![case.job.input.describe()],
                 prompts: case.job.prompts.clone(),
+                // The files present (a writer may write one of several names).
                 outputs: case
                     .outputs
                     .iter()
-                    .map(|f| batch.options().out_dir.join(f).display().to_string())
+                    .map(|f| batch.options().out_dir.join(f))
+                    .filter(|p| p.exists())
+                    .map(|p| p.display().to_string())
                     .collect(),
                 status: "skipped".to_string(),
                 error: None,

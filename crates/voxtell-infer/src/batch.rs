@@ -198,7 +198,8 @@ pub struct Case {
     pub job: Job,
     /// The files its writers write, relative to the output folder, in writer order.
     pub outputs: Vec<String>,
-    /// Whether the case is skipped ([`BatchOptions::skip_existing`] and all outputs exist).
+    /// Whether the case is skipped ([`BatchOptions::skip_existing`] and every writer's outputs
+    /// are there, [`OutputWriter::finished`]).
     pub skip: bool,
 }
 
@@ -233,6 +234,7 @@ impl Batch {
             }
             let mut outputs = Vec::new();
             for w in &options.writers {
+                w.check(&job)?;
                 outputs.extend(w.files(&job.name, &job.prompts)?);
             }
             if let Some(f) = outputs.iter().find(|f| voxtell_io::atomic::is_temp_name(f.as_ref())) {
@@ -262,7 +264,8 @@ impl Batch {
         }
         if options.skip_existing {
             for c in &mut cases {
-                c.skip = c.outputs.iter().all(|f| options.out_dir.join(f).exists());
+                c.skip =
+                    options.writers.iter().all(|w| w.finished(&options.out_dir, &c.job.name, &c.job.prompts));
             }
         }
         Ok(Batch { cases, options })

@@ -35,6 +35,19 @@ pub trait OutputWriter: Send + Sync + std::fmt::Debug {
     /// write one file are an error) and, when it skips finished cases, looks for them.
     fn files(&self, case: &str, prompts: &[String]) -> Result<Vec<String>>;
 
+    /// Refuse a job this writer cannot write for (e.g. a DICOM SEG of a NIfTI input), before
+    /// any work: the error names the input.
+    fn check(&self, _job: &crate::batch::Job) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether a case's outputs of this writer are all there (a batch skipping finished cases
+    /// asks): by default every file of [`OutputWriter::files`] exists; a writer that writes one
+    /// of several files says so itself.
+    fn finished(&self, dir: &Path, case: &str, prompts: &[String]) -> bool {
+        self.files(case, prompts).is_ok_and(|files| files.iter().all(|f| dir.join(f).exists()))
+    }
+
     /// Whether the writer needs the blended logits ([`Masks::probabilities`]); a batch then
     /// keeps them.
     fn needs_logits(&self) -> bool {

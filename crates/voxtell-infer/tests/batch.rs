@@ -420,3 +420,86 @@ fn inputs_are_a_folder_of_nifti_files_or_files_in_order() {
     assert_eq!(jobs_from_inputs(&[], &prompts).unwrap_err().option(), Some("inputs"));
     assert_eq!(jobs_from_inputs(&[folder], &[]).unwrap_err().option(), Some("prompts"));
 }
+
+#[test]
+fn a_dicom_series_gets_a_seg_whose_frames_are_its_nifti_masks_and_a_nifti_input_is_refused() {
+    use dicom_dictionary_std::tags;
+    use voxtell_infer::DicomSegFile;
+    let series = root().join("io/dicom/ct_axial");
+    let out = tempfile::tempdir().unwrap();
+    let prompts = strings(&["Liver", "left kidney"]);
+    let writers: Vec<Arc<dyn OutputWriter>> = vec![Arc::new(MaskFiles), Arc::new(DicomSegFile::default())];
+    let batch = Batch::new(
+        vec![Job::from_path(&series, prompts.clone())],
+        BatchOptions::new(out.path(), writers.clone()),
+    )
+    .unwrap();
+    let mut p = predictor();
+    let records = p.run_batch(&batch, &|_| {}).unwrap();
+    assert_eq!(records[0].status, CaseStatus::Written, "{records:?}");
+    let masks: Vec<voxtell_io::Volume> = ["Liver", "left_kidney"]
+        .iter()
+        .map(|s| voxtell_io::read_nifti(out.path().join(format!("ct_axial_{s}.nii.gz"))).unwrap())
+        .collect();
+    let non_empty: Vec<usize> = (0..2).filter(|&i| masks[i].data.iter().any(|&v| v != 0.0)).collect();
+    let seg = out.path().join("ct_axial_seg.dcm");
+    eprintln!("prompts with a non-empty mask: {non_empty:?}");
+    if non_empty.is_empty() {
+        assert!(!seg.exists() && out.path().join("ct_axial_seg.json").exists());
+    } else {
+        let obj = dicom_object::open_file(&seg).unwrap();
+        let source = voxtell_io::read_dicom_source(&series, &Default::default()).unwrap();
+        let rows = source.rows;
+        let cols = source.columns;
+        let data = obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
+        let segments = obj.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap().to_vec();
+        assert_eq!(segments.len(), non_empty.len());
+        let frames =
+            obj.element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).unwrap().items().unwrap().to_vec();
+        // Rebuild each segment's mask in the source grid from the frames.
+        let mut rebuilt: Vec<ndarray::Array3<f32>> =
+            non_empty.iter().map(|_| ndarray::Array3::zeros(masks[0].data.raw_dim())).collect();
+        for (f, item) in frames.iter().enumerate() {
+            let segment = item.element(tags::SEGMENT_IDENTIFICATION_SEQUENCE).unwrap().items().unwrap()[0]
+                .element(tags::REFERENCED_SEGMENT_NUMBER)
+                .unwrap()
+                .to_int::<usize>()
+                .unwrap();
+            let derivation = &item.element(tags::DERIVATION_IMAGE_SEQUENCE).unwrap().items().unwrap()[0];
+            let uid = derivation.element(tags::SOURCE_IMAGE_SEQUENCE).unwrap().items().unwrap()[0]
+                .element(tags::REFERENCED_SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string();
+            let k = source
+                .slices
+                .iter()
+                .position(|s| s.sop_instance_uid.as_deref() == Some(uid.as_str()))
+                .unwrap();
+            for p in 0..rows * cols {
+                let bit = f * rows * cols + p;
+                if (data[bit / 8] >> (bit % 8)) & 1 == 1 {
+                    rebuilt[segment - 1][[p % cols, p / cols, k]] = 1.0;
+                }
+            }
+        }
+        for (s, &i) in non_empty.iter().enumerate() {
+            assert_eq!(rebuilt[s], masks[i].data, "segment {} (prompt {})", s + 1, prompts[i]);
+        }
+    }
+    // Finished: skipped when asked.
+    let again = Batch::new(
+        vec![Job::from_path(&series, prompts.clone())],
+        BatchOptions { skip_existing: true, ..BatchOptions::new(out.path(), writers.clone()) },
+    )
+    .unwrap();
+    assert!(again.cases()[0].skip);
+    // A NIfTI input cannot have a SEG: refused before any work, naming the input.
+    let e =
+        Batch::new(vec![Job::from_path(image("mr_small"), prompts)], BatchOptions::new(out.path(), writers))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("DICOM source series") && e.contains("mr_small"), "{e}");
+}

@@ -179,8 +179,19 @@ pub fn read_dicom_series_with_source(
     folder: impl AsRef<Path>,
     options: &DicomOptions,
 ) -> Result<(Volume, DicomSeries)> {
-    let folder = folder.as_ref();
-    let (volume, slices) = read_series(folder, options)?;
+    let (volume, slices) = read_series(folder.as_ref(), options)?;
+    Ok((volume, source_of(slices)?))
+}
+
+/// What [`read_dicom_series_with_source`] says of the source series, from the headers alone (no
+/// pixel is decoded): the same series chosen, checked and sorted the same way, for a writer that
+/// needs the source after the volume was read (e.g. a DICOM SEG of a batch's case).
+pub fn read_dicom_source(folder: impl AsRef<Path>, options: &DicomOptions) -> Result<DicomSeries> {
+    source_of(sorted_series(folder.as_ref(), options)?.slices)
+}
+
+/// The source description of sorted slices; the shared attributes from the first one's file.
+fn source_of(slices: Vec<SliceHeader>) -> Result<DicomSeries> {
     let first = &slices[0];
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -193,7 +204,7 @@ pub fn read_dicom_series_with_source(
             Some((keyword, value.trim_end_matches(['\0', ' ']).to_string()))
         })
         .collect();
-    let series = DicomSeries {
+    Ok(DicomSeries {
         series_uid: first.series_uid.clone(),
         orientation: first.orientation,
         pixel_spacing: first.pixel_spacing,
@@ -209,12 +220,92 @@ pub fn read_dicom_series_with_source(
             })
             .collect(),
         attributes,
-    };
-    Ok((volume, series))
+    })
 }
 
 /// The volume and its slices' headers in the volume's slice order.
 fn read_series(folder: &Path, options: &DicomOptions) -> Result<(Volume, Vec<SliceHeader>)> {
+    let Sorted { uid, slices, row, col, normal, normal_len, z_spacing } = sorted_series(folder, options)?;
+    let err = |reason: String| IoError::Dicom { path: folder.to_path_buf(), reason };
+    let first = slices[0].clone();
+    let n = slices.len();
+    let (rows, columns) = (first.rows, first.columns);
+    let per_slice = rows * columns;
+    // Decode the pixels slice by slice; Fortran order of (i, j, k) is row-major per slice.
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(per_slice * n)
+        .map_err(|_| err(format!("cannot allocate {n} slices of {rows}×{columns}")))?;
+    let mut modality = None;
+    for s in &slices {
+        let obj =
+            dicom_object::open_file(&s.path).map_err(|e| file_err(&s.path, format!("cannot read: {e}")))?;
+        let (slope, intercept) = rescale(&obj, &s.path)?;
+        let decoded = obj.decode_pixel_data().map_err(|e| {
+            file_err(
+                &s.path,
+                format!("cannot decode pixel data (transfer syntax {}): {e}", obj.meta().transfer_syntax()),
+            )
+        })?;
+        if decoded.samples_per_pixel() != 1 {
+            return Err(file_err(
+                &s.path,
+                format!("{} samples per pixel; only grey-scale images are read", decoded.samples_per_pixel()),
+            ));
+        }
+        let raw: Vec<f64> = decoded
+            .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+            .map_err(|e| file_err(&s.path, format!("cannot convert pixel data: {e}")))?;
+        if raw.len() != per_slice {
+            return Err(file_err(
+                &s.path,
+                format!("pixel data holds {} values, expected {rows}×{columns}", raw.len()),
+            ));
+        }
+        data.extend(raw.iter().map(|&v| (v * slope + intercept) as f32));
+        modality = modality.or_else(|| s.modality.clone());
+    }
+    let data = Array3::from_shape_vec((columns, rows, n).f(), data)
+        .map_err(|e| err(format!("volume of {columns}×{rows}×{n}: {e}")))?;
+
+    // LPS direction columns scaled by spacing, origin at the first sorted slice; LPS → RAS.
+    let dirs = [row, col, normal.map(|v| v / normal_len)];
+    let spacing = [first.pixel_spacing[1], first.pixel_spacing[0], z_spacing];
+    let origin = slices[0].position;
+    let mut affine: Affine = [[0.0; 4]; 4];
+    affine[3][3] = 1.0;
+    for w in 0..3 {
+        let sign = if w < 2 { -1.0 } else { 1.0 };
+        for (c, dir) in dirs.iter().enumerate() {
+            affine[w][c] = sign * dir[w] * spacing[c];
+        }
+        affine[w][3] = sign * origin[w];
+    }
+    let volume = Volume {
+        data,
+        affine,
+        source: Source {
+            path: folder.to_path_buf(),
+            format: SourceFormat::Dicom { series_uid: uid, slices: n, modality },
+        },
+    };
+    Ok((volume, slices))
+}
+
+/// A series chosen, checked and sorted from its headers, before any pixel is decoded.
+struct Sorted {
+    uid: String,
+    /// In the volume's slice order.
+    slices: Vec<SliceHeader>,
+    row: [f64; 3],
+    col: [f64; 3],
+    normal: [f64; 3],
+    normal_len: f64,
+    z_spacing: f64,
+}
+
+/// Choose the series, check that its slices form one regular grid within the voxel cap, and sort
+/// them along the normal: everything but decoding the pixels.
+fn sorted_series(folder: &Path, options: &DicomOptions) -> Result<Sorted> {
     let err = |reason: String| IoError::Dicom { path: folder.to_path_buf(), reason };
     let headers = read_headers(folder)?;
     let mut uids: Vec<&str> = headers.iter().map(|h| h.series_uid.as_str()).collect();
@@ -301,7 +392,6 @@ fn read_series(folder: &Path, options: &DicomOptions) -> Result<(Volume, Vec<Sli
     let n = slices.len();
     let z_spacing = if n > 1 { check_spacing(&slices, normal, normal_len, folder)? } else { 1.0 };
 
-    // Decode the pixels slice by slice; Fortran order of (i, j, k) is row-major per slice.
     let (rows, columns) = (first.rows, first.columns);
     let per_slice = rows * columns;
     let voxels = (per_slice as u64).saturating_mul(n as u64);
@@ -317,63 +407,7 @@ fn read_series(folder: &Path, options: &DicomOptions) -> Result<(Volume, Vec<Sli
             max,
         });
     }
-    let mut data: Vec<f32> = Vec::new();
-    data.try_reserve_exact(per_slice * n)
-        .map_err(|_| err(format!("cannot allocate {n} slices of {rows}×{columns}")))?;
-    let mut modality = None;
-    for s in &slices {
-        let obj =
-            dicom_object::open_file(&s.path).map_err(|e| file_err(&s.path, format!("cannot read: {e}")))?;
-        let (slope, intercept) = rescale(&obj, &s.path)?;
-        let decoded = obj.decode_pixel_data().map_err(|e| {
-            file_err(
-                &s.path,
-                format!("cannot decode pixel data (transfer syntax {}): {e}", obj.meta().transfer_syntax()),
-            )
-        })?;
-        if decoded.samples_per_pixel() != 1 {
-            return Err(file_err(
-                &s.path,
-                format!("{} samples per pixel; only grey-scale images are read", decoded.samples_per_pixel()),
-            ));
-        }
-        let raw: Vec<f64> = decoded
-            .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-            .map_err(|e| file_err(&s.path, format!("cannot convert pixel data: {e}")))?;
-        if raw.len() != per_slice {
-            return Err(file_err(
-                &s.path,
-                format!("pixel data holds {} values, expected {rows}×{columns}", raw.len()),
-            ));
-        }
-        data.extend(raw.iter().map(|&v| (v * slope + intercept) as f32));
-        modality = modality.or_else(|| s.modality.clone());
-    }
-    let data = Array3::from_shape_vec((columns, rows, n).f(), data)
-        .map_err(|e| err(format!("volume of {columns}×{rows}×{n}: {e}")))?;
-
-    // LPS direction columns scaled by spacing, origin at the first sorted slice; LPS → RAS.
-    let dirs = [row, col, normal.map(|v| v / normal_len)];
-    let spacing = [first.pixel_spacing[1], first.pixel_spacing[0], z_spacing];
-    let origin = slices[0].position;
-    let mut affine: Affine = [[0.0; 4]; 4];
-    affine[3][3] = 1.0;
-    for w in 0..3 {
-        let sign = if w < 2 { -1.0 } else { 1.0 };
-        for (c, dir) in dirs.iter().enumerate() {
-            affine[w][c] = sign * dir[w] * spacing[c];
-        }
-        affine[w][3] = sign * origin[w];
-    }
-    let volume = Volume {
-        data,
-        affine,
-        source: Source {
-            path: folder.to_path_buf(),
-            format: SourceFormat::Dicom { series_uid: uid, slices: n, modality },
-        },
-    };
-    Ok((volume, slices))
+    Ok(Sorted { uid, slices, row, col, normal, normal_len, z_spacing })
 }
 
 /// Even spacing along the normal, no in-plane offsets, no duplicates. Returns SimpleITK's slice

@@ -34,7 +34,7 @@ use std::path::Path;
 
 pub use dicom::{
     DicomOptions, DicomSeries, SERIES_ATTRIBUTES, SeriesInfo, SliceRef, is_dicom_folder, list_series,
-    read_dicom_series, read_dicom_series_with_source,
+    read_dicom_series, read_dicom_series_with_source, read_dicom_source,
 };
 pub use error::{IoError, Result};
 pub use nifti_read::{NiftiExtent, nifti_extent, read_nifti, read_nifti_bytes};

@@ -221,6 +221,8 @@ fn the_source_series_lists_every_slice_in_the_volumes_order_with_its_uids_and_po
             );
         }
         assert!(series.attribute("StudyInstanceUID").is_some(), "{}", case.name);
+        // From the headers alone: the same.
+        assert_eq!(voxtell_io::read_dicom_source(shuffled.path(), &DicomOptions::default()).unwrap(), series);
         checked += 1;
     }
     assert_eq!(checked, 6);
