@@ -237,6 +237,17 @@ fn code_item(code: Code) -> InMemDicomObject {
     ])
 }
 
+/// One item of DimensionIndexSequence: the attribute `index` inside the functional group `group`.
+fn dimension(index: Tag, group: Tag, organization: &str, label: &str) -> InMemDicomObject {
+    let tag = |t: Tag| PrimitiveValue::Tags([t].into_iter().collect());
+    item(vec![
+        DataElement::new(tags::DIMENSION_INDEX_POINTER, VR::AT, tag(index)),
+        DataElement::new(tags::FUNCTIONAL_GROUP_POINTER, VR::AT, tag(group)),
+        text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, organization),
+        text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label),
+    ])
+}
+
 fn numbers(values: &[f64]) -> String {
     values.iter().map(|v| format_ds(*v)).collect::<Vec<_>>().join("\\")
 }
@@ -404,34 +415,18 @@ fn build(
         seq(
             tags::DIMENSION_INDEX_SEQUENCE,
             vec![
-                item(vec![
-                    DataElement::new(
-                        tags::DIMENSION_INDEX_POINTER,
-                        VR::AT,
-                        PrimitiveValue::Tags([tags::REFERENCED_SEGMENT_NUMBER].into_iter().collect()),
-                    ),
-                    DataElement::new(
-                        tags::FUNCTIONAL_GROUP_POINTER,
-                        VR::AT,
-                        PrimitiveValue::Tags([tags::SEGMENT_IDENTIFICATION_SEQUENCE].into_iter().collect()),
-                    ),
-                    text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid),
-                    text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, "ReferencedSegmentNumber"),
-                ]),
-                item(vec![
-                    DataElement::new(
-                        tags::DIMENSION_INDEX_POINTER,
-                        VR::AT,
-                        PrimitiveValue::Tags([tags::IMAGE_POSITION_PATIENT].into_iter().collect()),
-                    ),
-                    DataElement::new(
-                        tags::FUNCTIONAL_GROUP_POINTER,
-                        VR::AT,
-                        PrimitiveValue::Tags([tags::PLANE_POSITION_SEQUENCE].into_iter().collect()),
-                    ),
-                    text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid),
-                    text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, "ImagePositionPatient"),
-                ]),
+                dimension(
+                    tags::REFERENCED_SEGMENT_NUMBER,
+                    tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+                    &dimension_uid,
+                    "ReferencedSegmentNumber",
+                ),
+                dimension(
+                    tags::IMAGE_POSITION_PATIENT,
+                    tags::PLANE_POSITION_SEQUENCE,
+                    &dimension_uid,
+                    "ImagePositionPatient",
+                ),
             ],
         ),
         DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),

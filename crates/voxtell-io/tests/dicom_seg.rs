@@ -296,37 +296,13 @@ fn a_source_without_the_uids_a_seg_refers_to_is_refused_naming_the_file_and_attr
     let e = write_dicom_seg(dir.path().join("b.dcm"), &no_sop, &segs, &options()).unwrap_err().to_string();
     assert!(e.contains("SOPInstanceUID") && e.contains(&no_sop.slices[2].path.display().to_string()), "{e}");
     // An empty mask and a mask of another shape are refused too; nothing is left behind.
-    let empty = Array3::<u8>::zeros(mask.raw_dim());
-    let e = write_dicom_seg(
-        dir.path().join("c.dcm"),
-        &source,
-        &[SegSegment {
-            text: "spleen",
-            mask: empty.view(),
-            category: TISSUE,
-            property: TISSUE,
-            color: [0; 3],
-        }],
-        &options(),
-    )
-    .unwrap_err()
-    .to_string();
+    let refused = |name: &str, text: &str, mask: &Array3<u8>| {
+        let one = [SegSegment { text, mask: mask.view(), category: TISSUE, property: TISSUE, color: [0; 3] }];
+        write_dicom_seg(dir.path().join(name), &source, &one, &options()).unwrap_err().to_string()
+    };
+    let e = refused("c.dcm", "spleen", &Array3::<u8>::zeros(mask.raw_dim()));
     assert!(e.contains("\"spleen\"") && e.contains("empty"), "{e}");
-    let small = Array3::<u8>::ones((2, 2, 2));
-    let e = write_dicom_seg(
-        dir.path().join("d.dcm"),
-        &source,
-        &[SegSegment {
-            text: "aorta",
-            mask: small.view(),
-            category: TISSUE,
-            property: TISSUE,
-            color: [0; 3],
-        }],
-        &options(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = refused("d.dcm", "aorta", &Array3::<u8>::ones((2, 2, 2)));
     assert!(e.contains("\"aorta\"") && e.contains("shape"), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
