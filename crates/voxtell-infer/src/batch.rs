@@ -502,11 +502,22 @@ impl Ledger {
 
     /// The case read ahead moves to the predictor: plan it (under the lock, so the reader sees
     /// the plan before it reserves again) with what the writer holds taken off the budget.
-    fn start_predicting(&self, input: u64, plan: impl FnOnce(u64) -> Result<Plan>) -> Result<Plan> {
+    /// A case that does not fit beside the one being written waits for the writer, then is
+    /// planned with the whole budget.
+    fn start_predicting(&self, input: u64, mut plan: impl FnMut(u64) -> Result<Plan>) -> Result<Plan> {
         let mut held = self.lock();
         held.ahead = 0;
         held.predicting = input;
-        let planned = plan(held.behind);
+        let mut planned = plan(held.behind);
+        while planned.is_err() && held.behind > 0 {
+            held = match self.changed.wait_timeout(held, std::time::Duration::from_millis(200)) {
+                Ok((h, _)) => h,
+                Err(e) => e.into_inner().0,
+            };
+            if held.behind == 0 {
+                planned = plan(0);
+            }
+        }
         held.predicting = match &planned {
             Ok(p) => p.estimated_bytes.max(input),
             Err(_) => 0,
@@ -927,6 +938,29 @@ mod tests {
         let failed = ledger.start_predicting(20, |_| Err(InferError::Memory("too big".into())));
         assert!(failed.is_err());
         assert_eq!(ledger.lock().predicting, 0);
+        // A case that fits only without the case being written waits for the writer.
+        ledger.update(|h| h.behind = 70);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                ledger.update(|h| h.behind = 0);
+            });
+            let plan = ledger.start_predicting(10, |held| {
+                if held > 0 {
+                    return Err(InferError::Memory("not beside the write".into()));
+                }
+                Ok(Plan {
+                    tiles: 1,
+                    prompt_group: 1,
+                    decoder_group: 1,
+                    passes: 1,
+                    estimated_bytes: 90,
+                    budget_bytes: 100,
+                    held_bytes: 0,
+                })
+            });
+            assert_eq!(plan.unwrap().held_bytes, 0);
+        });
     }
 
     #[test]
