@@ -5,7 +5,9 @@
 #      `voxtell embed --text-model`, for the vocabulary's prompts and the held-out paraphrases;
 #   3. training: `voxtell train --config assets/demo/train.toml` (AdamW, see that file), then a
 #      second stage from its model, `voxtell train --config assets/demo/train_stage2.toml`;
-#   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs.
+#   4. assets/demo/{model/, bank.npz, phantom.json, curves*.png} from the runs; the model's
+#      voxtell.json gets the phantoms' spacing ranges as its `training_spacing` (voxtell predict
+#      warns about a scan outside them).
 #
 # Usage: tools/make_demo.sh [WORK_DIR]      (default target/demo-build; ~30 min on 2 cores)
 # Needs: a Python 3.11 with pip (for the MiniLM weights only); cargo.
@@ -18,7 +20,9 @@ mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
 
 # The phantom settings of the training data; held-out cases use the same settings with other
-# case indices (voxtell::demo::HELD_OUT_START).
+# case indices (voxtell::demo::HELD_OUT_START). They are the generator's defaults (so that any
+# default `voxtell phantom` is in the demo model's range), stated here so that the demo does not
+# depend on them.
 CASES=60
 SEED=1
 INPLANE=4.0,5.0
@@ -59,11 +63,14 @@ rm -rf "$ASSETS/model"
 mkdir -p "$ASSETS/model"
 cp "$WORK/run2/model/model.safetensors" "$WORK/run2/model/plans.json" "$WORK/run2/model/voxtell.json" "$ASSETS/model/"
 cp "$WORK/bank.npz" "$ASSETS/bank.npz"
-python3 - "$WORK/data/Dataset001_Phantom/dataset.json" "$ASSETS/phantom.json" <<'EOF'
+python3 - "$WORK/data/Dataset001_Phantom/dataset.json" "$ASSETS/phantom.json" "$ASSETS/model/voxtell.json" <<'EOF'
 import json, sys
 options = json.load(open(sys.argv[1]))["phantom"]["options"]
 json.dump(options, open(sys.argv[2], "w"), indent=2, sort_keys=True)
 open(sys.argv[2], "a").write("\n")
+meta = json.load(open(sys.argv[3]))
+meta["training_spacing"] = {"inplane_mm": options["inplane_spacing_mm"], "slice_mm": options["slice_spacing_mm"]}
+open(sys.argv[3], "w").write(json.dumps(meta, indent=2) + "\n")
 EOF
 cp "$WORK/run/curves.png" "$ASSETS/curves.png"
 cp "$WORK/run2/curves.png" "$ASSETS/curves_stage2.png"

@@ -30,7 +30,9 @@ enum Command {
     /// Train or fine-tune a text-prompted model (Dice + BCE, deep supervision), or resume a run.
     Train(train::TrainArgs),
     /// Write synthetic torso CT phantoms with their masks as an nnU-Net dataset, with a
-    /// vocabulary and the prompts to embed.
+    /// vocabulary and the prompts to embed (by default the embedded demo model's training
+    /// settings).
+    #[command(after_help = train::PHANTOM_AFTER_HELP)]
     Phantom(train::PhantomArgs),
     /// Print shape, spacing, orientation, affine and intensity range of scans (NIfTI files or
     /// DICOM series folders), or the plans, sizes and parameter count of a model folder.

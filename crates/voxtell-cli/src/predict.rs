@@ -7,24 +7,24 @@
 //! that fails is reported with its path and the batch goes on, and the exit code is non-zero at
 //! the end if any failed.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use clap::Args;
 use voxtell::candle::{DType, Device};
-use voxtell::fusion::{ModelDir, resolve_bank, resolve_model_dir};
+use voxtell::fusion::{ModelDir, SpacingRange, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
     Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, Event, MaskFiles,
-    OutputWriter, Part, PartArg, PredictOptions, Predictor, PreviewImage, ProbabilityMaps, StatisticsFile,
-    jobs_from_inputs, jobs_from_json,
+    OutputWriter, Part, PartArg, PredictOptions, PredictedCase, Predictor, PreviewImage, ProbabilityMaps,
+    StatisticsFile, jobs_from_inputs, jobs_from_json,
 };
 use voxtell::io::DicomOptions;
 use voxtell::text::{EmbeddingBank, PromptVectors};
 
 use crate::cohort;
-use crate::report::{Log, Progress};
+use crate::report::{CaseNotes, Log, Progress};
 
 /// Arguments of `voxtell predict`.
 #[derive(Debug, Args)]
@@ -218,10 +218,15 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     }
     let report = args.report.as_deref().map(|r| cohort::Report::open(r, part)).transpose()?;
     let cancel = CancelToken::new();
+    let notes = Arc::new(CaseNotes::default());
+    // The model's training spacings are known once its folder is open (below).
+    let spacing_check = Arc::new(SpacingCheck { range: OnceLock::new(), notes: notes.clone() });
+    let mut case_writers = writers(&args);
+    case_writers.push(spacing_check.clone());
     let batch = Batch::new(
         jobs,
         BatchOptions {
-            writers: writers(&args),
+            writers: case_writers,
             skip_existing: args.no_overwrite,
             keep_largest: args.keep_largest,
             dicom: DicomOptions { series_uid: args.series.clone(), ..Default::default() },
@@ -254,6 +259,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());
+    if let Some(range) = folder.meta().and_then(|m| m.training_spacing) {
+        let _ = spacing_check.range.set((range, model_dir.join("voxtell.json")));
+    }
     let options = PredictOptions {
         step_size: args.step_size,
         accumulate: args.accumulate.parse::<Accumulate>()?,
@@ -299,7 +307,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             );
         });
     }
-    let progress = Progress::new(&log, batch.pending());
+    let progress = Progress::new(&log, batch.pending()).with_notes(notes);
     let report_error = std::sync::Mutex::new(None);
     let records = predictor.run_batch(&batch, &|e| {
         progress.show(e);
@@ -359,6 +367,48 @@ fn writers(args: &PredictArgs) -> Vec<Arc<dyn OutputWriter>> {
         w.push(Arc::new(PreviewImage));
     }
     w
+}
+
+/// Warns about a case whose voxel spacing lies outside the range the model's `voxtell.json`
+/// records for its training data (a writer that writes no file: the writers are the one place
+/// that sees each case's geometry). The case is still segmented; the warning goes through
+/// [`CaseNotes`] to the case's "wrote" line.
+#[derive(Debug)]
+struct SpacingCheck {
+    /// The training range and the file that records it; unset when the model records none.
+    range: OnceLock<(SpacingRange, PathBuf)>,
+    /// Where the warnings go.
+    notes: Arc<CaseNotes>,
+}
+
+impl OutputWriter for SpacingCheck {
+    fn files(&self, _case: &str, _prompts: &[String]) -> voxtell::infer::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    fn write(&self, case: &PredictedCase<'_>, _dir: &Path) -> voxtell::infer::Result<Vec<PathBuf>> {
+        if let Some((range, source)) = self.range.get()
+            && let Some(line) = spacing_warning(case.name, case.image.geometry.spacing(), range, source)
+        {
+            self.notes.add(case.name, line);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// The warning for case `name` of voxel spacing `spacing_sar` (along S, A, R), `None` when it is
+/// within `range` (recorded in `source`).
+fn spacing_warning(name: &str, spacing_sar: [f64; 3], range: &SpacingRange, source: &Path) -> Option<String> {
+    if range.outside(spacing_sar).is_empty() {
+        return None;
+    }
+    let [s, a, r] = spacing_sar;
+    Some(format!(
+        "warning: {name}: voxel spacing {r:.2} × {a:.2} mm in-plane, {s:.2} mm between slices, is outside \
+         the range the model was trained on ({}, recorded in {}); its masks may be poor",
+        range.describe(),
+        source.display()
+    ))
 }
 
 /// --jobs: a JSON file or an inline JSON string.

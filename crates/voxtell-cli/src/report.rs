@@ -2,7 +2,8 @@
 //! a progress bar on a terminal or a line every quarter elsewhere, and errors in the command's
 //! words (its flags where the library names an option).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,12 +33,34 @@ impl Log {
     }
 }
 
+/// Lines about a case found while it is written (a writer's warnings, e.g. a voxel spacing the
+/// model was not trained on), keyed by case name; [`Progress`] prints them with the case's
+/// "wrote" or error line.
+#[derive(Debug, Default)]
+pub struct CaseNotes(Mutex<HashMap<String, Vec<String>>>);
+
+impl CaseNotes {
+    /// Add a line about case `name`.
+    pub fn add(&self, name: &str, line: String) {
+        if let Ok(mut notes) = self.0.lock() {
+            notes.entry(name.to_string()).or_default().push(line);
+        }
+    }
+
+    /// The lines about case `name`, removed.
+    pub fn take(&self, name: &str) -> Vec<String> {
+        self.0.lock().ok().and_then(|mut notes| notes.remove(name)).unwrap_or_default()
+    }
+}
+
 /// The batch's events on stderr: a progress bar on a terminal, else a line every quarter.
 pub struct Progress<'a> {
     log: &'a Log,
     /// Cases that will run (skipped ones are not counted).
     pending: usize,
     state: Mutex<State>,
+    /// Lines the writers left about each case.
+    notes: Option<Arc<CaseNotes>>,
 }
 
 /// The case being predicted.
@@ -56,7 +79,23 @@ struct State {
 impl<'a> Progress<'a> {
     /// Progress of `pending` cases shown through `log`.
     pub fn new(log: &'a Log, pending: usize) -> Self {
-        Progress { log, pending, state: Mutex::new(State::default()) }
+        Progress { log, pending, state: Mutex::new(State::default()), notes: None }
+    }
+
+    /// Also print the lines `notes` holds about a case when it is written or fails (unless
+    /// quiet).
+    pub fn with_notes(self, notes: Arc<CaseNotes>) -> Self {
+        Progress { notes: Some(notes), ..self }
+    }
+
+    /// Print the notes about case `name` above the progress bar.
+    fn print_notes(&self, s: &State, name: &str) {
+        let Some(notes) = &self.notes else { return };
+        for line in notes.take(name) {
+            if !self.log.quiet {
+                print_above(s, &line);
+            }
+        }
     }
 
     /// Show one event of the batch.
@@ -118,11 +157,13 @@ impl<'a> Progress<'a> {
                 log.info(format!("{}: {tiles} tile(s) in {seconds:.1} s", s.label));
             }
             Event::Written(r) if !log.quiet => {
+                self.print_notes(&s, &r.name);
                 let line =
                     format!("{}: wrote {} file(s) in {:.1} s", r.name, r.outputs.len(), r.write_seconds);
                 print_above(&s, &line);
             }
             Event::Failed(r) if r.status == CaseStatus::Failed => {
+                self.print_notes(&s, &r.name);
                 let line = format!("error: {}: {}", r.source, flags(r.error.as_deref().unwrap_or("failed")));
                 // The bar is the case being predicted: closed when that case failed, kept (and
                 // drawn again below the line) when the writer reports an earlier one.
@@ -133,7 +174,8 @@ impl<'a> Progress<'a> {
                 }
                 print_above(&s, &line);
             }
-            Event::Written(_) | Event::Failed(_) | Event::Skipped(_) => {}
+            Event::Written(r) | Event::Failed(r) => self.print_notes(&s, &r.name),
+            Event::Skipped(_) => {}
         }
     }
 }

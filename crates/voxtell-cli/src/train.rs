@@ -103,7 +103,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `voxtell phantom`.
+/// Arguments of `voxtell phantom`. The defaults of the settings are the training settings of the
+/// embedded demo model (`voxtell::train::phantom::PhantomOptions::default`); the help marks
+/// values outside them.
 #[derive(Debug, Args)]
 pub struct PhantomArgs {
     /// Folder to write the dataset into (the dataset is a new subfolder `NAME`).
@@ -117,25 +119,58 @@ pub struct PhantomArgs {
     /// Seed (cases are a function of the seed and their index).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// In-plane voxel spacing range in mm, e.g. 2.2,3.2.
-    #[arg(long, value_delimiter = ',')]
+    /// In-plane voxel spacing range in mm [default: 4,5]; outside 4–5 mm (e.g. 2,3) the demo
+    /// model was not trained.
+    #[arg(long, value_delimiter = ',', value_name = "MIN,MAX")]
     pub inplane_spacing: Option<Vec<f64>>,
-    /// Slice spacing range in mm, e.g. 2.5,4.0.
-    #[arg(long, value_delimiter = ',')]
+    /// Slice spacing range in mm [default: 5,6]; outside 5–6 mm the demo model was not trained.
+    #[arg(long, value_delimiter = ',', value_name = "MIN,MAX")]
     pub slice_spacing: Option<Vec<f64>>,
-    /// Liver lesion radius range in mm, e.g. 9,20.
-    #[arg(long, value_delimiter = ',')]
+    /// Liver lesion radius range in mm [default: 15,28]; outside 15–28 mm (smaller lesions) the
+    /// demo model was not trained.
+    #[arg(long, value_delimiter = ',', value_name = "MIN,MAX")]
     pub lesion_radius: Option<Vec<f64>>,
-    /// Fraction of cases with liver lesions, 0 to 1 (the others are lesion-free: negatives for
-    /// the lesion prompts).
-    #[arg(long)]
+    /// Fraction of cases with liver lesions, 0 to 1 [default: 0.65]; the others are
+    /// lesion-free (negatives for the lesion prompts). Any fraction keeps each case one the demo
+    /// model was trained on.
+    #[arg(long, value_name = "FRACTION")]
     pub lesion_fraction: Option<f64>,
-    /// How much darker than the liver its lesions are, a range in HU, e.g. 35,55.
-    #[arg(long, value_delimiter = ',')]
+    /// How much darker than the liver its lesions are, a range in HU [default: 45,65]; outside
+    /// 45–65 HU (fainter lesions) the demo model was not trained.
+    #[arg(long, value_delimiter = ',', value_name = "MIN,MAX")]
     pub lesion_contrast: Option<Vec<f64>>,
-    /// Standard deviation range of the image noise in HU, e.g. 10,25.
-    #[arg(long, value_delimiter = ',')]
+    /// Standard deviation range of the image noise in HU [default: 6,14]; outside 6–14 HU
+    /// (noisier scans) the demo model was not trained.
+    #[arg(long, value_delimiter = ',', value_name = "MIN,MAX")]
     pub noise_sd: Option<Vec<f64>>,
+}
+
+/// What `voxtell phantom --help` says after the flags.
+pub const PHANTOM_AFTER_HELP: &str = "\
+The defaults of the settings are the phantoms the embedded demo model (assets/demo) was trained
+on: voxtell predict with assets/demo/model segments them at its documented quality. A range
+reaching outside a default (finer voxels, smaller or fainter lesions, more noise) makes valid
+phantoms outside what the demo model was trained on: expect lower Dice and false lesion voxels
+there (figures just outside its range: assets/demo/README.md). The settings are recorded in
+the dataset's dataset.json.";
+
+/// The settings of `options` that reach outside the demo model's training settings (the
+/// generator's defaults), as flag and value: `--inplane-spacing 2,3 (the demo model's: 4–5 mm)`.
+pub fn outside_demo(options: &voxtell::train::phantom::PhantomOptions) -> Vec<String> {
+    let demo = voxtell::train::phantom::PhantomOptions::default();
+    let mut out = Vec::new();
+    for (flag, r, d, unit) in [
+        ("--inplane-spacing", options.inplane_spacing_mm, demo.inplane_spacing_mm, "mm"),
+        ("--slice-spacing", options.slice_spacing_mm, demo.slice_spacing_mm, "mm"),
+        ("--lesion-radius", options.lesion_radius_mm, demo.lesion_radius_mm, "mm"),
+        ("--lesion-contrast", options.lesion_contrast_hu, demo.lesion_contrast_hu, "HU"),
+        ("--noise-sd", options.noise_sd_hu, demo.noise_sd_hu, "HU"),
+    ] {
+        if r[0] < d[0] || r[1] > d[1] {
+            out.push(format!("{flag} {},{} (the demo model's: {}–{} {unit})", r[0], r[1], d[0], d[1]));
+        }
+    }
+    out
 }
 
 /// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
@@ -191,5 +226,13 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
         prompts_path.display(),
         prompts.len()
     );
+    let outside = outside_demo(&options);
+    if !outside.is_empty() {
+        eprintln!(
+            "note: outside the embedded demo model's training settings: {}; the demo model was not \
+             trained on such phantoms (assets/demo/README.md)",
+            outside.join(", ")
+        );
+    }
     Ok(())
 }

@@ -835,3 +835,60 @@ fn help_mentions_every_flag() {
     .collect();
     assert!(missing.is_empty(), "predict --help lacks {missing:?}:\n{}", r.stdout);
 }
+
+// 10. The model's training range
+
+/// The embedded demo folder (`assets/demo`).
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo")
+}
+
+/// The image of phantom case 0 that `voxtell phantom` writes into `dir` with `settings`.
+fn phantom_scan(dir: &Path, settings: &[&str]) -> PathBuf {
+    let mut a = args!["phantom", dir, "--cases", "1", "--seed", "5"];
+    a.extend(settings.iter().map(OsString::from));
+    let r = voxtell(&a);
+    assert!(r.ok, "{}", r.stderr);
+    dir.join("Dataset001_Phantom/imagesTr/Dataset001_Phantom_000_0000.nii.gz")
+}
+
+#[test]
+fn a_scan_outside_the_models_training_spacing_gets_one_warning_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scans = tmp.path().join("scans");
+    std::fs::create_dir_all(&scans).unwrap();
+    // A default phantom (the demo model's settings: 4–5 mm in-plane, 5–6 mm slices) and one with
+    // 6 mm voxels in-plane (coarse, so that the test runs fast).
+    let inside = scans.join("inside.nii.gz");
+    let outside = scans.join("outside.nii.gz");
+    std::fs::copy(phantom_scan(&tmp.path().join("a"), &[]), &inside).unwrap();
+    std::fs::copy(phantom_scan(&tmp.path().join("b"), &["--inplane-spacing", "6,6"]), &outside).unwrap();
+    let out = tmp.path().join("out");
+    let model = demo().join("model");
+    let mut a =
+        args!["predict", "-i", &inside, &outside, "-m", &model, "--embeddings", demo().join("bank.npz")];
+    a.extend(args!["-o", &out, "-p", "liver"]);
+    let r = voxtell(&a);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        entries(&out),
+        set(&["inside_liver.nii.gz", "outside_liver.nii.gz"]),
+        "segmented, not refused"
+    );
+    let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, for the case outside:\n{}", r.stderr);
+    let [s, a, r_] = read(&outside).to_ras().unwrap().geometry.spacing();
+    assert!((r_ - 6.0).abs() < 1e-3 && (a - 6.0).abs() < 1e-3 && (5.0..=6.0).contains(&s), "{s} {a} {r_}");
+    let spacing = format!("{r_:.2} × {a:.2} mm in-plane, {s:.2} mm between slices");
+    let w = warnings[0];
+    assert!(w.starts_with("warning: outside: "), "{w}");
+    assert!(w.contains(&spacing), "{w} lacks {spacing}");
+    assert!(w.contains("in-plane 4–5 mm, slices 5–6 mm"), "{w}");
+    assert!(w.contains(&model.join("voxtell.json").display().to_string()), "{w}");
+
+    // Quiet: no warning.
+    let mut a = args!["predict", "-i", &outside, "-m", &model, "--embeddings", demo().join("bank.npz")];
+    a.extend(args!["-o", tmp.path().join("quiet"), "-p", "liver", "--quiet"]);
+    let r = voxtell(&a);
+    assert!(r.ok && r.stderr.is_empty(), "{}", r.stderr);
+}

@@ -100,3 +100,61 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
     assert!(!ok);
     assert!(err.contains("--noise-sd takes two numbers"), "{err}");
 }
+
+/// `assets/demo/phantom.json`: the generator settings of the demo model's training data.
+fn demo_settings() -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/phantom.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn phantom_defaults_are_the_demo_models_training_settings() {
+    // Without flags, every setting but the number of cases and the seed is the demo's.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("data");
+    let (ok, err) = voxtell(&["phantom", out.to_str().unwrap(), "--cases", "1", "--seed", "4242"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("note:"), "default settings are the demo's: {err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("Dataset001_Phantom/dataset.json")).unwrap())
+            .unwrap();
+    let mut written = json["phantom"]["options"].clone();
+    let mut demo = demo_settings();
+    for v in [&mut written, &mut demo] {
+        let o = v.as_object_mut().unwrap();
+        o.remove("cases");
+        o.remove("seed");
+    }
+    assert_eq!(written, demo);
+
+    // A range reaching outside the demo's is made, with a note naming the flag and the demo's range.
+    let finer = tmp.path().join("finer");
+    let args = ["phantom", finer.to_str().unwrap(), "--cases", "1", "--inplane-spacing", "2,3"];
+    let (ok, err) = voxtell(&[&args[..], &["--lesion-radius", "16,20"]].concat());
+    assert!(ok, "{err}");
+    assert!(finer.join("Dataset001_Phantom/dataset.json").is_file());
+    assert!(err.contains("--inplane-spacing 2,3 (the demo model's: 4–5 mm)"), "{err}");
+    assert!(!err.contains("--lesion-radius"), "16–20 mm lies within the demo's 15–28 mm: {err}");
+}
+
+#[test]
+fn phantom_help_gives_the_defaults_and_marks_the_demo_models_range() {
+    let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(["phantom", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(out.status.success(), "{help}");
+    let d = voxtell::train::phantom::PhantomOptions::default();
+    for (flag, r) in [
+        ("--inplane-spacing", d.inplane_spacing_mm),
+        ("--slice-spacing", d.slice_spacing_mm),
+        ("--lesion-radius", d.lesion_radius_mm),
+        ("--lesion-contrast", d.lesion_contrast_hu),
+        ("--noise-sd", d.noise_sd_hu),
+    ] {
+        let start = help.find(&format!("{flag} <MIN,MAX>")).unwrap_or_else(|| panic!("{flag}: {help}"));
+        let text = &help[start..];
+        assert!(text.contains(&format!("[default: {},{}]", r[0], r[1])), "{flag}: {text}");
+        assert!(text.contains(&format!("outside {}–{}", r[0], r[1])), "{flag}: {text}");
+    }
+    assert!(help.contains(&format!("[default: {}]", d.lesion_case_fraction)), "{help}");
+    assert!(help.contains("outside what the demo model was trained on"), "{help}");
+}

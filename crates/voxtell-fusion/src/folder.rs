@@ -4,7 +4,8 @@
 //! plans.json                       nnU-Net plans; VoxTell builds its `3d_fullres` configuration
 //! model.safetensors                the weights (a converted or trained folder), preferred, else
 //! fold_0/checkpoint_final.pth      the weights as the official release ships them
-//! voxtell.json                     optional (`ModelMeta`): memory stage, heads, text encoder
+//! voxtell.json                     optional (`ModelMeta`): memory stage, heads, text encoder,
+//!                                  training spacings
 //! ```
 //!
 //! [`ModelDir::open`] reads and checks all of it once — the plans, the weights' shapes, the
@@ -253,6 +254,9 @@ fn apply_meta(config: &mut VoxTellConfig, meta: &ModelMeta, meta_path: &Path, we
             "attention_heads {} does not divide the query width {}",
             meta.attention_heads, config.query_dim
         ));
+    }
+    if let Some(range) = &meta.training_spacing {
+        range.validate().or_else(bad)?;
     }
     config.decoder_layer = meta.decoder_layer;
     config.attention_heads = meta.attention_heads;

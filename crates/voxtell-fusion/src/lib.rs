@@ -14,8 +14,9 @@
 //!   checked in one place and written atomically; [`resolve_model_dir`] and [`resolve_bank`]
 //!   find the published folder and bank (a path, an environment variable, the Hugging Face
 //!   cache).
-//! - [`meta`]: `voxtell.json` (memory stage, attention heads, expected text encoder) and
-//!   [`convert`], which writes a folder that loads from safetensors.
+//! - [`meta`]: `voxtell.json` (memory stage, attention heads, expected text encoder, the
+//!   training data's voxel spacings) and [`convert`], which writes a folder that loads from
+//!   safetensors.
 //! - [`init`]: fresh weights for new models, initialised as the official classes do.
 
 pub mod checkpoint;
@@ -36,5 +37,5 @@ pub use folder::{
     VOXTELL_MODEL, is_model_dir, resolve_bank, resolve_model_dir,
 };
 pub use init::FreshWeights;
-pub use meta::{ModelMeta, TextEncoderSpec, convert};
+pub use meta::{ModelMeta, SpacingAxis, SpacingRange, TextEncoderSpec, convert};
 pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};

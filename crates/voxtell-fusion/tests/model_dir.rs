@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use voxtell_fusion::{
-    Checkpoint, FusionError, ModelDir, ModelMeta, PlansNetwork, TextEncoderSpec, VoxTellConfig,
+    Checkpoint, FusionError, ModelDir, ModelMeta, PlansNetwork, SpacingAxis, SpacingRange, TextEncoderSpec,
+    VoxTellConfig,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -124,6 +125,46 @@ fn broken_folders_are_errors_that_name_the_file() {
         assert_eq!(error_path(&e), Some(dir.join("voxtell.json").as_path()), "{e}");
         assert!(e.to_string().contains(what), "{e}");
     }
+
+    // voxtell.json with a training spacing range that is no range.
+    meta.decoder_layer = good.config().decoder_layer;
+    meta.attention_heads = good.config().attention_heads;
+    for (inplane, slice, what) in [
+        ([5.0, 4.0], [5.0, 6.0], "training_spacing.inplane_mm [5.0, 4.0]"),
+        ([4.0, 5.0], [0.0, 6.0], "training_spacing.slice_mm [0.0, 6.0]"),
+    ] {
+        meta.training_spacing = Some(SpacingRange { inplane_mm: inplane, slice_mm: slice });
+        std::fs::write(dir.join("voxtell.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+        let e = ModelDir::open(dir).unwrap_err();
+        assert_eq!(error_path(&e), Some(dir.join("voxtell.json").as_path()), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+}
+
+#[test]
+fn training_spacing_is_optional_and_says_which_axis_a_scan_misses() {
+    // A voxtell.json written before the field existed loads, without a range; one with it
+    // round-trips.
+    let old = r#"{"decoder_layer": 4, "attention_heads": 4, "text_encoder": {"id": "m", "dim": 384,
+        "pooling": "mean", "normalize": true, "instruction": null}}"#;
+    let meta: ModelMeta = serde_json::from_str(old).unwrap();
+    assert_eq!(meta.training_spacing, None);
+    assert!(!serde_json::to_string(&meta).unwrap().contains("training_spacing"));
+    let range = SpacingRange { inplane_mm: [4.0, 5.0], slice_mm: [5.0, 6.0] };
+    let with = ModelMeta { training_spacing: Some(range), ..meta };
+    let back: ModelMeta = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+    assert_eq!(back, with);
+    assert_eq!(range.describe(), "in-plane 4–5 mm, slices 5–6 mm");
+
+    // Spacing along (S, A, R): slice first, then the two in-plane axes.
+    assert!(range.outside([5.5, 4.5, 4.0]).is_empty());
+    // f32 headers: a hair beyond an end is still within.
+    assert!(range.outside([6.000_001, 4.999_999_5, 3.999_999_7]).is_empty());
+    assert_eq!(range.outside([5.5, 2.0, 2.0]), [SpacingAxis::InPlane]);
+    assert_eq!(range.outside([5.5, 4.5, 5.2]), [SpacingAxis::InPlane]);
+    assert_eq!(range.outside([3.0, 4.5, 4.5]), [SpacingAxis::Slice]);
+    assert_eq!(range.outside([7.0, 2.0, 4.5]), [SpacingAxis::Slice, SpacingAxis::InPlane]);
+    assert!(SpacingRange { inplane_mm: [f64::NAN, 5.0], ..range }.validate().is_err());
 }
 
 #[test]
@@ -133,6 +174,7 @@ fn a_written_folder_opens_with_the_same_plans_weights_and_metadata() {
         decoder_layer: source.config().decoder_layer,
         attention_heads: source.config().attention_heads,
         text_encoder: TextEncoderSpec::default_for_width(source.config().text_dim),
+        training_spacing: Some(SpacingRange { inplane_mm: [0.7, 1.5], slice_mm: [1.0, 5.0] }),
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("nested/model");

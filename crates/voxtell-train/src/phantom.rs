@@ -8,13 +8,26 @@
 //! anterior and lateral of them (never behind a kidney), the spleen's lower pole at the left
 //! kidney's upper pole, vertebrae on the posterior midline, the aorta anterior-left of the spine,
 //! lungs above the diaphragm, the urinary bladder low and anterior in perivesical fat, hypodense
-//! lesions inside the liver (by default 35–55 HU darker than it; and sometimes a cyst inside a
-//! kidney, labelled as part of that kidney). Sizes (±20 %), positions (±12 mm), shapes (smooth
-//! low-frequency deformations), intensities (HU, ±15 per tissue), noise (by default σ 10–25 HU,
-//! slightly correlated in-plane), partial volume blur, voxel spacing and, for about a third of the
-//! cases, a non-RAS storage order all vary per case. [`write_dataset`] writes a dataset in the
-//! nnU-Net raw layout that [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt
+//! lesions inside the liver (by default 45–65 HU darker than it, 15–28 mm in radius, in 65 % of
+//! the cases; and sometimes a cyst inside a kidney, labelled as part of that kidney). Sizes
+//! (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations), intensities (HU, ±15
+//! per tissue), noise (by default σ 6–14 HU, slightly correlated in-plane), partial volume blur,
+//! voxel spacing (by default 4–5 mm in-plane, 5–6 mm between slices) and, for about a third of
+//! the cases, a non-RAS storage order all vary per case. [`write_dataset`] writes a dataset in
+//! the nnU-Net raw layout that [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt
 //! vocabulary, and [`paraphrases`] held-out prompts for evaluation.
+//!
+//! # Defaults
+//!
+//! [`PhantomOptions::default`] is the training distribution of the embedded demo model
+//! (`assets/demo/phantom.json` of the repository, apart from `cases` and `seed`), so that any
+//! phantom made with the default settings is one that model was trained to segment. Other
+//! settings (finer voxels, smaller or fainter lesions, more noise) are valid phantoms, but
+//! outside what the demo model has seen. The defaults of generator version 1 before the demo
+//! model's settings became the defaults (in-plane 2.2–3.2 mm, slices 2.5–4 mm, noise σ 10–25 HU,
+//! lesions 9–20 mm and 35–55 HU darker in 80 % of the cases) are still reachable through the
+//! options; a dataset's `dataset.json` records every option, so it regenerates the same phantoms
+//! whatever the defaults.
 //!
 //! # Coordinates
 //!
@@ -99,7 +112,9 @@ pub const HU_RANGE: (f32, f32) = (-1024.0, 3071.0);
 /// identical within one version.
 pub const GENERATOR_VERSION: u32 = 1;
 
-/// What to generate. Every range is `[low, high]`, sampled uniformly per case.
+/// What to generate. Every range is `[low, high]`, sampled uniformly per case. The defaults
+/// are the embedded demo model's training distribution (see the module's "Defaults"); a
+/// deserialized value takes the default for every field it does not name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PhantomOptions {
@@ -148,20 +163,20 @@ impl Default for PhantomOptions {
         PhantomOptions {
             cases: 20,
             seed: 0,
-            inplane_spacing_mm: [2.2, 3.2],
-            slice_spacing_mm: [2.5, 4.0],
+            inplane_spacing_mm: [4.0, 5.0],
+            slice_spacing_mm: [5.0, 6.0],
             max_voxels: 1_000_000,
             scale: 1.0,
             size_jitter: 0.2,
             position_jitter_mm: 12.0,
             intensity_jitter_hu: 15.0,
-            noise_sd_hu: [10.0, 25.0],
+            noise_sd_hu: [6.0, 14.0],
             blur_voxels: 0.5,
             include_lesions: true,
-            lesion_case_fraction: 0.8,
+            lesion_case_fraction: 0.65,
             max_liver_lesions: 3,
-            lesion_radius_mm: [9.0, 20.0],
-            lesion_contrast_hu: [35.0, 55.0],
+            lesion_radius_mm: [15.0, 28.0],
+            lesion_contrast_hu: [45.0, 65.0],
             kidney_cyst_fraction: 0.3,
             non_ras_fraction: 1.0 / 3.0,
         }

@@ -610,6 +610,7 @@ impl Trainable {
             decoder_layer: self.config.decoder_layer,
             attention_heads: self.config.attention_heads,
             text_encoder,
+            training_spacing: None,
         };
         let mut tensors = self.state_dict()?;
         for t in tensors.values_mut() {

@@ -6,7 +6,11 @@
 //! prompt and of held-out paraphrases) and `phantom.json` (the generator settings of the
 //! training data). Held-out phantoms are regenerated from those settings with case indices the
 //! training set never used ([`HELD_OUT_START`] on), so nothing but the model and the bank is
-//! stored. The demo knows phantoms only: real scans need the published VoxTell weights.
+//! stored. The generator's defaults ([`PhantomOptions::default`]) are the training settings
+//! apart from `cases` and `seed`, so any phantom `voxtell phantom` makes with its default settings
+//! is in the model's range; [`held_out`] regenerates held-out cases of any settings, for
+//! measuring the model outside it too. The demo knows phantoms only: real scans need the
+//! published VoxTell weights.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), voxtell::demo::DemoError> {
@@ -64,6 +68,12 @@ pub fn repository_root() -> PathBuf {
 /// The demo folder of this checkout (`assets/demo/`).
 pub fn demo_dir() -> PathBuf {
     repository_root().join("assets/demo")
+}
+
+/// Held-out phantom number `i` of the generator settings `options`: case index
+/// [`HELD_OUT_START`]` + i`, which no training set of `0..cases` (up to 1000 cases) holds.
+pub fn held_out(options: &PhantomOptions, i: usize) -> PhantomCase {
+    phantom::generate_case(options, HELD_OUT_START + i)
 }
 
 /// How a prompt relates to the training vocabulary.
@@ -176,7 +186,7 @@ impl Demo {
     /// Held-out phantom number `i` (case index [`HELD_OUT_START`]` + i` of the training
     /// settings).
     pub fn held_out_case(&self, i: usize) -> PhantomCase {
-        phantom::generate_case(&self.phantom, HELD_OUT_START + i)
+        held_out(&self.phantom, i)
     }
 
     /// Segment `case` with `prompts`.
