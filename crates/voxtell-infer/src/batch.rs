@@ -477,6 +477,14 @@ impl Ledger {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wait for a change (at most 200 ms, so callers re-check what they wait on).
+    fn wait<'a>(&self, held: std::sync::MutexGuard<'a, Held>) -> std::sync::MutexGuard<'a, Held> {
+        match self.changed.wait_timeout(held, std::time::Duration::from_millis(200)) {
+            Ok((h, _)) => h,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
     fn update(&self, f: impl FnOnce(&mut Held)) {
         f(&mut self.lock());
         self.changed.notify_all();
@@ -493,10 +501,7 @@ impl Ledger {
                 return;
             }
             // Woken by every change; the timeout only re-checks the stop flag.
-            held = match self.changed.wait_timeout(held, std::time::Duration::from_millis(200)) {
-                Ok((h, _)) => h,
-                Err(e) => e.into_inner().0,
-            };
+            held = self.wait(held);
         }
     }
 
@@ -510,10 +515,7 @@ impl Ledger {
         held.predicting = input;
         let mut planned = plan(held.behind);
         while planned.is_err() && held.behind > 0 {
-            held = match self.changed.wait_timeout(held, std::time::Duration::from_millis(200)) {
-                Ok((h, _)) => h,
-                Err(e) => e.into_inner().0,
-            };
+            held = self.wait(held);
             if held.behind == 0 {
                 planned = plan(0);
             }

@@ -26,7 +26,7 @@ use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 use ndarray::ArrayView3;
 
-use crate::dicom::DicomSeries;
+use crate::dicom::{DicomSeries, SliceRef};
 use crate::error::{IoError, Result};
 
 /// SOP Class UID of Segmentation Storage.
@@ -295,27 +295,17 @@ pub fn srgb_to_dicom_lab(rgb: [u8; 3]) -> [u16; 3] {
 
 /// Today's date (`YYYYMMDD`) and time (`HHMMSS`) in UTC.
 fn now_utc() -> (String, String) {
-    let secs =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    let (year, month, day) = civil_date(days);
-    (
-        format!("{year:04}{month:02}{day:02}"),
-        format!("{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60),
-    )
+    let now = chrono::Utc::now();
+    (now.format("%Y%m%d").to_string(), now.format("%H%M%S").to_string())
 }
 
-/// The (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian calendar).
-fn civil_date(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+/// ReferencedSOPClassUID and ReferencedSOPInstanceUID of a source slice (checked present by
+/// `check_source`).
+fn instance_ref(slice: &SliceRef) -> [DataElement<InMemDicomObject>; 2] {
+    [
+        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, slice.sop_class_uid.as_deref().unwrap_or("")),
+        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, slice.sop_instance_uid.as_deref().unwrap_or("")),
+    ]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -365,24 +355,7 @@ fn build(
             vec![item(vec![
                 seq(
                     tags::REFERENCED_INSTANCE_SEQUENCE,
-                    source
-                        .slices
-                        .iter()
-                        .map(|s| {
-                            item(vec![
-                                text(
-                                    tags::REFERENCED_SOP_CLASS_UID,
-                                    VR::UI,
-                                    s.sop_class_uid.as_deref().unwrap_or(""),
-                                ),
-                                text(
-                                    tags::REFERENCED_SOP_INSTANCE_UID,
-                                    VR::UI,
-                                    s.sop_instance_uid.as_deref().unwrap_or(""),
-                                ),
-                            ])
-                        })
-                        .collect(),
+                    source.slices.iter().map(|s| item(instance_ref(s).into())).collect(),
                 ),
                 text(tags::SERIES_INSTANCE_UID, VR::UI, &source.series_uid),
             ])],
@@ -517,27 +490,22 @@ fn build(
                     vec![item(vec![
                         seq(
                             tags::SOURCE_IMAGE_SEQUENCE,
-                            vec![item(vec![
-                                text(
-                                    tags::REFERENCED_SOP_CLASS_UID,
-                                    VR::UI,
-                                    s.sop_class_uid.as_deref().unwrap_or(""),
-                                ),
-                                text(
-                                    tags::REFERENCED_SOP_INSTANCE_UID,
-                                    VR::UI,
-                                    s.sop_instance_uid.as_deref().unwrap_or(""),
-                                ),
-                                seq(
-                                    tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-                                    vec![code_item(Code {
-                                        value: "121322",
-                                        scheme: "DCM",
-                                        meaning: "Source image for image processing operation",
-                                    })],
-                                ),
-                                text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
-                            ])],
+                            vec![item(
+                                instance_ref(s)
+                                    .into_iter()
+                                    .chain([
+                                        seq(
+                                            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                                            vec![code_item(Code {
+                                                value: "121322",
+                                                scheme: "DCM",
+                                                meaning: "Source image for image processing operation",
+                                            })],
+                                        ),
+                                        text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
+                                    ])
+                                    .collect(),
+                            )],
                         ),
                         seq(
                             tags::DERIVATION_CODE_SEQUENCE,
@@ -630,12 +598,9 @@ mod tests {
     }
 
     #[test]
-    fn the_civil_date_is_right() {
-        assert_eq!(civil_date(0), (1970, 1, 1));
-        assert_eq!(civil_date(59), (1970, 3, 1));
-        assert_eq!(civil_date(11_016), (2000, 2, 29));
-        assert_eq!(civil_date(20_794), (2026, 12, 7));
+    fn dates_and_times_are_da_and_tm() {
         let (d, t) = now_utc();
         assert_eq!((d.len(), t.len()), (8, 6));
+        assert!(d.chars().chain(t.chars()).all(|c| c.is_ascii_digit()), "{d} {t}");
     }
 }
