@@ -16,15 +16,25 @@ use clap::Args;
 use voxtell::candle::{DType, Device};
 use voxtell::fusion::{ModelDir, SpacingRange, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
-    Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, Event, MaskFiles,
-    OutputWriter, Part, PartArg, PredictOptions, PredictedCase, Predictor, PreviewImage, ProbabilityMaps,
-    StatisticsFile, jobs_from_inputs, jobs_from_json,
+    Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, DicomSegFile,
+    Event, MaskFiles, OutputWriter, Part, PartArg, PredictOptions, PredictedCase, Predictor, PreviewImage,
+    ProbabilityMaps, StatisticsFile, jobs_from_inputs, jobs_from_json,
 };
 use voxtell::io::DicomOptions;
 use voxtell::text::{EmbeddingBank, PromptVectors};
 
 use crate::cohort;
 use crate::report::{CaseNotes, Log, Progress};
+
+/// An output format of `--output-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputType {
+    /// NIfTI masks (the official output).
+    Nifti,
+    /// One DICOM SEG per case over its source series (`dicom_seg`: TotalSegmentator's spelling).
+    #[value(name = "dicom-seg", alias = "dicom_seg")]
+    DicomSeg,
+}
 
 /// Arguments of `voxtell predict`.
 #[derive(Debug, Args)]
@@ -71,6 +81,12 @@ pub struct PredictArgs {
     /// overwrite) instead of one mask per prompt.
     #[arg(long)]
     pub save_combined: bool,
+    /// Output formats of the masks, comma-separated: nifti (one mask per prompt, or the label
+    /// map of --save-combined), dicom-seg ({case}_seg.dcm: one DICOM SEG per case over its source
+    /// series, one segment per prompt whose mask is not empty; DICOM inputs only). With
+    /// dicom-seg alone no NIfTI masks are written.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., default_value = "nifti")]
+    pub output_type: Vec<OutputType>,
     /// Skip cases whose outputs all exist: resume a run that was stopped (nnU-Net's
     /// --continue-prediction is an alias).
     #[arg(long, visible_alias = "continue-prediction", alias = "continue_prediction")]
@@ -221,7 +237,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let notes = Arc::new(CaseNotes::default());
     // The model's training spacings are known once its folder is open (below).
     let spacing_check = Arc::new(SpacingCheck { range: OnceLock::new(), notes: notes.clone() });
-    let mut case_writers = writers(&args);
+    let mut case_writers = writers(&args)?;
     case_writers.push(spacing_check.clone());
     let batch = Batch::new(
         jobs,
@@ -354,9 +370,16 @@ pub(crate) fn locate(
 }
 
 /// The writers the flags ask for, in the order their files are listed.
-fn writers(args: &PredictArgs) -> Vec<Arc<dyn OutputWriter>> {
-    let mut w: Vec<Arc<dyn OutputWriter>> =
-        vec![if args.save_combined { Arc::new(CombinedMap) } else { Arc::new(MaskFiles) }];
+fn writers(args: &PredictArgs) -> anyhow::Result<Vec<Arc<dyn OutputWriter>>> {
+    let mut w: Vec<Arc<dyn OutputWriter>> = Vec::new();
+    if args.output_type.contains(&OutputType::Nifti) {
+        w.push(if args.save_combined { Arc::new(CombinedMap) } else { Arc::new(MaskFiles) });
+    } else {
+        ensure!(!args.save_combined, "--save-combined writes a NIfTI label map: add nifti to --output-type");
+    }
+    if args.output_type.contains(&OutputType::DicomSeg) {
+        w.push(Arc::new(DicomSegFile::default()));
+    }
     if args.save_probabilities {
         w.push(Arc::new(ProbabilityMaps));
     }
@@ -366,7 +389,7 @@ fn writers(args: &PredictArgs) -> Vec<Arc<dyn OutputWriter>> {
     if args.preview {
         w.push(Arc::new(PreviewImage));
     }
-    w
+    Ok(w)
 }
 
 /// Warns about a case whose voxel spacing lies outside the range the model's `voxtell.json`

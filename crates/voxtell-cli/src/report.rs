@@ -158,6 +158,11 @@ impl<'a> Progress<'a> {
             }
             Event::Written(r) if !log.quiet => {
                 self.print_notes(&s, &r.name);
+                if !r.empty_prompts.is_empty() {
+                    let names: Vec<String> = r.empty_prompts.iter().map(|p| format!("{p:?}")).collect();
+                    let line = format!("{}: empty mask (nothing found) for {}", r.name, names.join(", "));
+                    print_above(&s, &line);
+                }
                 let line =
                     format!("{}: wrote {} file(s) in {:.1} s", r.name, r.outputs.len(), r.write_seconds);
                 print_above(&s, &line);
@@ -192,7 +197,7 @@ fn print_above(s: &State, line: &str) {
 /// The library names an option by its field (``option `max_memory` ``); the user knows it by its
 /// flag.
 pub fn flags(text: &str) -> String {
-    const FLAGS: [(&str, &str); 12] = [
+    const FLAGS: [(&str, &str); 13] = [
         ("num_parts", "--num-parts"),
         ("part_id", "--part-id"),
         ("max_memory", "--max-memory"),
@@ -205,6 +210,7 @@ pub fn flags(text: &str) -> String {
         ("text_model", "--text-model"),
         ("embeddings", "--embeddings"),
         ("resume", "--resume"),
+        ("output_type", "--output-type"),
     ];
     FLAGS.iter().fold(text.to_string(), |t, (option, flag)| t.replace(&format!("option `{option}`"), flag))
 }

@@ -720,6 +720,86 @@ fn a_dicom_folder_is_one_case_named_after_the_folder() {
     assert!(nonzero(&mask) > 0);
 }
 
+/// The SegmentLabels of a SEG, in segment order.
+fn seg_labels(path: &Path) -> Vec<String> {
+    use dicom_dictionary_std::tags;
+    let obj = dicom_object::open_file(path).unwrap();
+    let items = obj.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap().to_vec();
+    items
+        .iter()
+        .map(|i| {
+            i.element(tags::SEGMENT_LABEL)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches([' ', '\0'])
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dicom_seg_output_alone_or_beside_nifti_and_empty_prompts_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let series = fixtures().join("io/dicom/mr_oblique");
+    let names = ["Liver", "left kidney"];
+    // dicom_seg (TotalSegmentator's spelling) alone: the SEG, statistics, no NIfTI masks.
+    let out = tmp.path().join("seg");
+    let mut a = args!["-i", series, "--output-type", "dicom_seg", "--statistics"];
+    a.extend(prompts(&names));
+    let r = predict(&out, &a);
+    assert!(r.ok, "{}", r.stderr);
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mr_oblique_statistics.json")).unwrap())
+            .unwrap();
+    let empty: Vec<String> =
+        stats["empty_prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let found: Vec<&str> = names.iter().copied().filter(|n| !empty.iter().any(|e| e == n)).collect();
+    eprintln!("empty: {empty:?}");
+    if found.is_empty() {
+        assert_eq!(entries(&out), set(&["mr_oblique_seg.json", "mr_oblique_statistics.json"]));
+    } else {
+        assert_eq!(entries(&out), set(&["mr_oblique_seg.dcm", "mr_oblique_statistics.json"]));
+        assert_eq!(seg_labels(&out.join("mr_oblique_seg.dcm")), found);
+    }
+    for e in &empty {
+        assert!(r.stderr.contains(&format!("{e:?}")) && r.stderr.contains("empty mask"), "{e}: {}", r.stderr);
+    }
+    if empty.is_empty() {
+        assert!(!r.stderr.contains("empty mask"), "{}", r.stderr);
+    }
+    // Both: the NIfTI masks too, and each prompt's mask is empty exactly when the SEG lacks it.
+    let out = tmp.path().join("both");
+    let mut a = args!["-i", series, "--output-type", "nifti,dicom-seg"];
+    a.extend(prompts(&names));
+    let r = predict(&out, &a);
+    assert!(r.ok, "{}", r.stderr);
+    for n in names {
+        let mask = read(&out.join(format!("mr_oblique_{}.nii.gz", n.replace(' ', "_"))));
+        assert_eq!(nonzero(&mask) == 0, empty.iter().any(|e| e == n), "{n}");
+    }
+    // --no-overwrite: the SEG counts as the case's DICOM output.
+    let r = predict(&out, &[a.clone(), args!["--no-overwrite"]].concat());
+    assert!(r.ok && r.stderr.contains("skipping 1 case"), "{}", r.stderr);
+}
+
+#[test]
+fn dicom_seg_of_a_nifti_input_or_with_a_combined_map_only_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut a = args!["-i", image("mr_small"), "--output-type", "dicom-seg"];
+    a.extend(prompts(&["Liver"]));
+    let r = predict(&out, &a);
+    assert_fails_cleanly(&r, &out, &["mr_small", "DICOM source series", "--output-type"]);
+    let mut a =
+        args!["-i", fixtures().join("io/dicom/mr_oblique"), "--output-type", "dicom-seg", "--save-combined"];
+    a.extend(prompts(&["Liver"]));
+    let r = predict(&out, &a);
+    assert_fails_cleanly(&r, &out, &["--save-combined", "nifti"]);
+    let r = predict(&out, &[a, args!["--output-type", "rtstruct"]].concat());
+    assert_fails_cleanly(&r, &out, &["rtstruct"]);
+}
+
 #[test]
 fn a_dicom_folder_given_as_dot_is_named_after_the_folder() {
     let tmp = tempfile::tempdir().unwrap();
@@ -815,6 +895,7 @@ fn help_mentions_every_flag() {
         "--list-embeddings",
         "--text-model",
         "--save-combined",
+        "--output-type",
         "--no-overwrite",
         "--device",
         "--gpu",

@@ -24,7 +24,7 @@ use std::sync::{Condvar, Mutex, mpsc};
 use std::time::Instant;
 
 use serde::Serialize;
-use voxtell_io::{DicomOptions, RasVolume, Volume};
+use voxtell_io::{DicomOptions, DicomSeries, RasVolume, Volume};
 
 use crate::components;
 use crate::error::{InferError, Result};
@@ -59,13 +59,26 @@ impl Input {
     /// Read the image and reorient it to the network's (S, A, R) layout; `dicom` chooses the
     /// series of a DICOM folder.
     pub fn read_ras(&self, dicom: &DicomOptions) -> Result<Arc<RasVolume>> {
-        let volume = match self {
-            Input::Path(p) if p.is_dir() => voxtell_io::read_dicom_series(p, dicom)?,
-            Input::Path(p) => voxtell_io::read(p)?,
-            Input::Volume(v) => return Ok(Arc::new(v.to_ras()?)),
-            Input::Ras(r) => return Ok(Arc::clone(r)),
+        Ok(self.read_ras_with_source(dicom)?.0)
+    }
+
+    /// [`Input::read_ras`], and for a DICOM folder the description of the series read (its
+    /// slices' instances and positions, its Patient, Study and Frame of Reference), which a
+    /// DICOM SEG refers to.
+    pub fn read_ras_with_source(
+        &self,
+        dicom: &DicomOptions,
+    ) -> Result<(Arc<RasVolume>, Option<Arc<DicomSeries>>)> {
+        let (volume, source) = match self {
+            Input::Path(p) if p.is_dir() => {
+                let (volume, source) = voxtell_io::read_dicom_series_with_source(p, dicom)?;
+                (volume, Some(Arc::new(source)))
+            }
+            Input::Path(p) => (voxtell_io::read(p)?, None),
+            Input::Volume(v) => return Ok((Arc::new(v.to_ras()?), None)),
+            Input::Ras(r) => return Ok((Arc::clone(r), None)),
         };
-        Ok(Arc::new(volume.to_ras()?))
+        Ok((Arc::new(volume.to_ras()?), source))
     }
 }
 
@@ -339,6 +352,8 @@ pub struct CaseRecord {
     pub network_seconds: f64,
     /// Tiles run (over all prompt groups).
     pub tiles: usize,
+    /// The prompts whose mask is empty (after any post-processing), in prompt order.
+    pub empty_prompts: Vec<String>,
     /// Files written.
     pub outputs: Vec<PathBuf>,
 }
@@ -361,6 +376,7 @@ impl CaseRecord {
             write_seconds: 0.0,
             network_seconds: 0.0,
             tiles: 0,
+            empty_prompts: Vec::new(),
             outputs: Vec::new(),
         }
     }
@@ -437,14 +453,20 @@ pub enum Event<'a> {
 struct ReadCase {
     index: usize,
     seconds: f64,
-    result: Result<(Arc<RasVolume>, Prepared)>,
+    result: Result<(Loaded, Prepared)>,
+}
+
+/// A case's image in the network's layout and, for a DICOM series, the series it came from.
+struct Loaded {
+    image: Arc<RasVolume>,
+    source: Option<Arc<DicomSeries>>,
 }
 
 /// A finished prediction on its way to the writer.
 struct ToWrite {
     index: usize,
     masks: Masks,
-    image: Arc<RasVolume>,
+    loaded: Loaded,
     record: CaseRecord,
     /// What the writer holds while writing it.
     bytes: u64,
@@ -596,10 +618,11 @@ impl Predictor {
                 let result = if job.cancel.is_cancelled() || stop.is_cancelled() {
                     Err(InferError::Cancelled)
                 } else {
-                    read_and_prepare(&job.input, &batch.options.dicom, patch)
+                    read_and_prepare(job, batch, patch)
                 };
-                let bytes =
-                    result.as_ref().map_or(0, |(image, prepared)| image_bytes(image) + prepared.bytes());
+                let bytes = result
+                    .as_ref()
+                    .map_or(0, |(loaded, prepared)| image_bytes(&loaded.image) + prepared.bytes());
                 ledger.update(|h| h.ahead = bytes);
                 let read = ReadCase { index: i, seconds: t.elapsed().as_secs_f64(), result };
                 if read_tx.send(read).is_err() {
@@ -623,14 +646,15 @@ impl Predictor {
             let mut record = CaseRecord::new(i, case, CaseStatus::Written);
             record.read_seconds = seconds;
             let t = Instant::now();
-            let result = result.and_then(|(image, prepared)| {
-                let input = image_bytes(&image) + prepared.bytes();
-                let masks = self.predict_case(i, batch, &image, &prepared, input, options, ledger, events)?;
-                Ok((masks, image))
+            let result = result.and_then(|(loaded, prepared)| {
+                let input = image_bytes(&loaded.image) + prepared.bytes();
+                let masks =
+                    self.predict_case(i, batch, &loaded.image, &prepared, input, options, ledger, events)?;
+                Ok((masks, loaded))
             });
             record.predict_seconds = t.elapsed().as_secs_f64();
             match result {
-                Ok((masks, image)) => {
+                Ok((masks, loaded)) => {
                     record.tiles = masks.plan().tiles * masks.plan().passes;
                     record.network_seconds = masks.network_seconds();
                     events(&Event::Predicted {
@@ -640,8 +664,8 @@ impl Predictor {
                         seconds: record.predict_seconds,
                     });
                     // The writer also makes one whole-volume mask at a time.
-                    let bytes = image_bytes(&image) + masks.bytes() + image.data.len() as u64;
-                    let sent = write_tx.send(ToWrite { index: i, masks, image, record, bytes });
+                    let bytes = image_bytes(&loaded.image) + masks.bytes() + loaded.image.data.len() as u64;
+                    let sent = write_tx.send(ToWrite { index: i, masks, loaded, record, bytes });
                     ledger.update(|h| h.predicting = 0);
                     if sent.is_err() {
                         break;
@@ -721,16 +745,16 @@ impl Predictor {
     }
 }
 
-/// Read an input, reorient it to (S, A, R) and prepare it for a network of `patch`.
-fn read_and_prepare(
-    input: &Input,
-    dicom: &DicomOptions,
-    patch: [usize; 3],
-) -> Result<(Arc<RasVolume>, Prepared)> {
-    let image = input.read_ras(dicom)?;
+/// Read a job's input, reorient it to (S, A, R), let the writers refuse what they cannot write
+/// for ([`OutputWriter::check_source`]) and prepare it for a network of `patch`.
+fn read_and_prepare(job: &Job, batch: &Batch, patch: [usize; 3]) -> Result<(Loaded, Prepared)> {
+    let (image, source) = job.input.read_ras_with_source(&batch.options.dicom)?;
     crate::predict::check_volume(&image)?;
+    for w in &batch.options.writers {
+        w.check_source(job, source.as_deref())?;
+    }
     let prepared = crate::preprocess::prepare(image.data.view(), patch);
-    Ok((image, prepared))
+    Ok((Loaded { image, source }, prepared))
 }
 
 /// Bytes of an image's voxels.
@@ -740,7 +764,7 @@ fn image_bytes(image: &RasVolume) -> u64 {
 
 /// Post-process and write one case; its record with the files written or the error.
 fn write_case(w: ToWrite, batch: &Batch, events: &(dyn Fn(&Event<'_>) + Sync)) -> CaseRecord {
-    let ToWrite { index, mut masks, image, mut record, .. } = w;
+    let ToWrite { index, mut masks, loaded, mut record, .. } = w;
     let case = &batch.cases[index];
     let t = Instant::now();
     let result = (|| -> Result<Vec<PathBuf>> {
@@ -751,12 +775,17 @@ fn write_case(w: ToWrite, batch: &Batch, events: &(dyn Fn(&Event<'_>) + Sync)) -
                 masks.set_mask(i, &m)?;
             }
         }
+        record.empty_prompts = (0..masks.len())
+            .filter(|&i| masks.cropped_mask(i).is_none_or(|m| m.iter().all(|&v| v == 0)))
+            .map(|i| case.job.prompts[i].clone())
+            .collect();
         let finished = PredictedCase {
             name: &case.job.name,
             input: &case.job.input,
             prompts: &case.job.prompts,
             masks: &masks,
-            image: &image,
+            image: &loaded.image,
+            source: loaded.source.as_deref(),
         };
         let mut written = Vec::new();
         for writer in &batch.options.writers {

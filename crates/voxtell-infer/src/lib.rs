@@ -30,7 +30,7 @@ pub use error::{InferError, Result};
 pub use masks::Masks;
 pub use plan::{Plan, human_bytes};
 pub use predict::{PredictOptions, Predictor, segment, segment_prepared};
-pub use seg::DicomSegFile;
+pub use seg::{DicomSegFile, code_for, prompt_segment, seg_options};
 pub use shard::{Part, PartArg};
 pub use sliding::{Accumulate, Logits};
 pub use voxtell_vision::ops::ConvPrecision;

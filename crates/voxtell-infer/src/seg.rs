@@ -12,8 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use voxtell_io::DicomOptions;
-use voxtell_io::dicom_seg::{Code, SegOptions, SegSegment, TISSUE, write_dicom_seg};
+use ndarray::ArrayView3;
+use voxtell_io::DicomSeries;
+use voxtell_io::dicom_seg::{Code, SegBuilder, SegOptions, SegSegment, TISSUE};
 
 use crate::batch::{Input, Job};
 use crate::error::{InferError, Result};
@@ -67,19 +68,39 @@ pub fn code_for(prompt: &str) -> (Code, Code) {
     (TISSUE, TISSUE)
 }
 
-/// `{case}_seg.dcm`: the case's masks as a DICOM SEG over its source series (a DICOM folder
-/// input only: a batch refuses other inputs before any work).
-#[derive(Debug, Clone)]
+/// How VoxTell's SEGs name their maker: algorithm "VoxTell" with this crate's version,
+/// manufacturer "voxtell-rs", series `series_number`; an existing file is replaced.
+pub fn seg_options(series_number: i32) -> SegOptions {
+    SegOptions {
+        algorithm_name: "VoxTell".to_string(),
+        algorithm_version: env!("CARGO_PKG_VERSION").to_string(),
+        manufacturer: "voxtell-rs".to_string(),
+        series_number,
+        series_description: "VoxTell text-prompted segmentation".to_string(),
+        overwrite: true,
+    }
+}
+
+/// The segment of prompt `i` (`prompt`) with `mask` in the source grid: its codes
+/// ([`code_for`]) and the preview's colour of prompt `i`.
+pub fn prompt_segment<'a>(i: usize, prompt: &'a str, mask: ArrayView3<'a, u8>) -> SegSegment<'a> {
+    let (category, property) = code_for(prompt);
+    SegSegment { text: prompt, mask, category, property, color: crate::preview::mask_colour(i) }
+}
+
+/// `{case}_seg.dcm`: the case's masks as a DICOM SEG over its source series — the series the
+/// batch read ([`crate::BatchOptions::dicom`] chooses it in a folder of several). A DICOM folder
+/// input only: a batch refuses other inputs before any work, and a series that lacks what a SEG
+/// refers to once it is read, before it is predicted.
+#[derive(Debug, Clone, Copy)]
 pub struct DicomSegFile {
-    /// Which series of a folder the batch reads (the SEG refers to the same one).
-    pub dicom: DicomOptions,
     /// SeriesNumber of the SEG series.
     pub series_number: i32,
 }
 
 impl Default for DicomSegFile {
     fn default() -> Self {
-        DicomSegFile { dicom: DicomOptions::default(), series_number: 100 }
+        DicomSegFile { series_number: 100 }
     }
 }
 
@@ -101,13 +122,7 @@ impl OutputWriter for DicomSegFile {
     fn check(&self, job: &Job) -> Result<()> {
         match &job.input {
             Input::Path(p) if p.is_dir() => Ok(()),
-            other => Err(InferError::Option {
-                option: "output_type",
-                reason: format!(
-                    "{}: a DICOM SEG needs a DICOM source series (a folder of slices); this input is not one",
-                    other.describe()
-                ),
-            }),
+            other => Err(not_dicom(other)),
         }
     }
 
@@ -115,25 +130,33 @@ impl OutputWriter for DicomSegFile {
         dir.join(seg_file(case)).exists() || dir.join(seg_note_file(case)).exists()
     }
 
-    fn write(&self, case: &PredictedCase<'_>, dir: &Path) -> Result<Vec<PathBuf>> {
-        let Input::Path(folder) = case.input else {
-            return Err(InferError::Invalid(format!("{}: no DICOM source series", case.input.describe())));
+    fn check_source(&self, job: &Job, source: Option<&DicomSeries>) -> Result<()> {
+        let Some(source) = source else {
+            return Err(not_dicom(&job.input));
         };
-        let source = voxtell_io::read_dicom_source(folder, &self.dicom)?;
-        let geometry = case.masks.geometry();
-        let mut masks = Vec::new();
-        let mut empty = Vec::new();
-        for (i, prompt) in case.prompts.iter().enumerate() {
-            let sar = case.masks.mask(i)?;
-            if sar.iter().all(|&v| v == 0) {
-                empty.push(prompt.as_str());
-                continue;
-            }
-            masks.push((i, prompt, geometry.restore(sar.view())?.0));
-        }
+        voxtell_io::dicom_seg::check_source(source).map_err(|reason| {
+            InferError::Io(voxtell_io::IoError::Dicom { path: PathBuf::from(job.input.describe()), reason })
+        })
+    }
+
+    fn write(&self, case: &PredictedCase<'_>, dir: &Path) -> Result<Vec<PathBuf>> {
+        let source = case.source.ok_or_else(|| not_dicom(case.input))?;
         let seg_path = dir.join(seg_file(case.name));
         let note_path = dir.join(seg_note_file(case.name));
-        if masks.is_empty() {
+        let mut seg = SegBuilder::new(&seg_path, source, seg_options(self.series_number))?;
+        let geometry = case.masks.geometry();
+        let mut empty = Vec::new();
+        // Each mask inside the crop box, seen in the source grid (no copy), packed in turn.
+        let start = case.masks.bbox().map(|[lo, _]| lo);
+        for (i, prompt) in case.prompts.iter().enumerate() {
+            let Some(part) = case.masks.cropped_mask(i).filter(|m| m.iter().any(|&v| v != 0)) else {
+                empty.push(prompt.as_str());
+                continue;
+            };
+            let (mask, offset) = geometry.restore_part(part.view(), start)?;
+            seg.add_part(&prompt_segment(i, prompt, mask), offset)?;
+        }
+        if seg.is_empty() {
             let note = serde_json::json!({
                 "case": case.name,
                 "seg": null,
@@ -145,30 +168,20 @@ impl OutputWriter for DicomSegFile {
             remove_stale(&seg_path)?;
             return Ok(vec![note_path]);
         }
-        let segments: Vec<SegSegment<'_>> = masks
-            .iter()
-            .map(|(i, prompt, mask)| {
-                let (category, property) = code_for(prompt);
-                SegSegment {
-                    text: prompt,
-                    mask: mask.view(),
-                    category,
-                    property,
-                    color: crate::preview::mask_colour(*i),
-                }
-            })
-            .collect();
-        let options = SegOptions {
-            algorithm_name: "VoxTell".to_string(),
-            algorithm_version: env!("CARGO_PKG_VERSION").to_string(),
-            manufacturer: "voxtell-rs".to_string(),
-            series_number: self.series_number,
-            series_description: "VoxTell text-prompted segmentation".to_string(),
-            overwrite: true,
-        };
-        write_dicom_seg(&seg_path, &source, &segments, &options)?;
+        seg.finish()?;
         remove_stale(&note_path)?;
         Ok(vec![seg_path])
+    }
+}
+
+/// The refusal of an input that is not a DICOM series.
+fn not_dicom(input: &Input) -> InferError {
+    InferError::Option {
+        option: "output_type",
+        reason: format!(
+            "{}: a DICOM SEG needs a DICOM source series (a folder of slices); this input is not one",
+            input.describe()
+        ),
     }
 }
 

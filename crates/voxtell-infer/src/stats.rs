@@ -45,6 +45,8 @@ pub struct CaseStatistics {
     pub spacing_mm: [f64; 3],
     /// One entry per prompt, in prompt order.
     pub prompts: Vec<MaskStatistics>,
+    /// The prompts whose mask is empty, in prompt order (a DICOM SEG has no segment for them).
+    pub empty_prompts: Vec<String>,
 }
 
 /// Maps a (fractional) voxel index to world coordinates with `affine`.
@@ -144,6 +146,7 @@ pub fn of_masks(case: &str, source: &str, masks: &crate::Masks) -> Result<CaseSt
         source: source.to_string(),
         shape: geometry.original_shape,
         spacing_mm: voxtell_io::orientation::spacing(&geometry.original_affine),
+        empty_prompts: prompts.iter().filter(|p| p.voxels == 0).map(|p| p.prompt.clone()).collect(),
         prompts,
     })
 }
@@ -239,6 +242,7 @@ mod tests {
                 compute("liver", m.view(), &id),
                 compute("empty", Array3::zeros((2, 2, 2)).view(), &id),
             ],
+            empty_prompts: vec!["empty".into()],
         };
         write_statistics(&path, &stats, false).expect("write");
         let back: serde_json::Value =

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use voxtell_io::{RasVolume, WriteOptions};
+use voxtell_io::{DicomSeries, RasVolume, WriteOptions};
 
 use crate::batch::Input;
 use crate::error::Result;
@@ -26,6 +26,9 @@ pub struct PredictedCase<'a> {
     pub masks: &'a Masks,
     /// The image in the network's (S, A, R) layout, with the geometry of the source.
     pub image: &'a RasVolume,
+    /// For a DICOM series input, the series read (its slices' instances and positions, its
+    /// Patient, Study and Frame of Reference); `None` for other inputs.
+    pub source: Option<&'a DicomSeries>,
 }
 
 /// One kind of output of a case.
@@ -38,6 +41,12 @@ pub trait OutputWriter: Send + Sync + std::fmt::Debug {
     /// Refuse a job this writer cannot write for (e.g. a DICOM SEG of a NIfTI input), before
     /// any work: the error names the input.
     fn check(&self, _job: &crate::batch::Job) -> Result<()> {
+        Ok(())
+    }
+
+    /// Refuse a case once its image is read, before it is predicted: `source` is the DICOM
+    /// series it was read from (`None` for other inputs). The error names the file at fault.
+    fn check_source(&self, _job: &crate::batch::Job, _source: Option<&DicomSeries>) -> Result<()> {
         Ok(())
     }
 

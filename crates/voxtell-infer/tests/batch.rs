@@ -442,6 +442,8 @@ fn a_dicom_series_gets_a_seg_whose_frames_are_its_nifti_masks_and_a_nifti_input_
         .map(|s| voxtell_io::read_nifti(out.path().join(format!("ct_axial_{s}.nii.gz"))).unwrap())
         .collect();
     let non_empty: Vec<usize> = (0..2).filter(|&i| masks[i].data.iter().any(|&v| v != 0.0)).collect();
+    let empty: Vec<String> = (0..2).filter(|i| !non_empty.contains(i)).map(|i| prompts[i].clone()).collect();
+    assert_eq!(records[0].empty_prompts, empty);
     let seg = out.path().join("ct_axial_seg.dcm");
     eprintln!("prompts with a non-empty mask: {non_empty:?}");
     if non_empty.is_empty() {
@@ -502,4 +504,75 @@ fn a_dicom_series_gets_a_seg_whose_frames_are_its_nifti_masks_and_a_nifti_input_
             .unwrap_err()
             .to_string();
     assert!(e.contains("DICOM source series") && e.contains("mr_small"), "{e}");
+}
+
+#[test]
+fn a_series_without_a_frame_of_reference_fails_before_it_is_predicted() {
+    use voxtell_infer::DicomSegFile;
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("no_for");
+    std::fs::create_dir(&series).unwrap();
+    for entry in std::fs::read_dir(root().join("io/dicom/ct_axial")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut obj = dicom_object::open_file(&path).unwrap();
+        obj.remove_element(dicom_dictionary_std::tags::FRAME_OF_REFERENCE_UID);
+        obj.write_to_file(series.join(path.file_name().unwrap())).unwrap();
+    }
+    let out = dir.path().join("out");
+    let writers: Vec<Arc<dyn OutputWriter>> = vec![Arc::new(MaskFiles), Arc::new(DicomSegFile::default())];
+    let batch =
+        Batch::new(vec![Job::from_path(&series, strings(&["Liver"]))], BatchOptions::new(&out, writers))
+            .unwrap();
+    let records = predictor().run_batch(&batch, &|_| {}).unwrap();
+    assert_eq!(records[0].status, CaseStatus::Failed, "{records:?}");
+    let e = records[0].error.clone().unwrap();
+    assert!(e.contains("FrameOfReferenceUID") && e.contains("no_for"), "{e}");
+    assert_eq!(records[0].tiles, 0, "refused before the network ran");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn a_seg_has_no_segment_for_an_empty_mask_and_a_note_when_every_mask_is_empty() {
+    use voxtell_infer::{DicomSegFile, Input, PredictedCase};
+    let series = root().join("io/dicom/ct_axial");
+    let input = Input::Path(series.clone());
+    let (image, source) = input.read_ras_with_source(&Default::default()).unwrap();
+    let (volume, _) = voxtell_io::read_dicom_series_with_source(&series, &Default::default()).unwrap();
+    let prompts = strings(&["Liver", "left kidney"]);
+    let mut masks = predictor().predict(&volume, &["Liver", "left kidney"]).unwrap();
+    // Prompt 0 with one voxel, prompt 1 empty.
+    let mut one = ndarray::Array3::<u8>::zeros(masks.ras_shape());
+    let b = masks.bbox();
+    one[[b[0][0], b[1][0], b[2][0]]] = 1;
+    masks.set_mask(0, &one).unwrap();
+    masks.set_mask(1, &ndarray::Array3::zeros(masks.ras_shape())).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    macro_rules! case {
+        ($masks:expr) => {
+            PredictedCase {
+                name: "ct",
+                input: &input,
+                prompts: &prompts,
+                masks: $masks,
+                image: &image,
+                source: source.as_deref(),
+            }
+        };
+    }
+    let w = DicomSegFile::default();
+    let written = w.write(&case!(&masks), out.path()).unwrap();
+    assert_eq!(written, [out.path().join("ct_seg.dcm")]);
+    let obj = dicom_object::open_file(&written[0]).unwrap();
+    let segments = obj.element(dicom_dictionary_std::tags::SEGMENT_SEQUENCE).unwrap().items().unwrap().len();
+    let frames =
+        obj.element(dicom_dictionary_std::tags::NUMBER_OF_FRAMES).unwrap().to_int::<usize>().unwrap();
+    assert_eq!((segments, frames), (1, 1));
+    // Every mask empty: the note replaces the SEG of the earlier run.
+    masks.set_mask(0, &ndarray::Array3::zeros(masks.ras_shape())).unwrap();
+    let written = w.write(&case!(&masks), out.path()).unwrap();
+    assert_eq!(written, [out.path().join("ct_seg.json")]);
+    assert!(!out.path().join("ct_seg.dcm").exists());
+    let note: serde_json::Value = serde_json::from_slice(&std::fs::read(&written[0]).unwrap()).unwrap();
+    assert_eq!(note["empty_prompts"], serde_json::json!(["Liver", "left kidney"]));
+    assert!(w.finished(out.path(), "ct", &prompts));
 }

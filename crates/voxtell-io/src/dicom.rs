@@ -147,12 +147,16 @@ impl DicomSeries {
 }
 
 /// The attributes a derived object copies from its source series ([`DicomSeries::attributes`]).
-pub const SERIES_ATTRIBUTES: [(&str, dicom_core::Tag); 18] = [
+pub const SERIES_ATTRIBUTES: [(&str, dicom_core::Tag); 22] = [
     ("SpecificCharacterSet", tags::SPECIFIC_CHARACTER_SET),
     ("PatientName", tags::PATIENT_NAME),
     ("PatientID", tags::PATIENT_ID),
     ("PatientBirthDate", tags::PATIENT_BIRTH_DATE),
     ("PatientSex", tags::PATIENT_SEX),
+    ("IssuerOfPatientID", tags::ISSUER_OF_PATIENT_ID),
+    ("PatientAge", tags::PATIENT_AGE),
+    ("PatientSize", tags::PATIENT_SIZE),
+    ("PatientWeight", tags::PATIENT_WEIGHT),
     ("StudyInstanceUID", tags::STUDY_INSTANCE_UID),
     ("StudyDate", tags::STUDY_DATE),
     ("StudyTime", tags::STUDY_TIME),

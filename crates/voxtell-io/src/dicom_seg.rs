@@ -95,57 +95,191 @@ pub struct SegWritten {
     pub overlap: bool,
 }
 
-/// Write `segments` over `source`'s slices as one binary SEG at `path`. The source must name its
-/// Study, Frame of Reference and every slice's SOP Class and Instance (no Frame of Reference is
-/// made up: it would detach the SEG from its series); every mask must have the source's shape
-/// and at least one voxel set.
+/// Write `segments` over `source`'s slices as one binary SEG at `path` (all masks at hand; a
+/// caller that makes its masks one at a time uses [`SegBuilder`], which holds one mask at a
+/// time). The source must name its Study, Frame of Reference and every slice's SOP Class and
+/// Instance (no Frame of Reference is made up: it would detach the SEG from its series); every
+/// mask must have the source's shape and at least one voxel set.
 pub fn write_dicom_seg(
     path: impl AsRef<Path>,
     source: &DicomSeries,
     segments: &[SegSegment<'_>],
     options: &SegOptions,
 ) -> Result<SegWritten> {
-    let path = path.as_ref();
-    let bad = |reason: String| IoError::BadOutput { path: path.to_path_buf(), reason };
-    check_source(source).map_err(bad)?;
-    if segments.is_empty() {
-        return Err(bad("no segments: a SEG needs at least one non-empty mask".into()));
-    }
-    let shape = [source.columns, source.rows, source.slices.len()];
+    let mut builder = SegBuilder::new(path, source, options.clone())?;
     for s in segments {
-        if s.mask.shape() != shape {
-            return Err(bad(format!(
-                "the mask of {:?} has shape {:?}, the source series {shape:?} (columns, rows, slices)",
-                s.text,
-                s.mask.shape()
-            )));
-        }
+        builder.add(s)?;
     }
-    let (pixels, frames) = pack_frames(segments, shape);
-    if let Some(empty) = segments.iter().enumerate().find(|(i, _)| !frames.iter().any(|f| f.0 == *i)) {
-        return Err(bad(format!("the mask of {:?} is empty", empty.1.text)));
-    }
-    let overlap = overlaps(segments);
-    let series_uid = new_uid();
-    let sop_uid = new_uid();
-    let obj = build(source, segments, options, &frames, pixels, overlap, &series_uid, &sop_uid);
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .map_err(|e| bad(format!("cannot make the file meta group: {e}")))?;
-    crate::atomic::write_atomic(path, options.overwrite, |tmp| {
-        file.write_to_file(tmp).map_err(std::io::Error::other)
-    })?;
-    Ok(SegWritten {
-        segments: segments.len(),
-        frames: frames.len(),
-        sop_instance_uid: sop_uid,
-        series_instance_uid: series_uid,
-        overlap,
-    })
+    builder.finish()
 }
 
-/// The source attributes a SEG cannot do without, each missing one named with its file.
-fn check_source(source: &DicomSeries) -> std::result::Result<(), String> {
+/// A SEG built one segment at a time: each mask is packed into the frames when it is added, so a
+/// caller restores, adds and drops its masks one by one. Held meanwhile: the packed frames and
+/// one bit per source voxel (which voxels earlier segments hold, for `SegmentsOverlap`).
+#[derive(Debug)]
+pub struct SegBuilder<'s> {
+    path: std::path::PathBuf,
+    source: &'s DicomSeries,
+    options: SegOptions,
+    /// (columns, rows, slices) of the source.
+    shape: [usize; 3],
+    segments: Vec<Described>,
+    /// (segment index, slice) of each frame, in order.
+    frames: Vec<(usize, usize)>,
+    /// The frames' pixels, 1 bit each, least significant bit first, contiguous.
+    pixels: Vec<u8>,
+    /// Bits of `pixels` in use.
+    bits: usize,
+    /// One bit per source voxel (slice, row, column order): set by an earlier segment.
+    covered: Vec<u64>,
+    overlap: bool,
+}
+
+/// What the SegmentSequence says of a segment (its mask is packed and gone).
+#[derive(Debug, Clone)]
+struct Described {
+    text: String,
+    category: Code,
+    property: Code,
+    color: [u8; 3],
+}
+
+impl<'s> SegBuilder<'s> {
+    /// A SEG over `source`'s slices, to be written at `path`; refused, naming the file and the
+    /// attribute, when the source lacks what a SEG must refer to ([`check_source`]).
+    pub fn new(path: impl AsRef<Path>, source: &'s DicomSeries, options: SegOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        check_source(source).map_err(|reason| IoError::BadOutput { path: path.clone(), reason })?;
+        Ok(SegBuilder {
+            path,
+            source,
+            options,
+            shape: [source.columns, source.rows, source.slices.len()],
+            segments: Vec::new(),
+            frames: Vec::new(),
+            pixels: Vec::new(),
+            bits: 0,
+            covered: Vec::new(),
+            overlap: false,
+        })
+    }
+
+    fn bad(&self, reason: String) -> IoError {
+        IoError::BadOutput { path: self.path.clone(), reason }
+    }
+
+    /// Add a segment (numbered in the order added): its mask, in the source volume's layout
+    /// (columns, rows, slices), must have at least one voxel set; it may be any view (e.g. a
+    /// mask flipped and permuted back from another layout without a copy).
+    pub fn add(&mut self, segment: &SegSegment<'_>) -> Result<()> {
+        if segment.mask.shape() != self.shape {
+            return Err(self.bad(format!(
+                "the mask of {:?} has shape {:?}, the source series {:?} (columns, rows, slices)",
+                segment.text,
+                segment.mask.shape(),
+                self.shape
+            )));
+        }
+        self.add_part(segment, [0; 3])
+    }
+
+    /// [`SegBuilder::add`] for a mask that covers only a box of the source grid starting at
+    /// `offset` (column, row, slice), zero outside it: e.g. a prediction's crop box, so that no
+    /// whole-volume mask is ever made.
+    pub fn add_part(&mut self, segment: &SegSegment<'_>, offset: [usize; 3]) -> Result<()> {
+        let part = segment.mask.shape();
+        if (0..3).any(|d| offset[d].checked_add(part[d]).is_none_or(|end| end > self.shape[d])) {
+            return Err(self.bad(format!(
+                "the mask of {:?} (shape {part:?} at {offset:?}) does not fit the source series {:?} \
+                 (columns, rows, slices)",
+                segment.text, self.shape
+            )));
+        }
+        let [columns, rows, _] = self.shape;
+        let plane = rows * columns;
+        if self.covered.is_empty() {
+            self.covered = vec![0u64; (plane * self.shape[2]).div_ceil(64)];
+        }
+        let index = self.segments.len();
+        let before = self.frames.len();
+        for (dk, slice) in segment.mask.axis_iter(ndarray::Axis(2)).enumerate() {
+            if slice.iter().all(|&v| v == 0) {
+                continue;
+            }
+            let k = offset[2] + dk;
+            self.frames.push((index, k));
+            let end = self.bits + plane;
+            self.pixels.resize(end.div_ceil(8), 0);
+            for (dr, row) in slice.axis_iter(ndarray::Axis(1)).enumerate() {
+                let r = offset[1] + dr;
+                let bit0 = self.bits + r * columns + offset[0];
+                let voxel0 = k * plane + r * columns + offset[0];
+                for (c, &v) in row.iter().enumerate() {
+                    if v == 0 {
+                        continue;
+                    }
+                    let bit = bit0 + c;
+                    self.pixels[bit / 8] |= 1 << (bit % 8);
+                    let voxel = voxel0 + c;
+                    let (word, mask) = (voxel / 64, 1u64 << (voxel % 64));
+                    self.overlap |= self.covered[word] & mask != 0;
+                    self.covered[word] |= mask;
+                }
+            }
+            self.bits = end;
+        }
+        if self.frames.len() == before {
+            return Err(self.bad(format!("the mask of {:?} is empty", segment.text)));
+        }
+        self.segments.push(Described {
+            text: segment.text.to_string(),
+            category: segment.category,
+            property: segment.property,
+            color: segment.color,
+        });
+        Ok(())
+    }
+
+    /// Segments added so far.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether no segment was added.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Write the SEG (atomically); refused when no segment was added.
+    pub fn finish(mut self) -> Result<SegWritten> {
+        if self.segments.is_empty() {
+            return Err(self.bad("no segments: a SEG needs at least one non-empty mask".into()));
+        }
+        self.covered = Vec::new();
+        let mut pixels = std::mem::take(&mut self.pixels);
+        pixels.resize(pixels.len().next_multiple_of(2), 0);
+        let series_uid = new_uid();
+        let sop_uid = new_uid();
+        let obj = build(&self, pixels, &series_uid, &sop_uid);
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .map_err(|e| self.bad(format!("cannot make the file meta group: {e}")))?;
+        crate::atomic::write_atomic(&self.path, self.options.overwrite, |tmp| {
+            file.write_to_file(tmp).map_err(std::io::Error::other)
+        })?;
+        Ok(SegWritten {
+            segments: self.segments.len(),
+            frames: self.frames.len(),
+            sop_instance_uid: sop_uid,
+            series_instance_uid: series_uid,
+            overlap: self.overlap,
+        })
+    }
+}
+
+/// Whether `source` names what a SEG must refer to: its Study, its Frame of Reference, and each
+/// slice's SOP Class and Instance; the error names the attribute and the file that lacks it.
+pub fn check_source(source: &DicomSeries) -> std::result::Result<(), String> {
     for keyword in ["StudyInstanceUID", "FrameOfReferenceUID"] {
         if source.attribute(keyword).is_none_or(str::is_empty) {
             let file = source.slices.first().map(|s| s.path.display().to_string()).unwrap_or_default();
@@ -163,45 +297,6 @@ fn check_source(source: &DicomSeries) -> std::result::Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The frames (segment index, slice) with any pixel set, segment by segment, and their pixels
-/// packed 1 bit each, least significant bit first, contiguous, padded to an even length.
-fn pack_frames(segments: &[SegSegment<'_>], shape: [usize; 3]) -> (Vec<u8>, Vec<(usize, usize)>) {
-    let [columns, rows, slices] = shape;
-    let mut frames = Vec::new();
-    for (i, s) in segments.iter().enumerate() {
-        for k in 0..slices {
-            if s.mask.index_axis(ndarray::Axis(2), k).iter().any(|&v| v != 0) {
-                frames.push((i, k));
-            }
-        }
-    }
-    let bits = frames.len() * rows * columns;
-    let mut pixels = vec![0u8; bits.div_ceil(8).next_multiple_of(2)];
-    let mut bit = 0usize;
-    for &(i, k) in &frames {
-        let mask = &segments[i].mask;
-        for r in 0..rows {
-            for c in 0..columns {
-                if mask[[c, r, k]] != 0 {
-                    pixels[bit / 8] |= 1 << (bit % 8);
-                }
-                bit += 1;
-            }
-        }
-    }
-    (pixels, frames)
-}
-
-/// Whether any voxel is set in two segments.
-fn overlaps(segments: &[SegSegment<'_>]) -> bool {
-    let Some(first) = segments.first() else { return false };
-    let mut count = ndarray::Array3::<u8>::zeros(first.mask.raw_dim());
-    for s in segments {
-        ndarray::Zip::from(&mut count).and(&s.mask).for_each(|n, &v| *n = n.saturating_add(u8::from(v != 0)));
-    }
-    count.iter().any(|&n| n > 1)
 }
 
 /// A new UID in the `2.25.` form: a random (version 4) UUID as one decimal number.
@@ -308,17 +403,10 @@ fn instance_ref(slice: &SliceRef) -> [DataElement<InMemDicomObject>; 2] {
     ]
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build(
-    source: &DicomSeries,
-    segments: &[SegSegment<'_>],
-    options: &SegOptions,
-    frames: &[(usize, usize)],
-    pixels: Vec<u8>,
-    overlap: bool,
-    series_uid: &str,
-    sop_uid: &str,
-) -> InMemDicomObject {
+/// The data set of a finished builder with its packed `pixels` (padded to an even length).
+fn build(b: &SegBuilder<'_>, pixels: Vec<u8>, series_uid: &str, sop_uid: &str) -> InMemDicomObject {
+    let (source, segments, options, frames, overlap) =
+        (b.source, &b.segments, &b.options, &b.frames, b.overlap);
     let attr = |k: &str| source.attribute(k).unwrap_or("").to_string();
     let (date, time) = now_utc();
     let non_ascii = segments.iter().any(|s| !s.text.is_ascii())
@@ -369,6 +457,20 @@ fn build(
         text(tags::STUDY_INSTANCE_UID, VR::UI, &attr("StudyInstanceUID")),
         text(tags::SERIES_INSTANCE_UID, VR::UI, series_uid),
         text(tags::STUDY_ID, VR::SH, &attr("StudyID")),
+    ]);
+    // Optional Patient and Study attributes: copied when the source has them, else absent.
+    for (keyword, tag, vr) in [
+        ("IssuerOfPatientID", tags::ISSUER_OF_PATIENT_ID, VR::LO),
+        ("StudyDescription", tags::STUDY_DESCRIPTION, VR::LO),
+        ("PatientAge", tags::PATIENT_AGE, VR::AS),
+        ("PatientSize", tags::PATIENT_SIZE, VR::DS),
+        ("PatientWeight", tags::PATIENT_WEIGHT, VR::DS),
+    ] {
+        if let Some(value) = source.attribute(keyword).filter(|v| !v.is_empty()) {
+            e.push(text(tag, vr, value));
+        }
+    }
+    e.extend([
         DataElement::new(
             tags::SERIES_NUMBER,
             VR::IS,
@@ -379,12 +481,23 @@ fn build(
         text(tags::POSITION_REFERENCE_INDICATOR, VR::LO, &attr("PositionReferenceIndicator")),
     ]);
     let dimension_uid = new_uid();
+    // The position index counts the source positions that have frames, 1… in slice order.
+    let mut with_frames: Vec<usize> = frames.iter().map(|&(_, k)| k).collect();
+    with_frames.sort_unstable();
+    with_frames.dedup();
+    let position_index = |k: usize| with_frames.binary_search(&k).map_or(0, |p| p + 1) as u32;
+    // "3D" (equally spaced parallel planes) only when the frames are one segment's, on
+    // consecutive source slices (the reader accepts evenly spaced series only).
+    if segments.len() == 1
+        && with_frames.last().zip(with_frames.first()).is_some_and(|(l, f)| l - f + 1 == with_frames.len())
+    {
+        e.push(text(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D"));
+    }
     e.extend([
         seq(
             tags::DIMENSION_ORGANIZATION_SEQUENCE,
             vec![item(vec![text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid)])],
         ),
-        text(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D"),
         seq(
             tags::DIMENSION_INDEX_SEQUENCE,
             vec![
@@ -425,8 +538,8 @@ fn build(
             item(vec![
                 seq(tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE, vec![code_item(s.category)]),
                 DataElement::new(tags::SEGMENT_NUMBER, VR::US, PrimitiveValue::from((i + 1) as u16)),
-                text(tags::SEGMENT_LABEL, VR::LO, &segment_label(s.text)),
-                text(tags::SEGMENT_DESCRIPTION, VR::ST, s.text),
+                text(tags::SEGMENT_LABEL, VR::LO, &segment_label(&s.text)),
+                text(tags::SEGMENT_DESCRIPTION, VR::ST, &s.text),
                 text(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC"),
                 text(tags::SEGMENT_ALGORITHM_NAME, VR::LO, &options.algorithm_name),
                 DataElement::new(
@@ -518,7 +631,7 @@ fn build(
                     vec![item(vec![DataElement::new(
                         tags::DIMENSION_INDEX_VALUES,
                         VR::UL,
-                        PrimitiveValue::U32([(i + 1) as u32, (k + 1) as u32].into_iter().collect()),
+                        PrimitiveValue::U32([(i + 1) as u32, position_index(k)].into_iter().collect()),
                     )])],
                 ),
                 seq(

@@ -72,13 +72,60 @@ impl RasGeometry {
         }
         let shape_ras = [ras_shape[2], ras_shape[1], ras_shape[0]];
         let affine = orientation::matmul(&self.reoriented_affine, &from_canonical.inverse_affine(shape_ras));
-        Ok((apply_orientation(ras, &from_canonical), affine))
+        Ok((oriented_view(ras, &from_canonical).as_standard_layout().into_owned(), affine))
+    }
+
+    /// [`RasGeometry::restore`] without the copy: the (S, A, R) array seen in the original
+    /// voxel order (axes flipped and permuted by strides), for a caller that reads it once.
+    pub fn restore_view<'a, T>(&self, sar: ArrayView3<'a, T>) -> Result<ArrayView3<'a, T>> {
+        let ras_shape = self.ras_shape();
+        if sar.shape() != ras_shape {
+            return Err(IoError::BadOutput {
+                path: Default::default(),
+                reason: format!(
+                    "array of shape {:?} does not fit the (S, A, R) grid {ras_shape:?}",
+                    sar.shape()
+                ),
+            });
+        }
+        Ok(oriented_view(sar.reversed_axes(), &Ornt::RAS.transform_to(&self.ornt)))
     }
 }
 
-/// nibabel's `apply_orientation`: flip the axes marked flipped, then order the axes by the
-/// world axis they map to. The result is in standard (C) memory order.
-fn apply_orientation<T: Clone>(mut view: ArrayView3<'_, T>, ornt: &Ornt) -> Array3<T> {
+impl RasGeometry {
+    /// [`RasGeometry::restore_view`] of a part of an (S, A, R) array: `part` starts at voxel
+    /// `start` (S, A, R) of the whole. Returns the part in the original voxel order and where it
+    /// starts in the original grid.
+    pub fn restore_part<'a, T>(
+        &self,
+        part: ArrayView3<'a, T>,
+        start: [usize; 3],
+    ) -> Result<(ArrayView3<'a, T>, [usize; 3])> {
+        let whole = self.ras_shape();
+        if (0..3).any(|d| start[d].checked_add(part.shape()[d]).is_none_or(|end| end > whole[d])) {
+            return Err(IoError::BadOutput {
+                path: Default::default(),
+                reason: format!(
+                    "a part of shape {:?} at {start:?} does not fit the (S, A, R) grid {whole:?}",
+                    part.shape()
+                ),
+            });
+        }
+        let ornt = Ornt::RAS.transform_to(&self.ornt);
+        // In (R, A, S) order, as the view is built.
+        let (len, n) = ([part.shape()[2], part.shape()[1], part.shape()[0]], [whole[2], whole[1], whole[0]]);
+        let mut offset = [0; 3];
+        for (i, a) in ornt.0.iter().enumerate() {
+            let s = start[2 - i];
+            offset[a.world_axis] = if a.flipped { n[i] - (s + len[i]) } else { s };
+        }
+        Ok((oriented_view(part.reversed_axes(), &ornt), offset))
+    }
+}
+
+/// nibabel's `apply_orientation` as a view: flip the axes marked flipped, then order the axes by
+/// the world axis they map to.
+fn oriented_view<'a, T>(mut view: ArrayView3<'a, T>, ornt: &Ornt) -> ArrayView3<'a, T> {
     for (i, a) in ornt.0.iter().enumerate() {
         if a.flipped {
             view.invert_axis(Axis(i));
@@ -88,7 +135,7 @@ fn apply_orientation<T: Clone>(mut view: ArrayView3<'_, T>, ornt: &Ornt) -> Arra
     for (i, a) in ornt.0.iter().enumerate() {
         perm[a.world_axis] = i;
     }
-    view.permuted_axes(perm).as_standard_layout().into_owned()
+    view.permuted_axes(perm)
 }
 
 impl Volume {
@@ -102,8 +149,8 @@ impl Volume {
         let shape = self.shape();
         // nibabel returns the image itself for the identity; the product is then exact too.
         let reoriented_affine = orientation::matmul(&self.affine, &ornt.inverse_affine(shape));
-        let ras_data = apply_orientation(self.data.view(), &ornt);
-        let data = ras_data.reversed_axes().as_standard_layout().into_owned();
+        // One copy: flips and the permutation are strides of the view.
+        let data = oriented_view(self.data.view(), &ornt).reversed_axes().as_standard_layout().into_owned();
         Ok(RasVolume {
             data,
             geometry: RasGeometry {

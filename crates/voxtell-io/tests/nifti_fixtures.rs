@@ -71,6 +71,25 @@ fn reads_like_the_official_reader() {
             }
         }
         assert_eq!(Some(vol.axcodes()), case.axcodes.clone(), "{}", case.name);
+        // Back to the file's grid, as a copy and as a view: both are the volume read.
+        let (copy, _) = ras.geometry.restore(ras.data.view()).unwrap();
+        let view = ras.geometry.restore_view(ras.data.view()).unwrap();
+        assert!(copy.iter().zip(vol.data.iter()).all(|(a, b)| same_bits(*a, *b)), "{}: restore", case.name);
+        assert_eq!(view.shape(), vol.data.shape(), "{}: restore_view shape", case.name);
+        assert!(
+            view.iter().zip(vol.data.iter()).all(|(a, b)| same_bits(*a, *b)),
+            "{}: restore_view",
+            case.name
+        );
+        // A part (the far half of each axis) lands where it lies in the file's grid.
+        let sar = ras.data.shape();
+        let start = [sar[0] / 2, sar[1] / 3, sar[2] / 2];
+        let part = ras.data.slice(ndarray::s![start[0].., start[1].., start[2]..]);
+        let (back, at) = ras.geometry.restore_part(part, start).unwrap();
+        let b = back.shape();
+        let want = vol.data.slice(ndarray::s![at[0]..at[0] + b[0], at[1]..at[1] + b[1], at[2]..at[2] + b[2]]);
+        assert!(back.iter().zip(want.iter()).all(|(a, b)| same_bits(*a, *b)), "{}: restore_part", case.name);
+        assert!(ras.geometry.restore_part(ras.data.view(), [1, 0, 0]).is_err());
         checked += 1;
     }
     assert!(checked >= 140, "only {checked} cases checked");
