@@ -8,7 +8,7 @@
 //! the end if any failed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
@@ -17,8 +17,8 @@ use voxtell::candle::{DType, Device};
 use voxtell::fusion::{ModelDir, SpacingRange, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
     Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, DicomSegFile,
-    Event, MaskFiles, OutputWriter, Part, PartArg, PredictOptions, PredictedCase, Predictor, PreviewImage,
-    ProbabilityMaps, StatisticsFile, jobs_from_inputs, jobs_from_json,
+    Event, MaskFiles, OutputWriter, Part, PartArg, PredictOptions, Predictor, PreviewImage, ProbabilityMaps,
+    StatisticsFile, jobs_from_inputs, jobs_from_json,
 };
 use voxtell::io::DicomOptions;
 use voxtell::text::{EmbeddingBank, PromptVectors};
@@ -235,14 +235,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let report = args.report.as_deref().map(|r| cohort::Report::open(r, part)).transpose()?;
     let cancel = CancelToken::new();
     let notes = Arc::new(CaseNotes::default());
-    // The model's training spacings are known once its folder is open (below).
-    let spacing_check = Arc::new(SpacingCheck { range: OnceLock::new(), notes: notes.clone() });
-    let mut case_writers = writers(&args)?;
-    case_writers.push(spacing_check.clone());
     let batch = Batch::new(
         jobs,
         BatchOptions {
-            writers: case_writers,
+            writers: writers(&args)?,
             skip_existing: args.no_overwrite,
             keep_largest: args.keep_largest,
             dicom: DicomOptions { series_uid: args.series.clone(), ..Default::default() },
@@ -275,9 +271,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());
-    if let Some(range) = folder.meta().and_then(|m| m.training_spacing) {
-        let _ = spacing_check.range.set((range, model_dir.join("voxtell.json")));
-    }
+    // The range of voxel spacings the model was trained on, when its voxtell.json records one.
+    let training =
+        folder.meta().and_then(|m| m.training_spacing).map(|r| (r, model_dir.join("voxtell.json")));
     let options = PredictOptions {
         step_size: args.step_size,
         accumulate: args.accumulate.parse::<Accumulate>()?,
@@ -323,9 +319,16 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             );
         });
     }
-    let progress = Progress::new(&log, batch.pending()).with_notes(notes);
+    let progress = Progress::new(&log, batch.pending()).with_notes(notes.clone());
     let report_error = std::sync::Mutex::new(None);
     let records = predictor.run_batch(&batch, &|e| {
+        // A scan outside the model's training spacings is still segmented; the warning comes
+        // with the case's "wrote" (or error) line.
+        if let (Event::Read { name, image, .. }, Some((range, source))) = (e, &training)
+            && let Some(line) = spacing_warning(name, image.geometry.spacing(), range, source)
+        {
+            notes.add(name, line);
+        }
         progress.show(e);
         if let (Some(report), Event::Written(r) | Event::Failed(r)) = (&report, e)
             && let Err(err) = report.record(&batch, r)
@@ -390,33 +393,6 @@ fn writers(args: &PredictArgs) -> anyhow::Result<Vec<Arc<dyn OutputWriter>>> {
         w.push(Arc::new(PreviewImage));
     }
     Ok(w)
-}
-
-/// Warns about a case whose voxel spacing lies outside the range the model's `voxtell.json`
-/// records for its training data (a writer that writes no file: the writers are the one place
-/// that sees each case's geometry). The case is still segmented; the warning goes through
-/// [`CaseNotes`] to the case's "wrote" line.
-#[derive(Debug)]
-struct SpacingCheck {
-    /// The training range and the file that records it; unset when the model records none.
-    range: OnceLock<(SpacingRange, PathBuf)>,
-    /// Where the warnings go.
-    notes: Arc<CaseNotes>,
-}
-
-impl OutputWriter for SpacingCheck {
-    fn files(&self, _case: &str, _prompts: &[String]) -> voxtell::infer::Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    fn write(&self, case: &PredictedCase<'_>, _dir: &Path) -> voxtell::infer::Result<Vec<PathBuf>> {
-        if let Some((range, source)) = self.range.get()
-            && let Some(line) = spacing_warning(case.name, case.image.geometry.spacing(), range, source)
-        {
-            self.notes.add(case.name, line);
-        }
-        Ok(Vec::new())
-    }
 }
 
 /// The warning for case `name` of voxel spacing `spacing_sar` (along S, A, R), `None` when it is

@@ -33,9 +33,9 @@ impl Log {
     }
 }
 
-/// Lines about a case found while it is written (a writer's warnings, e.g. a voxel spacing the
-/// model was not trained on), keyed by case name; [`Progress`] prints them with the case's
-/// "wrote" or error line.
+/// Lines about a case found before its "wrote" line (e.g. a voxel spacing the model was not
+/// trained on, seen when the case is read ahead), keyed by case name; [`Progress`] prints them with
+/// the case's "wrote" or error line.
 #[derive(Debug, Default)]
 pub struct CaseNotes(Mutex<HashMap<String, Vec<String>>>);
 
@@ -180,7 +180,7 @@ impl<'a> Progress<'a> {
                 print_above(&s, &line);
             }
             Event::Written(r) | Event::Failed(r) => self.print_notes(&s, &r.name),
-            Event::Skipped(_) => {}
+            Event::Skipped(_) | Event::Read { .. } => {}
         }
     }
 }

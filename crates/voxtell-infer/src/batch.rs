@@ -399,7 +399,17 @@ impl CaseRecord {
 pub enum Event<'a> {
     /// A case whose outputs all exist was skipped.
     Skipped(&'a CaseRecord),
-    /// A case's image is read and its prediction starts.
+    /// A case's image is read (on the reading thread, ahead of its prediction): its geometry,
+    /// e.g. for a warning about a voxel spacing the model was not trained on.
+    Read {
+        /// Position.
+        case: usize,
+        /// Case name.
+        name: &'a str,
+        /// The image in the network's (S, A, R) layout.
+        image: &'a RasVolume,
+    },
+    /// A case's prediction starts.
     Started {
         /// Position.
         case: usize,
@@ -620,6 +630,9 @@ impl Predictor {
                 } else {
                     read_and_prepare(job, batch, patch)
                 };
+                if let Ok((loaded, _)) = &result {
+                    events(&Event::Read { case: i, name: &job.name, image: &loaded.image });
+                }
                 let bytes = result
                     .as_ref()
                     .map_or(0, |(loaded, prepared)| image_bytes(&loaded.image) + prepared.bytes());
