@@ -506,6 +506,24 @@ impl Cache {
         Ok(CaseArrays { image, labels, start })
     }
 
+    /// The range of voxel spacings of the cached cases (in-plane: along A and R; between
+    /// slices: along S), `None` without cases: what the model trained on them covers.
+    pub fn spacing_range(&self) -> Option<voxtell_fusion::SpacingRange> {
+        let spacings = self.datasets.iter().flat_map(|d| d.cases.iter().map(|c| c.spacing));
+        let mut range: Option<voxtell_fusion::SpacingRange> = None;
+        for [s, a, r] in spacings {
+            let grow = |v: [f64; 2], x: f64| [v[0].min(x), v[1].max(x)];
+            range = Some(match range {
+                None => voxtell_fusion::SpacingRange { inplane_mm: [a.min(r), a.max(r)], slice_mm: [s, s] },
+                Some(g) => voxtell_fusion::SpacingRange {
+                    inplane_mm: grow(grow(g.inplane_mm, a), r),
+                    slice_mm: grow(g.slice_mm, s),
+                },
+            });
+        }
+        range
+    }
+
     /// Every case, as `(dataset index, case index)` pairs, in order.
     pub fn case_refs(&self) -> Vec<(usize, usize)> {
         self.datasets

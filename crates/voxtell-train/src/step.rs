@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap, var_builder::SimpleBackend};
 use serde::{Deserialize, Serialize};
 use voxtell_fusion::{
-    Checkpoint, FreshWeights, ModelDir, ModelMeta, TextEncoderSpec, VoxTellConfig, VoxTellModel,
+    Checkpoint, FreshWeights, ModelDir, ModelMeta, SpacingRange, TextEncoderSpec, VoxTellConfig, VoxTellModel,
 };
 
 use crate::error::{Result, TrainError};
@@ -593,9 +593,15 @@ impl Trainable {
     /// Write a model folder that [`ModelDir::open`] (and so `voxtell predict`) reads, through
     /// [`ModelDir::write`], replacing the files of an earlier export: `plans.json`,
     /// `model.safetensors` (every canonical key, f32) and `voxtell.json` (memory stage, attention
-    /// heads and the text encoder: `text_encoder`, or VoxTell's default when it has the model's
-    /// text width, else an "unknown" encoder of that width).
-    pub fn export(&self, dir: impl AsRef<Path>, text_encoder: Option<&TextEncoderSpec>) -> Result<()> {
+    /// heads, the text encoder: `text_encoder`, or VoxTell's default when it has the model's
+    /// text width, else an "unknown" encoder of that width; and `training_spacing`, the voxel
+    /// spacings of the data it was trained on, when known).
+    pub fn export(
+        &self,
+        dir: impl AsRef<Path>,
+        text_encoder: Option<&TextEncoderSpec>,
+        training_spacing: Option<SpacingRange>,
+    ) -> Result<()> {
         let text_encoder = match text_encoder {
             Some(t) => t.clone(),
             None => TextEncoderSpec::default_for_width(self.config.text_dim),
@@ -610,7 +616,7 @@ impl Trainable {
             decoder_layer: self.config.decoder_layer,
             attention_heads: self.config.attention_heads,
             text_encoder,
-            training_spacing: None,
+            training_spacing,
         };
         let mut tensors = self.state_dict()?;
         for t in tensors.values_mut() {

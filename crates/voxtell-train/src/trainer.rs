@@ -90,6 +90,8 @@ struct Prepared {
     /// Each training prompt's vector noise (`None` when `text_noise` is 0).
     noise: Option<NoiseLimits>,
     text_spec: Option<TextEncoderSpec>,
+    /// The training cases' voxel spacings, recorded in the exported `voxtell.json`.
+    training_spacing: Option<voxtell_fusion::SpacingRange>,
 }
 
 /// Train (or, with `resume`, continue) the run described by `config`. `progress` is called
@@ -272,6 +274,7 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
     let cache_root = config.cache.clone().unwrap_or_else(|| config.output.join("cache"));
     let options = CacheOptions { threads: config.workers, ..CacheOptions::default() };
     let (train_cache, _) = Cache::build(cache_root.join("train"), &train_sets, &options)?;
+    let training_spacing = train_cache.spacing_range();
     // The model folder the weights come from: the run's own checkpoint when resuming, else
     // `init.checkpoint`; opened and checked once.
     let folder = match resume_from.or(config.init.checkpoint.as_deref()) {
@@ -363,7 +366,7 @@ fn prepare(config: &TrainConfig, sizes: &ModelSizes, resume_from: Option<&Path>)
             bank.dim()
         )));
     }
-    Ok(Prepared { trainable, train_sampler, val_sampler, bank, noise, text_spec })
+    Ok(Prepared { trainable, train_sampler, val_sampler, bank, noise, text_spec, training_spacing })
 }
 
 /// Every prompt the sampler may draw must have a vector.
@@ -523,7 +526,7 @@ fn checkpoint(p: &Prepared, config: &TrainConfig, epochs_done: usize, out: &Path
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
     }
-    p.trainable.export(&tmp, p.text_spec.as_ref())?;
+    p.trainable.export(&tmp, p.text_spec.as_ref(), p.training_spacing)?;
     p.trainable.optimizer().save(tmp.join("optimizer.safetensors"))?;
     let state = RunState { epochs_done, config: config.clone() };
     let text = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Config(e.to_string()))?;

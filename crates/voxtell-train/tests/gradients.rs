@@ -363,7 +363,7 @@ fn export_loads_for_prediction() {
     let f = fixture();
     let t = f.trainable(DType::F32);
     let out = tempfile::tempdir().unwrap();
-    t.export(out.path(), None).unwrap();
+    t.export(out.path(), None, None).unwrap();
     let model = VoxTellModel::from_dir(out.path(), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config(), t.config());
     let image = f.batch["image"].to_dtype(DType::F32).unwrap();

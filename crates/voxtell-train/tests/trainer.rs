@@ -33,9 +33,12 @@ fn make_dataset(base: &Path) -> PathBuf {
         r#"{"labels": {"background": 0, "ball": 1, "box": 2}, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}"#,
     )
     .unwrap();
-    let affine: Affine =
-        [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
     for c in 0..5usize {
+        // Spacings differ by case (training does not resample; voxtell.json records their range):
+        // R 1 + c/4 mm, A 1 mm, S 2 + c/2 mm.
+        let (r, s) = (1.0 + 0.25 * c as f64, 2.0 + 0.5 * c as f64);
+        let affine: Affine =
+            [[r, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, s, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let shape = (20, 28, 36);
         let mut img =
             Array3::<f32>::from_shape_fn(shape, |(i, j, k)| 10.0 + ((i * 7 + j * 3 + k + c) % 5) as f32);
@@ -183,6 +186,14 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let volume = voxtell_io::read(tmp.path().join("data/Dataset001_Toy/imagesTr/toy0_0000.nii.gz")).unwrap();
     let masks = predictor.predict(&volume, &["ball", "cube"]).unwrap();
     assert_eq!(masks.mask(0).unwrap().shape(), &[36, 28, 20]);
+    // voxtell.json records the spacings of the training cases (those not held out).
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.output.join("model/voxtell.json")).unwrap()).unwrap();
+    let range = |key: &str| -> [f64; 2] { serde_json::from_value(meta["training_spacing"][key].clone()).unwrap() };
+    let (inplane, slice) = (range("inplane_mm"), range("slice_mm"));
+    let cases = [2.0, 2.5, 3.0, 3.5, 4.0];
+    assert!(cases.contains(&slice[0]) && cases.contains(&slice[1]) && slice[0] < slice[1], "{meta}");
+    assert_eq!(inplane, [1.0, 1.0 + (slice[1] - 2.0) / 2.0], "{meta}");
 }
 
 #[test]
