@@ -54,25 +54,15 @@ impl RasGeometry {
     /// Map an (S, A, R) array back to the original voxel order, and return it with the affine
     /// nibabel computes for it (equal to the original affine up to rounding).
     pub fn restore<T: Clone>(&self, sar: ArrayView3<'_, T>) -> Result<(Array3<T>, Affine)> {
-        let ras_shape = self.ras_shape();
-        if sar.shape() != ras_shape {
-            return Err(IoError::BadOutput {
-                path: Default::default(),
-                reason: format!(
-                    "array of shape {:?} does not fit the (S, A, R) grid {ras_shape:?}",
-                    sar.shape()
-                ),
-            });
-        }
-        // (S, A, R) → (R, A, S): the image whose affine is the reoriented affine.
-        let ras = sar.reversed_axes();
+        let data = self.restore_view(sar)?.as_standard_layout().into_owned();
+        // The reoriented affine is that of the (R, A, S) image; nibabel maps it back.
         let from_canonical = Ornt::RAS.transform_to(&self.ornt);
         if from_canonical.is_identity() {
-            return Ok((ras.as_standard_layout().into_owned(), self.reoriented_affine));
+            return Ok((data, self.reoriented_affine));
         }
-        let shape_ras = [ras_shape[2], ras_shape[1], ras_shape[0]];
-        let affine = orientation::matmul(&self.reoriented_affine, &from_canonical.inverse_affine(shape_ras));
-        Ok((oriented_view(ras, &from_canonical).as_standard_layout().into_owned(), affine))
+        let [s, a, r] = self.ras_shape();
+        let affine = orientation::matmul(&self.reoriented_affine, &from_canonical.inverse_affine([r, a, s]));
+        Ok((data, affine))
     }
 
     /// [`RasGeometry::restore`] without the copy: the (S, A, R) array seen in the original
