@@ -47,6 +47,7 @@ impl Seen {
     fn push(&self, e: &Event<'_>) {
         let line = match e {
             Event::Skipped(r) => format!("skipped {}", r.name),
+            Event::Read { case, name, image } => format!("read {case} {name} {:?}", image.data.shape()),
             Event::Started { case, cases, name } => format!("started {case}/{cases} {name}"),
             Event::Planned { name, groups, .. } => format!("planned {name} {}", groups.len()),
             Event::Tile { case, group, done, total, .. } => format!("tile {case} {group} {done}/{total}"),
@@ -97,16 +98,20 @@ fn a_batch_writes_the_masks_of_a_single_prediction_for_paths_and_volumes_in_memo
         assert_eq!(read_u8(&out.path().join(format!("mr_small_{safe}.nii.gz"))), want, "{safe}");
         assert_eq!(read_u8(&out.path().join(format!("in_memory_{safe}.nii.gz"))), want, "{safe}");
     }
-    // Events: each case starts, is planned, runs its tiles up to the group's total, is
+    // Events: each case is read, starts, is planned, runs its tiles up to the group's total, is
     // predicted, then written.
     let lines = seen.lines();
     for (case, name) in [(0, "mr_small"), (1, "in_memory")] {
         let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap();
+        let read = at(&format!("read {case} {name} {:?}", volume.to_ras().unwrap().data.shape()));
         let started = at(&format!("started {case}/2 {name}"));
         let planned = at(&format!("planned {name} 1"));
         let predicted = at(&format!("predicted {name}"));
         let written = at(&format!("written {name}"));
-        assert!(started < planned && planned < predicted && predicted < written, "{lines:?}");
+        assert!(
+            read < started && started < planned && planned < predicted && predicted < written,
+            "{lines:?}"
+        );
         let tiles: Vec<&String> =
             lines.iter().filter(|l| l.starts_with(&format!("tile {case} 0 "))).collect();
         assert_eq!(tiles.len(), records[case].tiles, "{lines:?}");
