@@ -19,8 +19,8 @@ use subtle::ConstantTimeEq;
 use voxtell_wire::WireArray;
 
 use crate::error::{ApiError, ServeError};
-use crate::state::{ResultState, Shared, StoredImage};
-use crate::{events, pyjson, upload};
+use crate::state::{JobShared, ResultState, Shared, StoredImage};
+use crate::{events, pyjson, seg, upload};
 
 type AppState = Arc<Shared>;
 
@@ -67,6 +67,7 @@ fn router(shared: AppState) -> Router {
         .route("/jobs", post(start_job))
         .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/result", get(job_result))
+        .route("/jobs/{id}/seg.dcm", get(job_seg))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .fallback(|| async { ApiError::not_found("Not Found") })
         .method_not_allowed_fallback(|| async {
@@ -189,7 +190,7 @@ async fn upload_image(
             Vec::new()
         };
         let source = up.source.clone();
-        let id = work.add_image(StoredImage::new(up.ras, up.source))?;
+        let id = work.add_image(StoredImage::new(up.ras, up.source, up.series))?;
         work.log(|| format!("image {id}: {source}"));
         // The official server reports the header's float32 zooms as Python floats.
         let spacing: Vec<String> = spacing.iter().map(|&s| pyjson::float(f64::from(s as f32))).collect();
@@ -287,11 +288,17 @@ async fn job_result(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     let job = shared.job(&id).ok_or_else(unknown_job)?;
-    match shared.result(&job) {
-        ResultState::Ready(payload) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Bytes::from_owner(ArcBytes(payload)))
-                .into_response())
-        }
+    let payload = result_payload(&shared, &job)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Bytes::from_owner(ArcBytes(payload)))
+        .into_response())
+}
+
+/// A job's cached result (marking it and its image as used), or the answer of
+/// `GET /jobs/{id}/result` when there is none: 409 not finished, 500 the job's error, 410
+/// evicted.
+fn result_payload(shared: &Shared, job: &JobShared) -> Result<Arc<Vec<u8>>, ApiError> {
+    match shared.result(job) {
+        ResultState::Ready(payload) => Ok(payload),
         ResultState::NotFinished(s) => {
             Err(ApiError::new(StatusCode::CONFLICT, format!("Job not finished (status={}).", s.name())))
         }
@@ -301,6 +308,73 @@ async fn job_result(
             "The result of this job was evicted from the server's cache (--cache-memory); run the job again.",
         )),
     }
+}
+
+/// `GET /jobs/{id}/seg.dcm`: the job's masks as one DICOM SEG over the DICOM series its image
+/// was uploaded as (a zip): one segment per prompt whose mask is not empty, in prompt order.
+/// Beyond the answers of `GET /jobs/{id}/result`: 409 when the image was not a DICOM series (told
+/// first, while the image is cached), when the series lacks what a SEG refers to, or when every
+/// mask is empty; 410 when the image (which holds the series) was evicted.
+async fn job_seg(
+    State(shared): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let job = shared.job(&id).ok_or_else(unknown_job)?;
+    let not_dicom = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "This job's image was not uploaded as a DICOM series: a DICOM SEG refers to the slices of its source series, so it needs a scan uploaded as a zip of one DICOM series (POST /images).",
+        )
+    };
+    let image = shared.image(&job.image_id, false);
+    if image.as_ref().is_some_and(|i| i.series.is_none()) {
+        return Err(not_dicom());
+    }
+    let payload = result_payload(&shared, &job)?;
+    let image = image.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GONE,
+            "The image of this job, which holds its DICOM series, was evicted from the server's cache (--cache-memory or --idle-timeout); upload the series again and run the job again.",
+        )
+    })?;
+    let series = image.series.clone().ok_or_else(not_dicom)?;
+    voxtell_io::dicom_seg::check_source(&series).map_err(|reason| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("The uploaded DICOM series cannot be the source of a DICOM SEG: {reason}."),
+        )
+    })?;
+    // One SEG at a time; the permit goes with the work, so it is held until the work ends even
+    // when the client leaves.
+    let permit = Arc::clone(&shared.seg_builds)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(format!("The DICOM SEG queue is closed: {e}")))?;
+    let work = Arc::clone(&shared);
+    let built = blocking(move || {
+        let _permit = permit;
+        seg::build(&payload, &job.prompts, &image, &series, work.scratch.path())
+    })
+    .await?;
+    shared.log(|| {
+        format!(
+            "job {id}: DICOM SEG of {} segment(s), {} frame(s), {} bytes",
+            built.segments,
+            built.frames,
+            built.bytes.len()
+        )
+    });
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"voxtell_{id}_seg.dcm\""))
+        .map_err(|e| ApiError::internal(format!("Content-Disposition header: {e}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/dicom")),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        built.bytes,
+    )
+        .into_response())
 }
 
 /// A shared result payload as a response body, without copying it.

@@ -10,7 +10,7 @@ use voxtell_infer::batch::error_text;
 use voxtell_infer::{
     Batch, BatchOptions, CaseStatus, Event, Input, Job, OutputWriter, PredictedCase, Predictor,
 };
-use voxtell_wire::WireArray;
+use voxtell_wire::{EncodeOptions, WireArray};
 
 use crate::error::ServeError;
 use crate::state::{JobShared, LineKind, Shared, Status, StoredImage};
@@ -151,8 +151,11 @@ impl OutputWriter for Capture {
         for i in 0..masks.len() {
             data.extend(masks.mask(i)?.iter().copied());
         }
+        // One blosc2 chunk (or a whole number of them) per prompt, so that the DICOM SEG route
+        // decodes one mask at a time; the official decoder reads any chunking.
+        let options = EncodeOptions { chunk_bytes: crate::seg::chunk_bytes([z, y, x]), ..Default::default() };
         let encoded = WireArray::from_u8(vec![masks.len(), z, y, x], data)
-            .and_then(|a| voxtell_wire::encode(&a))
+            .and_then(|a| voxtell_wire::encode_with(&a, &options))
             .map_err(|e| format!("encoding the masks: {e}"));
         *self.payload.lock().unwrap_or_else(|p| p.into_inner()) = Some(encoded);
         Ok(Vec::new())

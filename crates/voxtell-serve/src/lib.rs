@@ -5,7 +5,9 @@
 //! jobs on it (`POST /jobs` with prompts), follows each job's progress as NDJSON
 //! (`GET /jobs/{id}/events`), downloads the masks (`GET /jobs/{id}/result`: uint8
 //! `(N, Z, Y, X)` in nnU-Net's reoriented space, as a VXA2 payload) and can export a label map
-//! back to the scan's own orientation (`POST /images/{id}/export`). The routes, bodies, headers
+//! back to the scan's own orientation (`POST /images/{id}/export`); for a scan uploaded as a
+//! DICOM series, the masks also come as one DICOM SEG over its slices (`GET /jobs/{id}/seg.dcm`,
+//! not in the official server). The routes, bodies, headers
 //! and status codes are the official server's; what differs is documented in `docs/serve.md`
 //! (bad input is a 4xx with a JSON detail, never a 500; queued jobs say so; memory is bounded).
 //!
@@ -31,6 +33,7 @@ mod engine;
 mod error;
 mod events;
 mod pyjson;
+mod seg;
 mod state;
 mod upload;
 
@@ -124,6 +127,12 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's private scratch folder (DICOM uploads, exports and DICOM SEGs while they
+    /// are made; each request removes its own files, and the folder goes when the server ends).
+    pub fn scratch_dir(&self) -> &std::path::Path {
+        self.shared.scratch.path()
     }
 
     /// Stop: cancel the running and queued jobs, answer the requests in flight (event streams

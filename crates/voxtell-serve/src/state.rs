@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ndarray::Array3;
 use voxtell_infer::{CancelToken, Predictor, human_bytes};
-use voxtell_io::{RasGeometry, RasVolume};
+use voxtell_io::{DicomSeries, RasGeometry, RasVolume};
 
 use crate::ServeConfig;
 use crate::error::{ApiError, ServeError};
@@ -27,8 +27,10 @@ pub(crate) struct Shared {
     /// Whether prompts missing from the bank can be embedded.
     pub(crate) text_model: bool,
     pub(crate) patch_size: [usize; 3],
-    /// A private folder for exports and DICOM uploads, removed when the server ends.
+    /// A private folder for exports, DICOM uploads and DICOM SEGs, removed when the server ends.
     pub(crate) scratch: tempfile::TempDir,
+    /// One permit: DICOM SEGs are built one at a time, so their memory does not add up.
+    pub(crate) seg_builds: Arc<tokio::sync::Semaphore>,
     closing: AtomicBool,
 }
 
@@ -80,6 +82,9 @@ pub(crate) struct StoredImage {
     pub(crate) voxels: Voxels,
     /// What was uploaded, for the log.
     pub(crate) source: String,
+    /// The DICOM series it was read from (a zip upload; a DICOM SEG refers to its slices);
+    /// `None` for NIfTI.
+    pub(crate) series: Option<Arc<DicomSeries>>,
 }
 
 /// Voxel values: CT (and most integer scans) exactly as 16-bit integers, the rest as f32.
@@ -90,8 +95,9 @@ pub(crate) enum Voxels {
 }
 
 impl StoredImage {
-    /// Keep `ras` as 16-bit integers when every value is one (halving the memory), else as is.
-    pub(crate) fn new(ras: RasVolume, source: String) -> Self {
+    /// Keep `ras` as 16-bit integers when every value is one (halving the memory), else as is,
+    /// with the DICOM `series` it was read from, if any.
+    pub(crate) fn new(ras: RasVolume, source: String, series: Option<DicomSeries>) -> Self {
         let shape = ras.geometry.ras_shape();
         let integral = ras.data.iter().all(|&v| v == f32::from(v as i16));
         let voxels = if integral {
@@ -99,15 +105,16 @@ impl StoredImage {
         } else {
             Voxels::F32(ras.data.into_iter().collect())
         };
-        StoredImage { geometry: ras.geometry, shape, voxels, source }
+        StoredImage { geometry: ras.geometry, shape, voxels, source, series: series.map(Arc::new) }
     }
 
-    /// Bytes held.
+    /// Bytes held: the voxels, and the DICOM series' description (a few hundred bytes a slice).
     pub(crate) fn bytes(&self) -> u64 {
-        match &self.voxels {
+        let voxels = match &self.voxels {
             Voxels::I16(v) => 2 * v.len() as u64,
             Voxels::F32(v) => 4 * v.len() as u64,
-        }
+        };
+        voxels + self.series.as_deref().map_or(0, series_bytes)
     }
 
     /// The values as f32, in C order over (S, A, R).
@@ -123,6 +130,28 @@ impl StoredImage {
         let data = Array3::from_shape_vec(self.shape, self.values()).map_err(|e| e.to_string())?;
         Ok(RasVolume { data, geometry: self.geometry.clone() })
     }
+}
+
+/// About the bytes a series description holds (its strings and their bookkeeping), for the
+/// cache's accounting; the same every time for the same series.
+fn series_bytes(series: &DicomSeries) -> u64 {
+    /// A `String`'s or `PathBuf`'s own size, plus an allocator's rounding.
+    const STRING: usize = 32;
+    /// A B-tree map entry's share of its node, besides key and value.
+    const ENTRY: usize = 32;
+    let text = |s: &str| STRING + s.len();
+    let slices: usize = series
+        .slices
+        .iter()
+        .map(|s| {
+            std::mem::size_of_val(s)
+                + s.path.as_os_str().len()
+                + s.sop_class_uid.as_deref().map_or(0, text)
+                + s.sop_instance_uid.as_deref().map_or(0, text)
+        })
+        .sum();
+    let attributes: usize = series.attributes.values().map(|v| ENTRY + 16 + text(v)).sum();
+    (std::mem::size_of::<DicomSeries>() + series.series_uid.len() + slices + attributes) as u64
 }
 
 /// Where a job is.
@@ -282,6 +311,7 @@ impl Shared {
             text_model: source.model_dir().is_some(),
             patch_size: predictor.model().config().patch_size,
             scratch,
+            seg_builds: Arc::new(tokio::sync::Semaphore::new(1)),
             closing: AtomicBool::new(false),
         };
         Ok((Arc::new(shared), rx))

@@ -2,13 +2,16 @@
 //! a zip holding one DICOM series. Every size is checked before it is allocated: the NIfTI
 //! header's voxel count against `--max-upload` and the cache, each zip entry's real size while
 //! it is extracted. Zip entries are written under generated names in a private folder (an entry
-//! name never becomes a path) and read by the project's DICOM reader.
+//! name never becomes a path to open) and read by the project's DICOM reader, which also
+//! describes the series for a DICOM SEG over it.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use voxtell_infer::human_bytes;
-use voxtell_io::{DicomOptions, IoError, RasVolume};
+use voxtell_io::{DicomOptions, DicomSeries, IoError, RasVolume};
 
 use crate::error::ApiError;
 
@@ -31,8 +34,13 @@ impl Default for ZipLimits {
 
 /// What an upload decodes to, and what it was.
 pub(crate) struct Uploaded {
+    /// The image in the network's (S, A, R) layout.
     pub(crate) ras: RasVolume,
+    /// What was uploaded, for the log.
     pub(crate) source: String,
+    /// The DICOM series of a zip upload (its slices labelled by their zip entry names, for
+    /// messages; the files themselves are gone); `None` for NIfTI.
+    pub(crate) series: Option<DicomSeries>,
 }
 
 /// Read an upload (already capped at `max_upload` bytes by the route).
@@ -72,7 +80,7 @@ pub(crate) fn read(
     }
     let volume = voxtell_io::read_nifti_bytes(body, name).map_err(|e| bad_image(&e))?;
     let ras = volume.to_ras().map_err(|e| bad_image(&e))?;
-    Ok(Uploaded { ras, source: format!("{name}, {:?} voxels", extent.shape) })
+    Ok(Uploaded { ras, source: format!("{name}, {:?} voxels", extent.shape), series: None })
 }
 
 fn bad_image(e: &IoError) -> ApiError {
@@ -102,6 +110,8 @@ fn read_dicom_zip(
         .map_err(|e| ApiError::internal(format!("Cannot make a folder for the DICOM upload: {e}")))?;
     let mut total = 0u64;
     let mut files = 0usize;
+    // Generated file name → the zip entry's name, to name slices in messages.
+    let mut entry_names: HashMap<OsString, String> = HashMap::new();
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(|e| ApiError::bad(format!("Zip entry {i}: {e}")))?;
         if entry.is_dir() {
@@ -117,7 +127,8 @@ fn read_dicom_zip(
         }
         // The declared size may lie: copy at most one byte more than either cap allows.
         let cap = limits.max_entry_bytes.min(max_upload.saturating_sub(total));
-        let path = dir.path().join(format!("{files:06}.dcm"));
+        let file_name = format!("{files:06}.dcm");
+        let path = dir.path().join(&file_name);
         let mut out = std::fs::File::create(&path)
             .map_err(|e| ApiError::internal(format!("Cannot write the DICOM upload: {e}")))?;
         let copied = std::io::copy(&mut (&mut entry).take(cap + 1), &mut out)
@@ -135,12 +146,14 @@ fn read_dicom_zip(
         }
         total += copied;
         files += 1;
+        entry_names.insert(file_name.into(), name);
     }
     if files == 0 {
         return Err(ApiError::bad("The zip upload holds no files."));
     }
     let options = DicomOptions { max_voxels: Some(cache_memory / 4), ..Default::default() };
-    let volume = voxtell_io::read_dicom_series(dir.path(), &options).map_err(|e| match e {
+    let read = voxtell_io::read_dicom_series_with_source(dir.path(), &options);
+    let (volume, mut series) = read.map_err(|e| match e {
         IoError::MultipleSeries { series, .. } => ApiError::bad(format!(
             "The zip holds {} DICOM series; upload one at a time: {}",
             series.len(),
@@ -155,7 +168,13 @@ fn read_dicom_zip(
             voxtell_infer::batch::error_text(&e).replace(&dir.path().display().to_string(), "(upload)")
         )),
     })?;
+    // The extracted files go with `dir`: label each slice by its entry's name instead, which is
+    // only ever shown (e.g. a slice without a SOPInstanceUID when a SEG is asked for).
+    for slice in &mut series.slices {
+        let name = slice.path.file_name().and_then(|f| entry_names.get(f));
+        slice.path = PathBuf::from(name.map_or("(upload)", String::as_str));
+    }
     let ras = volume.to_ras().map_err(|e| bad_image(&e))?;
     let shape = ras.geometry.original_shape;
-    Ok(Uploaded { ras, source: format!("DICOM zip, {files} files, {shape:?} voxels") })
+    Ok(Uploaded { ras, source: format!("DICOM zip, {files} files, {shape:?} voxels"), series: Some(series) })
 }

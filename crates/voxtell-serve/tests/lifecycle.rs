@@ -6,21 +6,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 use voxtell_serve::ServeConfig;
-
-/// A volume whose 343 tiles (128³, patch 32³, step 16) keep the tiny model busy for seconds.
-fn big_image() -> Vec<u8> {
-    nifti_i16([128, 128, 128], [1.0, 1.0, 1.0], |i, j, k| ((i * 7 + j * 3 + k) % 200) as i16 + 1)
-}
-
-fn small_image(seed: usize) -> Vec<u8> {
-    nifti_i16([16, 16, 16], [1.5, 1.5, 2.0], |i, j, k| ((i + 2 * j + 3 * k + seed) % 50) as i16 + 1)
-}
 
 #[test]
 fn jobs_queue_cancel_and_stream_to_several_clients() {
@@ -141,28 +131,6 @@ fn sizes_are_checked_before_anything_is_allocated() {
     assert_eq!(a.status, 413);
     assert!(a.detail().contains("--cache-memory"), "{}", a.detail());
     assert_eq!(c.get("/healthz").status, 200);
-}
-
-/// A zip of files in memory.
-fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    for (name, bytes) in entries {
-        w.start_file(name.as_str(), options).unwrap();
-        w.write_all(bytes).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-fn series_files(name: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = fixtures().join("io/dicom").join(name);
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| (format!("{name}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(p).unwrap()))
-        .collect()
 }
 
 #[test]

@@ -189,7 +189,8 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     // voxtell.json records the spacings of the training cases (those not held out).
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(whole.output.join("model/voxtell.json")).unwrap()).unwrap();
-    let range = |key: &str| -> [f64; 2] { serde_json::from_value(meta["training_spacing"][key].clone()).unwrap() };
+    let range =
+        |key: &str| -> [f64; 2] { serde_json::from_value(meta["training_spacing"][key].clone()).unwrap() };
     let (inplane, slice) = (range("inplane_mm"), range("slice_mm"));
     let cases = [2.0, 2.5, 3.0, 3.5, 4.0];
     assert!(cases.contains(&slice[0]) && cases.contains(&slice[1]) && slice[0] < slice[1], "{meta}");

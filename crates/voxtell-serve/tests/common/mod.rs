@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +50,7 @@ pub fn start_with(predictor: Predictor, config: ServeConfig) -> (Server, Client)
 pub struct Answer {
     pub status: u16,
     pub content_type: Option<String>,
+    pub disposition: Option<String>,
     pub meta: Option<String>,
     pub body: Vec<u8>,
 }
@@ -109,10 +110,11 @@ impl Client {
         };
         let status = response.status();
         let content_type = response.header("content-type").map(str::to_string);
+        let disposition = response.header("content-disposition").map(str::to_string);
         let meta = response.header("x-meta").map(str::to_string);
         let mut body = Vec::new();
         response.into_reader().read_to_end(&mut body).unwrap();
-        Answer { status, content_type, meta, body }
+        Answer { status, content_type, disposition, meta, body }
     }
 
     pub fn get(&self, path: &str) -> Answer {
@@ -181,7 +183,6 @@ pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
@@ -220,4 +221,36 @@ pub fn nifti_i16(shape: [usize; 3], spacing: [f32; 3], f: impl Fn(usize, usize, 
         }
     }
     h
+}
+
+/// A zip of files in memory.
+pub fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        w.start_file(name.as_str(), options).unwrap();
+        w.write_all(bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// The files of the fixture series `fixtures/io/dicom/<name>`, named `<name>/<file>`, sorted.
+pub fn series_files(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = fixtures().join("io/dicom").join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| (format!("{name}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(p).unwrap()))
+        .collect()
+}
+
+/// A volume whose 343 tiles (128³, patch 32³, step 16) keep the tiny model busy for seconds.
+pub fn big_image() -> Vec<u8> {
+    nifti_i16([128, 128, 128], [1.0, 1.0, 1.0], |i, j, k| ((i * 7 + j * 3 + k) % 200) as i16 + 1)
+}
+
+pub fn small_image(seed: usize) -> Vec<u8> {
+    nifti_i16([16, 16, 16], [1.5, 1.5, 2.0], |i, j, k| ((i + 2 * j + 3 * k + seed) % 50) as i16 + 1)
 }
