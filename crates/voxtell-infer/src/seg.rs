@@ -7,8 +7,9 @@
 //! - When every mask is empty no SEG is written: `{case}_seg.json` says why (it counts as the
 //!   case's DICOM output when finished cases are skipped).
 //! - Category and type codes come from [`code_for`]: SNOMED CT codes of the demo's structures and
-//!   common organs (the codes are facts; TotalSegmentator's SNOMED mapping lists the same), else
-//!   SCT 85756007 Tissue / Tissue.
+//!   of TotalSegmentator's structures (its SNOMED mapping, turned into `seg/codes.rs` by
+//!   `tools/gen_seg_codes.py`; the codes are facts, the table is ours), "Lesion" for prompts that
+//!   name a lesion, else SCT 85756007 Tissue / Tissue.
 
 use std::path::{Path, PathBuf};
 
@@ -20,50 +21,87 @@ use crate::batch::{Input, Job};
 use crate::error::{InferError, Result};
 use crate::writers::{OutputWriter, PredictedCase};
 
-const ANATOMY: Code = Code { value: "123037004", scheme: "SCT", meaning: "Anatomical Structure" };
-const ALTERED: Code = Code { value: "49755003", scheme: "SCT", meaning: "Morphologically Altered Structure" };
+mod codes;
 
-/// (lowercased prompt, type code meaning, SNOMED CT code): structures under "Anatomical
-/// Structure".
-const ORGANS: &[(&str, &str, &str)] = &[
-    ("liver", "Liver", "10200004"),
-    ("spleen", "Spleen", "78961009"),
-    ("kidney", "Kidney", "64033007"),
-    ("left kidney", "Kidney", "64033007"),
-    ("right kidney", "Kidney", "64033007"),
-    ("aorta", "Aorta", "15825003"),
-    ("pancreas", "Pancreas", "15776009"),
-    ("lung", "Lung", "39607008"),
-    ("lungs", "Lung", "39607008"),
-    ("left lung", "Lung", "39607008"),
-    ("right lung", "Lung", "39607008"),
-    ("heart", "Heart", "80891009"),
-    ("stomach", "Stomach", "69695003"),
-    ("gallbladder", "Gallbladder", "28231008"),
-    ("urinary bladder", "Urinary bladder", "89837001"),
-    ("bladder", "Urinary bladder", "89837001"),
-    ("brain", "Brain", "12738006"),
-    ("prostate", "Prostate", "41216001"),
-    ("esophagus", "Esophagus", "32849002"),
-    ("trachea", "Trachea", "44567001"),
-    ("colon", "Colon", "71854001"),
-    ("small intestine", "Small intestine", "30315005"),
-    ("duodenum", "Duodenum", "38848004"),
-    ("adrenal gland", "Adrenal gland", "23451007"),
-    ("thyroid gland", "Thyroid", "69748006"),
-    ("spinal cord", "Spinal cord", "2748008"),
+use codes::{ANATOMICAL_STRUCTURE, LEFT, LUNG, MORPHOLOGICALLY_ALTERED_STRUCTURE, RIGHT};
+
+/// SCT 52988006 "Lesion": the type of a prompt that names a lesion.
+const LESION: Code = Code { value: "52988006", scheme: "SCT", meaning: "Lesion" };
+
+/// The codes of one structure as a DICOM SEG segment gives them: segmented property category
+/// and type, and where the table has them the type modifier (laterality: SCT 7771000 Left /
+/// 24028007 Right; COVID-19 once) and the anatomic region with its modifier. The SEG writer
+/// writes category and type only, so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegCodes {
+    /// SegmentedPropertyCategoryCodeSequence.
+    pub category: Code,
+    /// SegmentedPropertyTypeCodeSequence.
+    pub property: Code,
+    /// SegmentedPropertyTypeModifierCodeSequence.
+    pub modifier: Option<Code>,
+    /// AnatomicRegionSequence.
+    pub region: Option<Code>,
+    /// AnatomicRegionModifierSequence.
+    pub region_modifier: Option<Code>,
+}
+
+impl SegCodes {
+    const fn new(category: Code, property: Code) -> Self {
+        SegCodes { category, property, modifier: None, region: None, region_modifier: None }
+    }
+
+    const fn modifier(self, modifier: Code) -> Self {
+        SegCodes { modifier: Some(modifier), ..self }
+    }
+
+    const fn region(self, region: Code) -> Self {
+        SegCodes { region: Some(region), ..self }
+    }
+
+    const fn region_modifier(self, region_modifier: Code) -> Self {
+        SegCodes { region_modifier: Some(region_modifier), ..self }
+    }
+}
+
+/// (name, lowercased spellings, codes): spellings that TotalSegmentator's table
+/// ([`codes::STRUCTURES`]) lacks — the demo's lungs and vertebrae, a few common names — with
+/// codes that table uses.
+const ORGANS: &[(&str, &[&str], SegCodes)] = &[
+    ("lung", &["lung", "lungs"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG)),
+    ("lung_left", &["left lung", "lung left"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG).modifier(LEFT)),
+    ("lung_right", &["right lung", "lung right"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG).modifier(RIGHT)),
+    ("urinary_bladder", &["bladder"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::URINARY_BLADDER)),
+    ("small_bowel", &["small intestine"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::SMALL_INTESTINE)),
+    ("vertebrae", &["vertebrae", "vertebra"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::VERTEBRA)),
 ];
 
-/// The category and type codes of a prompt: an exact match of the lowercased, trimmed prompt in
-/// the organ table, "Lesion" under "Morphologically Altered Structure" for prompts that name a
-/// lesion, else Tissue / Tissue.
+/// Every (name, spellings, codes) row: ours, then TotalSegmentator's.
+fn structures() -> impl Iterator<Item = &'static (&'static str, &'static [&'static str], SegCodes)> {
+    ORGANS.iter().chain(codes::STRUCTURES)
+}
+
+/// The codes of a structure prompt: the prompt lowercased, trimmed, `_` read as a space and runs
+/// of white space as one, matched exactly against the spellings of the demo's and
+/// TotalSegmentator's structures ("left kidney", "kidney_left", "L1 vertebra", "urinary
+/// bladder"); `None` for any other prompt.
+pub fn segment_codes(prompt: &str) -> Option<SegCodes> {
+    let p = prompt.to_lowercase();
+    let key = p.split(|c: char| c.is_whitespace() || c == '_').filter(|w| !w.is_empty()).collect::<Vec<_>>();
+    let key = key.join(" ");
+    structures().find(|(_, spellings, _)| spellings.contains(&key.as_str())).map(|&(.., codes)| codes)
+}
+
+/// The category and type codes of a prompt: those of [`segment_codes`] for a structure it
+/// names, "Lesion" under "Morphologically Altered Structure" for prompts that name a lesion,
+/// else Tissue / Tissue.
 pub fn code_for(prompt: &str) -> (Code, Code) {
-    let p = prompt.trim().to_lowercase();
-    if let Some(&(_, meaning, value)) = ORGANS.iter().find(|(name, ..)| *name == p) {
-        return (ANATOMY, Code { value, scheme: "SCT", meaning });
+    if let Some(codes) = segment_codes(prompt) {
+        return (codes.category, codes.property);
     }
+    let p = prompt.to_lowercase();
     if p.split(|c: char| !c.is_alphanumeric()).any(|w| w == "lesion" || w == "lesions") {
-        return (ALTERED, Code { value: "52988006", scheme: "SCT", meaning: "Lesion" });
+        return (MORPHOLOGICALLY_ALTERED_STRUCTURE, LESION);
     }
     (TISSUE, TISSUE)
 }
@@ -209,5 +247,85 @@ mod tests {
         assert_eq!(code_for("hypodense liver lesion").0.value, "49755003");
         assert_eq!(code_for("the patient's right kidney"), (TISSUE, TISSUE));
         assert_eq!(code_for("spiculated nodule"), (TISSUE, TISSUE));
+    }
+
+    /// (category, type) values of a prompt.
+    fn values(prompt: &str) -> (&'static str, &'static str) {
+        let (category, property) = code_for(prompt);
+        (category.value, property.value)
+    }
+
+    #[test]
+    fn totalsegmentator_structures_by_both_spellings() {
+        const ANATOMY: &str = "123037004";
+        for (prompts, value) in [
+            (&["left kidney", "kidney left", "Kidney_Left", "  LEFT   kidney "][..], "64033007"),
+            (&["urinary bladder", "bladder", "Urinary_Bladder"], "89837001"),
+            (&["l1 vertebra", "vertebra l1", "vertebrae l1", "vertebrae_L1"], "66794005"),
+            (&["liver"], "10200004"),
+            (&["left rib 3", "rib left 3", "rib_right_3"], "25888004"),
+            (&["right lung upper lobe", "lung upper lobe right"], "45653009"),
+            (&["left gluteus minimus", "gluteus minimus"], "75297007"),
+            (&["small bowel", "small intestine"], "30315005"),
+            (&["vertebrae", "vertebra"], "51282000"),
+            (&["left lung", "lungs"], "39607008"),
+        ] {
+            for p in prompts {
+                assert_eq!(values(p), (ANATOMY, value), "{p}");
+            }
+        }
+        assert_eq!(code_for("gluteus minimus").1.meaning, "Gluteus minimus muscle");
+        // Category and laterality as the table gives them.
+        assert_eq!(values("subcutaneous fat"), ("85756007", "67769002"));
+        assert_eq!(values("liver tumor"), ("49755003", "108369006"));
+        assert_eq!(segment_codes("kidney left").unwrap().modifier, Some(LEFT));
+        assert_eq!(segment_codes("right lung").unwrap().modifier, Some(RIGHT));
+        assert_eq!(segment_codes("kidney").unwrap().modifier, None);
+        let cyst = segment_codes("left kidney cyst").unwrap();
+        assert_eq!((cyst.property.meaning, cyst.modifier), ("Cyst", None));
+        assert_eq!((cyst.region.unwrap().value, cyst.region_modifier), ("64033007", Some(LEFT)));
+    }
+
+    #[test]
+    fn lesions_and_unknown_prompts() {
+        for p in ["liver lesion", "Lesions of the spleen", "lesion (liver)/segment 4", "kidney_lesion"] {
+            assert_eq!(code_for(p), (MORPHOLOGICALLY_ALTERED_STRUCTURE, LESION), "{p}");
+        }
+        for p in ["", "left", "kidneys left", "the liver", "l1", "rib 3", "läsion der leber", "lesional"] {
+            assert_eq!(code_for(p), (TISSUE, TISSUE), "{p}");
+            assert_eq!(segment_codes(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn one_code_per_spelling_and_one_meaning_per_code() {
+        let mut by_spelling = std::collections::HashMap::new();
+        let mut by_value = std::collections::HashMap::new();
+        let mut spellings = 0;
+        for &(name, names, codes) in structures() {
+            assert!(!names.is_empty(), "{name}");
+            for &s in names {
+                // Lookup keys are lowercased, trimmed and single-spaced, so other spellings never match.
+                let key = s.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert!(s == key && s == s.to_lowercase() && !s.contains('_'), "{name}: {s:?}");
+                let seen = *by_spelling.entry(s).or_insert((name, codes));
+                assert_eq!(seen.1, codes, "{s:?}: {} and {name}", seen.0);
+                assert_eq!(segment_codes(s), Some(codes), "{s:?}");
+                spellings += 1;
+            }
+            let all = [
+                Some(codes.category),
+                Some(codes.property),
+                codes.modifier,
+                codes.region,
+                codes.region_modifier,
+            ];
+            for code in all.into_iter().flatten() {
+                let meaning = *by_value.entry((code.scheme, code.value)).or_insert(code.meaning);
+                assert_eq!(meaning, code.meaning, "{name}: {} {}", code.scheme, code.value);
+            }
+        }
+        // No spelling twice, even with the same codes.
+        assert_eq!(by_spelling.len(), spellings);
     }
 }
