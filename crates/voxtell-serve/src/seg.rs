@@ -17,7 +17,7 @@ use voxtell_infer::batch::error_text;
 use voxtell_infer::{DicomSegFile, prompt_segment, seg_options};
 use voxtell_io::DicomSeries;
 use voxtell_io::dicom_seg::SegBuilder;
-use voxtell_wire::{CHUNK_BYTES, Dtype, MAGIC};
+use voxtell_wire::{CHUNK_BYTES, Dtype};
 
 use crate::error::ApiError;
 use crate::state::StoredImage;
@@ -41,30 +41,29 @@ pub(crate) fn chunk_bytes(shape: [usize; 3]) -> usize {
         .unwrap_or(CHUNK_BYTES)
 }
 
-/// Reads the masks of a uint8 `(N, Z, Y, X)` VXA2 payload one prompt at a time: each blosc2
-/// chunk is decoded on its own (framed as a one-chunk payload for [`voxtell_wire::decode`], which
-/// checks it), and decoded bytes are kept only until their mask is handed out. With chunks cut
-/// at prompt boundaries ([`chunk_bytes`]) that is one mask; with other cuts, one mask and the
-/// parts of the chunks that straddle its ends.
+/// Reads the masks of a uint8 `(N, Z, Y, X)` VXA2 payload one prompt at a time: chunks are
+/// decoded one by one ([`voxtell_wire::decode_chunks`], each checked and capped at one mask or
+/// one official chunk), and decoded bytes are kept only until their mask is handed out. With
+/// chunks cut at prompt boundaries ([`chunk_bytes`]) that is one mask; with other cuts, one mask
+/// and the parts of the chunks that straddle its ends.
 #[derive(Debug)]
 pub(crate) struct MaskReader<'a> {
-    body: &'a [u8],
-    /// Offset of the next chunk frame.
-    pos: usize,
+    chunks: voxtell_wire::Chunks<'a>,
     /// Decoded bytes not yet handed out.
     pending: Vec<u8>,
     /// Bytes of one mask (Z × Y × X).
     mask_bytes: usize,
-    /// Raw bytes the header declares that no chunk has given yet.
-    undecoded: u64,
-    /// Chunks decoded so far (for messages).
-    chunks: usize,
 }
 
 impl<'a> MaskReader<'a> {
     /// A reader of `body`, which must be the masks of `prompts` prompts over `shape` (Z, Y, X).
     pub(crate) fn new(body: &'a [u8], prompts: usize, shape: [usize; 3]) -> Result<Self, String> {
-        let header = voxtell_wire::parse_header(body).map_err(|e| e.to_string())?;
+        let mask_bytes = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("masks of shape {shape:?} do not fit in memory"))?;
+        let cap = mask_bytes.max(CHUNK_BYTES) as u64;
+        let (header, chunks) = voxtell_wire::decode_chunks(body, cap).map_err(|e| e.to_string())?;
         let expected = [prompts, shape[0], shape[1], shape[2]];
         if header.dtype != Dtype::U8 || header.shape != expected {
             return Err(format!(
@@ -73,24 +72,16 @@ impl<'a> MaskReader<'a> {
                 header.dtype.numpy_str(header.byte_order)
             ));
         }
-        let mask_bytes = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| format!("masks of shape {shape:?} do not fit in memory"))?;
-        Ok(MaskReader {
-            body,
-            pos: header.data_offset,
-            pending: Vec::new(),
-            mask_bytes,
-            undecoded: header.total,
-            chunks: 0,
-        })
+        Ok(MaskReader { chunks, pending: Vec::new(), mask_bytes })
     }
 
     /// The next prompt's mask, (Z, Y, X) in C order.
     pub(crate) fn next_mask(&mut self) -> Result<Vec<u8>, String> {
         while self.pending.len() < self.mask_bytes {
-            let chunk = self.next_chunk()?;
+            let chunk = match self.chunks.next() {
+                Some(chunk) => chunk.map_err(|e| e.to_string())?,
+                None => return Err("the payload ends before all masks were read".to_string()),
+            };
             if self.pending.is_empty() {
                 self.pending = chunk;
             } else {
@@ -99,49 +90,6 @@ impl<'a> MaskReader<'a> {
         }
         let rest = self.pending.split_off(self.mask_bytes);
         Ok(std::mem::replace(&mut self.pending, rest))
-    }
-
-    /// Decode the next chunk.
-    fn next_chunk(&mut self) -> Result<Vec<u8>, String> {
-        let index = self.chunks;
-        let field = |at: usize| {
-            self.body
-                .get(at..at.checked_add(8)?)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_le_bytes)
-        };
-        let (Some(raw), Some(compressed)) = (field(self.pos), field(self.pos.saturating_add(8))) else {
-            return Err(format!(
-                "the payload ends after chunk {index} at byte {}, before all masks were read",
-                self.pos
-            ));
-        };
-        let end = usize::try_from(compressed)
-            .ok()
-            .and_then(|c| self.pos.checked_add(16)?.checked_add(c))
-            .filter(|&end| end <= self.body.len())
-            .ok_or_else(|| format!("chunk {index} runs past the end of the payload"))?;
-        if raw > self.undecoded {
-            return Err(format!(
-                "chunk {index} declares {raw} raw bytes, more than the {} the header has left",
-                self.undecoded
-            ));
-        }
-        // The chunk as a payload of its own: a uint8 vector of its raw length.
-        let frame = &self.body[self.pos..end];
-        let mut single = Vec::with_capacity(4 + 1 + 3 + 1 + 16 + frame.len());
-        single.extend_from_slice(MAGIC);
-        single.push(3);
-        single.extend_from_slice(b"|u1");
-        single.push(1);
-        single.extend_from_slice(&raw.to_le_bytes());
-        single.extend_from_slice(&raw.to_le_bytes());
-        single.extend_from_slice(frame);
-        let decoded = voxtell_wire::decode(&single, raw).map_err(|e| format!("chunk {index}: {e}"))?;
-        self.pos = end;
-        self.undecoded -= raw;
-        self.chunks += 1;
-        Ok(decoded.into_bytes())
     }
 }
 

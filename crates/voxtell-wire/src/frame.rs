@@ -217,43 +217,132 @@ pub fn decode(body: &[u8], max_bytes: u64) -> Result<WireArray, WireError> {
     let total = header.total as usize;
     // calloc'd: bounded by max_bytes, and pages no chunk fills are never touched.
     let mut out = vec![0u8; total];
-    let mut filled = 0usize;
     let mut cur = Cursor { body, pos: header.data_offset };
+    let mut filled = 0u64;
     let mut index = 0usize;
     while cur.left() > 0 {
-        let offset = cur.pos;
-        let raw_len = cur.u64(|| format!("raw length of chunk {index}"))?;
-        let comp_len = cur.u64(|| format!("compressed length of chunk {index}"))?;
-        let chunk = cur.take(comp_len, || format!("blosc2 data of chunk {index}"))?;
-        let corrupt = |reason: String| WireError::ChunkCorrupt { index, offset, reason };
-        let chunk_header = ChunkHeader::parse(chunk).map_err(corrupt)?;
-        let nbytes = chunk_header.nbytes;
-        if nbytes > max_bytes {
-            return Err(WireError::TooLarge {
-                what: format!("chunk {index}'s blosc2 header"),
-                declared: nbytes,
-                limit: max_bytes,
-            });
-        }
-        if nbytes != raw_len {
-            return Err(corrupt(format!(
-                "its frame declares {raw_len} raw bytes, its blosc2 header {nbytes}"
-            )));
-        }
-        let end = filled as u64 + nbytes;
-        if end > header.total {
-            return Err(corrupt(format!(
-                "it decompresses to {nbytes} bytes, past the header's total of {} ({filled} already decoded)",
-                header.total
-            )));
-        }
-        let dest = &mut out[filled..end as usize];
-        blosc::decompress_into(chunk, &chunk_header, dest, threads_for(dest.len(), 0)).map_err(corrupt)?;
-        filled = end as usize;
+        let frame = next_frame(&mut cur, index, filled, header.total, max_bytes)?;
+        let end = filled + frame.header.nbytes;
+        frame.decompress_into(&mut out[filled as usize..end as usize])?;
+        filled = end;
         index += 1;
     }
-    if filled != total {
-        return Err(WireError::TotalMismatch { declared: header.total, got: filled as u64 });
+    if filled != header.total {
+        return Err(WireError::TotalMismatch { declared: header.total, got: filled });
     }
     WireArray::with_order(header.dtype, header.byte_order, header.shape, out)
+}
+
+/// One chunk frame of a body, its lengths checked.
+struct Frame<'a> {
+    index: usize,
+    offset: usize,
+    data: &'a [u8],
+    header: ChunkHeader,
+}
+
+impl Frame<'_> {
+    fn decompress_into(&self, dest: &mut [u8]) -> Result<(), WireError> {
+        blosc::decompress_into(self.data, &self.header, dest, threads_for(dest.len(), 0))
+            .map_err(|reason| WireError::ChunkCorrupt { index: self.index, offset: self.offset, reason })
+    }
+}
+
+/// Read chunk frame `index` at the cursor, `filled` raw bytes of the header's `total` already
+/// decoded: its raw length must equal its blosc2 header's, stay within `max_bytes` and within
+/// what the total leaves.
+fn next_frame<'a>(
+    cur: &mut Cursor<'a>,
+    index: usize,
+    filled: u64,
+    total: u64,
+    max_bytes: u64,
+) -> Result<Frame<'a>, WireError> {
+    let offset = cur.pos;
+    let raw_len = cur.u64(|| format!("raw length of chunk {index}"))?;
+    let comp_len = cur.u64(|| format!("compressed length of chunk {index}"))?;
+    let data = cur.take(comp_len, || format!("blosc2 data of chunk {index}"))?;
+    let corrupt = |reason: String| WireError::ChunkCorrupt { index, offset, reason };
+    let header = ChunkHeader::parse(data).map_err(corrupt)?;
+    let nbytes = header.nbytes;
+    if nbytes > max_bytes {
+        return Err(WireError::TooLarge {
+            what: format!("chunk {index}'s blosc2 header"),
+            declared: nbytes,
+            limit: max_bytes,
+        });
+    }
+    if nbytes != raw_len {
+        return Err(corrupt(format!("its frame declares {raw_len} raw bytes, its blosc2 header {nbytes}")));
+    }
+    if filled + nbytes > total {
+        return Err(corrupt(format!(
+            "it decompresses to {nbytes} bytes, past the header's total of {total} ({filled} already decoded)"
+        )));
+    }
+    Ok(Frame { index, offset, data, header })
+}
+
+/// The chunks of a VXA2 body decoded one at a time ([`decode_chunks`]): each item is one
+/// chunk's raw bytes, in order; after the last, an error if the chunks do not add up to the
+/// header's total. The first error ends the iteration.
+pub struct Chunks<'a> {
+    cur: Cursor<'a>,
+    total: u64,
+    filled: u64,
+    index: usize,
+    max_chunk_bytes: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Chunks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunks").field("index", &self.index).field("filled", &self.filled).finish()
+    }
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<Vec<u8>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.cur.left() == 0 {
+            self.done = true;
+            return (self.filled != self.total)
+                .then_some(Err(WireError::TotalMismatch { declared: self.total, got: self.filled }));
+        }
+        let chunk = next_frame(&mut self.cur, self.index, self.filled, self.total, self.max_chunk_bytes)
+            .and_then(|frame| {
+                let mut raw = vec![0u8; frame.header.nbytes as usize];
+                frame.decompress_into(&mut raw)?;
+                Ok(raw)
+            });
+        match &chunk {
+            Ok(raw) => {
+                self.filled += raw.len() as u64;
+                self.index += 1;
+            }
+            Err(_) => self.done = true,
+        }
+        Some(chunk)
+    }
+}
+
+/// Decode a VXA2 body one chunk at a time, for a reader that holds less than the whole array:
+/// the header, and the chunks' raw bytes in order ([`Chunks`]). Each chunk is checked as
+/// [`decode`] checks it, and is refused ([`WireError::TooLarge`]) above `max_chunk_bytes` before
+/// anything is allocated.
+pub fn decode_chunks(body: &[u8], max_chunk_bytes: u64) -> Result<(Header, Chunks<'_>), WireError> {
+    let header = parse_header(body)?;
+    let chunks = Chunks {
+        cur: Cursor { body, pos: header.data_offset },
+        total: header.total,
+        filled: 0,
+        index: 0,
+        max_chunk_bytes,
+        done: false,
+    };
+    Ok((header, chunks))
 }

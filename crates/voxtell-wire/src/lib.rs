@@ -74,5 +74,6 @@ pub use blosc::{Codec, Filter};
 pub use dtype::{ByteOrder, Dtype};
 pub use error::WireError;
 pub use frame::{
-    CHUNK_BYTES, EncodeOptions, Header, MAGIC, declared_size, decode, encode, encode_with, parse_header,
+    CHUNK_BYTES, Chunks, EncodeOptions, Header, MAGIC, declared_size, decode, decode_chunks, encode,
+    encode_with, parse_header,
 };

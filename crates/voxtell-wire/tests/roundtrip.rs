@@ -137,3 +137,30 @@ fn conversions() {
     let d = WireArray::new(Dtype::F64, vec![1], 0.1f64.to_le_bytes().to_vec()).expect("f64");
     assert_eq!(d.to_f32().expect("f64"), vec![0.1f32]);
 }
+
+#[test]
+fn chunks_decoded_one_at_a_time_are_the_array_and_are_capped_and_checked() {
+    let array = WireArray::from_u8(vec![3, 40, 50], bytes(3 * 40 * 50, 9)).expect("array");
+    let opts = EncodeOptions { chunk_bytes: 2000, ..Default::default() };
+    let body = encode_with(&array, &opts).expect("encode");
+    let (header, chunks) = voxtell_wire::decode_chunks(&body, 2000).expect("header");
+    assert_eq!(header.shape, [3, 40, 50]);
+    let decoded: Vec<Vec<u8>> = chunks.collect::<Result<_, _>>().expect("chunks");
+    assert_eq!(decoded.len(), 3);
+    assert!(decoded.iter().all(|c| c.len() == 2000));
+    assert_eq!(decoded.concat(), array.bytes());
+    // A chunk over the cap is refused before it is decoded.
+    let (_, mut chunks) = voxtell_wire::decode_chunks(&body, 1999).expect("header");
+    let e = chunks.next().expect("an item").expect_err("over the cap").to_string();
+    assert!(e.contains("chunk 0") && e.contains("1999"), "{e}");
+    assert!(chunks.next().is_none(), "the first error ends the iteration");
+    // A body cut after its first chunk: that chunk, then the missing total.
+    let first =
+        16 + u64::from_le_bytes(body[header.data_offset + 8..header.data_offset + 16].try_into().expect("8"));
+    let cut = &body[..header.data_offset + first as usize];
+    let items: Vec<_> = voxtell_wire::decode_chunks(cut, 2000).expect("header").1.collect();
+    assert_eq!(items.len(), 2);
+    assert!(items[0].is_ok());
+    let e = items[1].as_ref().expect_err("short").to_string();
+    assert!(e.contains("6000") && e.contains("2000"), "{e}");
+}
