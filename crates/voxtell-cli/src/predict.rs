@@ -7,14 +7,14 @@
 //! that fails is reported with its path and the batch goes on, and the exit code is non-zero at
 //! the end if any failed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use clap::Args;
 use voxtell::candle::{DType, Device};
-use voxtell::fusion::{ModelDir, SpacingRange, resolve_bank, resolve_model_dir};
+use voxtell::fusion::{ModelDir, resolve_bank, resolve_model_dir};
 use voxtell::infer::{
     Accumulate, Batch, BatchOptions, CancelToken, CaseStatus, CombinedMap, ConvPrecision, DicomSegFile,
     Event, MaskFiles, OutputWriter, Part, PartArg, PredictOptions, Predictor, PreviewImage, ProbabilityMaps,
@@ -271,9 +271,6 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());
-    // The range of voxel spacings the model was trained on, when its voxtell.json records one.
-    let training =
-        folder.meta().and_then(|m| m.training_spacing).map(|r| (r, model_dir.join("voxtell.json")));
     let options = PredictOptions {
         step_size: args.step_size,
         accumulate: args.accumulate.parse::<Accumulate>()?,
@@ -319,15 +316,19 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
             );
         });
     }
+    // The range of voxel spacings the model was trained on, when its voxtell.json records one.
+    let training = predictor.training_spacing();
+    let recorded_in = model_dir.join("voxtell.json");
     let progress = Progress::new(&log, batch.pending()).with_notes(notes.clone());
     let report_error = std::sync::Mutex::new(None);
     let records = predictor.run_batch(&batch, &|e| {
         // A scan outside the model's training spacings is still segmented; the warning comes
         // with the case's "wrote" (or error) line.
-        if let (Event::Read { name, image, .. }, Some((range, source))) = (e, &training)
-            && let Some(line) = spacing_warning(name, image.geometry.spacing(), range, source)
+        if let (Event::Read { name, image, .. }, Some(range)) = (e, &training)
+            && let Some(w) = range.warning(image.geometry.spacing())
         {
-            notes.add(name, line);
+            let file = recorded_in.display();
+            notes.add(name, format!("warning: {name}: {w}, recorded in {file}; its masks may be poor"));
         }
         progress.show(e);
         if let (Some(report), Event::Written(r) | Event::Failed(r)) = (&report, e)
@@ -393,21 +394,6 @@ fn writers(args: &PredictArgs) -> anyhow::Result<Vec<Arc<dyn OutputWriter>>> {
         w.push(Arc::new(PreviewImage));
     }
     Ok(w)
-}
-
-/// The warning for case `name` of voxel spacing `spacing_sar` (along S, A, R), `None` when it is
-/// within `range` (recorded in `source`).
-fn spacing_warning(name: &str, spacing_sar: [f64; 3], range: &SpacingRange, source: &Path) -> Option<String> {
-    if range.outside(spacing_sar).is_empty() {
-        return None;
-    }
-    let [s, a, r] = spacing_sar;
-    Some(format!(
-        "warning: {name}: voxel spacing {r:.2} × {a:.2} mm in-plane, {s:.2} mm between slices, is outside \
-         the range the model was trained on ({}, recorded in {}); its masks may be poor",
-        range.describe(),
-        source.display()
-    ))
 }
 
 /// --jobs: a JSON file or an inline JSON string.

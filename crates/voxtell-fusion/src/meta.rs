@@ -111,6 +111,20 @@ impl SpacingRange {
         let r = |v: [f64; 2]| if v[0] == v[1] { format!("{}", v[0]) } else { format!("{}–{}", v[0], v[1]) };
         format!("in-plane {} mm, slices {} mm", r(self.inplane_mm), r(self.slice_mm))
     }
+
+    /// What to tell a user about a scan of voxel spacing `spacing_sar` (along S, A, R) outside
+    /// the range: its spacing and the range; `None` when it is within.
+    pub fn warning(&self, spacing_sar: [f64; 3]) -> Option<String> {
+        if self.outside(spacing_sar).is_empty() {
+            return None;
+        }
+        let [s, a, r] = spacing_sar;
+        Some(format!(
+            "voxel spacing {r:.2} × {a:.2} mm in-plane, {s:.2} mm between slices, is outside the range \
+             the model was trained on ({})",
+            self.describe()
+        ))
+    }
 }
 
 /// Which part of a [`SpacingRange`] a scan's spacing misses.

@@ -967,9 +967,11 @@ mod tests {
         assert_eq!((held.ahead, held.predicting, held.behind), (0, 60, 30));
         // 60 + 30 + 20 > 100: the next read waits until the writer is done.
         std::thread::scope(|s| {
-            let reader = s.spawn(|| {
-                let t = Instant::now();
-                ledger.reserve_ahead(20, &stop);
+            // Timed from before the spawn: the reader may start late on a busy machine.
+            let t = Instant::now();
+            let (l, st) = (&ledger, &stop);
+            let reader = s.spawn(move || {
+                l.reserve_ahead(20, st);
                 t.elapsed()
             });
             std::thread::sleep(Duration::from_millis(300));

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use voxtell_fusion::{ModelDir, ModelMeta, VoxTellModel};
+use voxtell_fusion::{ModelDir, ModelMeta, SpacingRange, VoxTellModel};
 use voxtell_io::{RasVolume, Volume};
 use voxtell_text::{EncoderSpec, PromptVectors};
 use voxtell_vision::ops::{ConvPrecision, with_conv_precision};
@@ -80,6 +80,8 @@ pub struct Predictor {
     notices: Vec<String>,
     options: PredictOptions,
     device: Device,
+    /// The voxel spacings of the model's training data, when its `voxtell.json` records them.
+    training_spacing: Option<SpacingRange>,
 }
 
 impl Predictor {
@@ -118,7 +120,15 @@ impl Predictor {
         embed_missing(&mut vectors, &mut prepared, prompts, text_dim)?;
         let model = model_dir.load(DType::F32, device)?;
         let device = model.device().clone();
-        Ok(Predictor { model, vectors, prepared, notices, options, device })
+        let training_spacing = model_dir.meta().and_then(|m| m.training_spacing);
+        Ok(Predictor { model, vectors, prepared, notices, options, device, training_spacing })
+    }
+
+    /// The range of voxel spacings the model's `voxtell.json` records for its training data
+    /// (`None` when it records none): a scan outside it is still segmented, but a front end
+    /// should say so ([`SpacingRange::warning`]).
+    pub fn training_spacing(&self) -> Option<SpacingRange> {
+        self.training_spacing
     }
 
     /// A predictor around an already loaded model (no `voxtell.json` to check the text
@@ -126,7 +136,15 @@ impl Predictor {
     pub fn new(model: VoxTellModel, vectors: PromptVectors, options: PredictOptions) -> Result<Self> {
         check_bank_width(&vectors, model.config().text_dim)?;
         let device = model.device().clone();
-        Ok(Predictor { model, vectors, prepared: HashMap::new(), notices: Vec::new(), options, device })
+        Ok(Predictor {
+            model,
+            vectors,
+            prepared: HashMap::new(),
+            notices: Vec::new(),
+            options,
+            device,
+            training_spacing: None,
+        })
     }
 
     /// The model.

@@ -35,7 +35,7 @@ pub(crate) fn spawn(
                 let t = std::time::Instant::now();
                 // A panic is a bug; the job still ends (as an error) and the worker goes on.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&mut predictor, &job, &image)
+                    run(&mut predictor, &shared, &job, &image)
                 }));
                 let (status, error, payload) = outcome.unwrap_or_else(|_| {
                     (
@@ -67,6 +67,7 @@ pub(crate) fn spawn(
 /// Run one job; its ending status, error text and result payload.
 fn run(
     predictor: &mut Predictor,
+    shared: &Shared,
     job: &JobShared,
     image: &StoredImage,
 ) -> (Status, Option<String>, Option<Vec<u8>>) {
@@ -90,7 +91,17 @@ fn run(
         Ok(b) => b,
         Err(e) => return (Status::Error, Some(error_text(&e)), None),
     };
+    let training = predictor.training_spacing();
     let events = |e: &Event<'_>| match e {
+        // A scan outside the model's training spacings is still segmented; the stream says so
+        // (clients that know no "warning" event, as napari-voxtell 0.2.0, skip the line).
+        Event::Read { image, .. } => {
+            if let Some(w) = training.and_then(|r| r.warning(image.geometry.spacing())) {
+                let message = format!("The image's {w}; its masks may be poor.");
+                shared.log(|| format!("job {}: warning: {message}", job.id));
+                job.push(LineKind::Notice, serde_json::json!({ "event": "warning", "message": message }));
+            }
+        }
         Event::Planned { groups, .. } if groups.len() > 1 => {
             let n = groups.first().map_or(1, |g| g.len());
             job.push(

@@ -324,3 +324,39 @@ fn prompt_groups_are_announced_and_restart_the_progress() {
     assert_eq!(progress, expected.iter().collect::<Vec<_>>());
     assert_eq!(events.last().unwrap(), &json!({ "status": "done" }));
 }
+
+#[test]
+fn an_image_outside_the_models_training_spacing_gets_a_warning_line_and_is_segmented() {
+    // The demo model records its training spacings (in-plane 4–5 mm, slices 5–6 mm).
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo");
+    let device = candle_core::Device::Cpu;
+    let bank = voxtell_text::EmbeddingBank::read(demo.join("bank.npz")).unwrap();
+    let vectors = voxtell_text::PromptVectors::new(bank, None, candle_core::DType::F32, &device);
+    let folder = voxtell_fusion::ModelDir::open(demo.join("model")).unwrap();
+    let predictor = voxtell_infer::Predictor::open(
+        &folder,
+        vectors,
+        voxtell_infer::PredictOptions::default(),
+        &device,
+        &[],
+    )
+    .unwrap();
+    let (_server, c) = start_with(predictor, config());
+    let body = |i: usize, j: usize, k: usize| if (i + j + k).is_multiple_of(7) { 40 } else { -100 };
+    let warnings = |spacing: [f32; 3]| -> Vec<String> {
+        let (id, _, _) = c.upload(&nifti_i16([20, 18, 12], spacing, body), false);
+        let job = c.start_job(&id, json!(["liver"]));
+        let events = c.all_events(&job);
+        assert_eq!(events.last().unwrap(), &json!({ "status": "done" }), "segmented: {events:?}");
+        events
+            .iter()
+            .filter(|e| e["event"] == "warning")
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let outside = warnings([10.0, 10.0, 10.0]);
+    assert_eq!(outside.len(), 1, "{outside:?}");
+    assert!(outside[0].contains("10.00 × 10.00 mm in-plane, 10.00 mm between slices"), "{}", outside[0]);
+    assert!(outside[0].contains("in-plane 4–5 mm, slices 5–6 mm"), "{}", outside[0]);
+    assert!(warnings([4.5, 4.5, 5.5]).is_empty());
+}
