@@ -87,33 +87,10 @@ echo "== benchmark case in ${CASE#"$ROOT"/}" >&2
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/bench-vs-official.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
-if [ "${BENCH_NO_TIME:-0}" != 1 ] && [ -x /usr/bin/time ] && /usr/bin/time -v true >/dev/null 2>&1; then
-    RSS_TOOL="/usr/bin/time -v"
-else
-    RSS_TOOL="getrusage(RUSAGE_CHILDREN)"
-fi
-
-now() { date +%s.%N; }
-
-# measure NAME CMD...: run CMD (output to $TMP/NAME.log), print "WALL_S RSS_KIB" on stdout.
-measure() {
-    local name="$1"; shift
-    local log="$TMP/$name.log" t0 t1 rss
-    if [ "$RSS_TOOL" = "/usr/bin/time -v" ]; then
-        t0="$(now)"
-        if ! /usr/bin/time -v -o "$TMP/$name.time" "$@" >"$log" 2>&1; then
-            echo "FAILED: $*" >&2; tail -n 30 "$log" >&2; exit 1
-        fi
-        t1="$(now)"
-        rss="$(awk -F': *' '/Maximum resident set size/ {print $2}' "$TMP/$name.time")"
-        echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}') $rss"
-    else
-        if ! "$PY" "$HELPER" measure --report "$TMP/$name.time" -- "$@" >"$log" 2>&1; then
-            echo "FAILED: $*" >&2; tail -n 30 "$log" >&2; exit 1
-        fi
-        cat "$TMP/$name.time"
-    fi
-}
+# measure NAME CMD... (runs' logs in $TMP) and RSS_TOOL.
+# shellcheck source=tools/bench_common.sh
+source "$ROOT/tools/bench_common.sh"
+MEASURE_DIR="$TMP"
 
 # median of the numbers on stdin
 median() {

