@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod components;
 pub mod error;
+pub mod job;
 pub mod masks;
 pub mod naming;
 pub mod plan;

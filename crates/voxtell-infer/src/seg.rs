@@ -17,8 +17,8 @@ use ndarray::ArrayView3;
 use voxtell_io::DicomSeries;
 use voxtell_io::dicom_seg::{Code, SegBuilder, SegOptions, SegSegment, TISSUE};
 
-use crate::batch::{Input, Job};
 use crate::error::{InferError, Result};
+use crate::job::{Input, Job};
 use crate::writers::{OutputWriter, PredictedCase};
 
 mod codes;

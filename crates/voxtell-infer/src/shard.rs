@@ -11,8 +11,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::batch::Job;
 use crate::error::{InferError, Result};
+use crate::job::Job;
 
 /// Which part of the cases this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use voxtell_io::{DicomSeries, RasVolume, WriteOptions};
 
-use crate::batch::Input;
 use crate::error::Result;
+use crate::job::Input;
 use crate::masks::Masks;
 use crate::naming::{self, OutputMode};
 use crate::{preview, stats};
@@ -40,13 +40,13 @@ pub trait OutputWriter: Send + Sync + std::fmt::Debug {
 
     /// Refuse a job this writer cannot write for (e.g. a DICOM SEG of a NIfTI input), before
     /// any work: the error names the input.
-    fn check(&self, _job: &crate::batch::Job) -> Result<()> {
+    fn check(&self, _job: &crate::job::Job) -> Result<()> {
         Ok(())
     }
 
     /// Refuse a case once its image is read, before it is predicted: `source` is the DICOM
     /// series it was read from (`None` for other inputs). The error names the file at fault.
-    fn check_source(&self, _job: &crate::batch::Job, _source: Option<&DicomSeries>) -> Result<()> {
+    fn check_source(&self, _job: &crate::job::Job, _source: Option<&DicomSeries>) -> Result<()> {
         Ok(())
     }
 
