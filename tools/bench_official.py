@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fixture_common import located, resenc_arch_kwargs
+
 T_START = time.perf_counter()
 
 # Published model (spec §1/§2): plans arch kwargs and the sizes VoxTellPredictor hard-codes.
@@ -78,23 +80,7 @@ def model_sizes(small):
 
 
 def arch_kwargs(sizes):
-    n = len(sizes["features_per_stage"])
-    return {
-        "n_stages": n,
-        "features_per_stage": sizes["features_per_stage"],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * n,
-        "strides": STRIDES,
-        "n_blocks_per_stage": sizes["n_blocks_per_stage"],
-        "n_conv_per_stage_decoder": [1] * (n - 1),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    return resenc_arch_kwargs(sizes["features_per_stage"], STRIDES, sizes["n_blocks_per_stage"])
 
 
 def plans_for(sizes, small):
@@ -187,15 +173,10 @@ class small_model_patches:
 
 
 def random_network(sizes, seed):
-    import pydoc
-
     import torch
     from voxtell.model.voxtell_model import VoxTellModel
 
-    kwargs = arch_kwargs(sizes)
-    for k in ("conv_op", "norm_op", "dropout_op", "nonlin"):
-        if kwargs[k] is not None:
-            kwargs[k] = pydoc.locate(kwargs[k])
+    kwargs = located(arch_kwargs(sizes))
     torch.manual_seed(seed)
     with small_model_patches(sizes):  # DECODER_CONFIGS sizes the positional encoding
         net = VoxTellModel(input_channels=1, **kwargs, decoder_layer=4,
@@ -333,13 +314,19 @@ def cmd_make(args):
 # ------------------------------------------------------------------------------------- run
 
 
-def cmd_run(args):
-    t = str(args.threads)
+def offline_env(threads):
+    """The environment of a timed official run, set before torch is imported: `threads`
+    OpenMP/MKL/OpenBLAS threads, nothing downloaded, no VOXTELL_MODEL."""
+    t = str(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = t
     os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.pop("VOXTELL_MODEL", None)
+
+
+def cmd_run(args):
+    offline_env(args.threads)
 
     d = Path(args.dir).resolve()
     cfg = json.loads((d / "bench_config.json").read_text())

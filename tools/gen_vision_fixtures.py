@@ -25,10 +25,8 @@ Writes fixtures/vision/ (deleted and rebuilt each run; byte-deterministic, CPU, 
   `input_f64`/`output_f64` in float64.
 """
 import copy
-import hashlib
 import json
 import math
-import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from fixture_common import fresh_output, report_files, resenc_arch_kwargs
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,22 +281,8 @@ def encoder_case(name, cfg):
         tensors[f"skip_f64.{i}"] = s
     save(OUT / f"{name}.safetensors", tensors)
 
-    arch_kwargs = {
-        "n_stages": n,
-        "features_per_stage": cfg["features_per_stage"],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": kernel_sizes,
-        "strides": cfg["strides"],
-        "n_blocks_per_stage": cfg["n_blocks_per_stage"],
-        "n_conv_per_stage_decoder": [1] * (n - 1),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": dict(NORM_KWARGS),
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": dict(NONLIN_KWARGS),
-    }
+    arch_kwargs = resenc_arch_kwargs(cfg["features_per_stage"], cfg["strides"], cfg["n_blocks_per_stage"])
+    assert arch_kwargs["n_stages"] == n and arch_kwargs["kernel_sizes"] == kernel_sizes
     write_json(OUT / f"{name}.json", {
         "generator": "tools/gen_vision_fixtures.py",
         "arch_kwargs": arch_kwargs,
@@ -341,12 +326,7 @@ def stacked_conv_case():
 
 
 def main():
-    torch.manual_seed(BASE_SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    fresh_output(OUT, BASE_SEED)
 
     cases = op_cases()
     by_op = {}
@@ -359,14 +339,7 @@ def main():
         print(f"{name}: {len(enc.state_dict())} state_dict keys, skips {shapes}", file=sys.stderr)
     print(f"stacked_conv: output {stacked_conv_case()}", file=sys.stderr)
 
-    total = 0
-    digest = hashlib.sha256()
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            digest.update(p.name.encode() + b"\0" + p.read_bytes())
-            print(f"  {p.relative_to(ROOT)}: {p.stat().st_size} bytes", file=sys.stderr)
-    print(f"{total} bytes, sha256 {digest.hexdigest()[:16]}", file=sys.stderr)
+    report_files(OUT)
 
 
 if __name__ == "__main__":

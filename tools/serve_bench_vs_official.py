@@ -74,6 +74,24 @@ def events(client, job):
         return out
 
 
+def timed_repeats(n, decode, request, line):
+    """`request()` `n` times (n >= 1), each answer checked and its body decoded (`decode`), with a
+    line per try (`line(i, request seconds, response, decode seconds)`). Returns the median request
+    and decode seconds, the last response and the last decoded body."""
+    times, decode_times = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        resp = request()
+        t1 = time.perf_counter()
+        resp.raise_for_status()
+        body = decode(resp.content)
+        t2 = time.perf_counter()
+        times.append(t1 - t0)
+        decode_times.append(t2 - t1)
+        print(line(i, t1 - t0, resp, t2 - t1), flush=True)
+    return statistics.median(times), statistics.median(decode_times), resp, body
+
+
 def bench_a(which, args, results):
     import httpx
     import numpy as np
@@ -85,23 +103,13 @@ def bench_a(which, args, results):
     r = {}
     try:
         c = httpx.Client(base_url=srv.url, timeout=httpx.Timeout(3600, connect=10))
-        times, decode = [], []
-        arr = meta = None
-        for i in range(args.repeats):
-            t0 = time.perf_counter()
-            resp = c.post("/images", params={"include_image": "true"}, content=body,
-                          headers={"Content-Type": "application/octet-stream"})
-            t1 = time.perf_counter()
-            resp.raise_for_status()
-            arr = unpack_array(resp.content)
-            t2 = time.perf_counter()
-            times.append(t1 - t0)
-            decode.append(t2 - t1)
-            meta = json.loads(resp.headers["X-Meta"])
-            print(f"    upload {i + 1}: {t1 - t0:.2f} s, answer {len(resp.content) / 2**20:.1f} MiB, "
-                  f"decode {t2 - t1:.2f} s, RSS {srv.rss_kib() / 1024:.0f} MiB", flush=True)
-        r["upload_s"] = statistics.median(times)
-        r["upload_decode_s"] = statistics.median(decode)
+        r["upload_s"], r["upload_decode_s"], resp, arr = timed_repeats(
+            args.repeats, unpack_array,
+            lambda: c.post("/images", params={"include_image": "true"}, content=body,
+                           headers={"Content-Type": "application/octet-stream"}),
+            lambda i, s, resp, d: f"    upload {i + 1}: {s:.2f} s, answer {len(resp.content) / 2**20:.1f} MiB, "
+                                  f"decode {d:.2f} s, RSS {srv.rss_kib() / 1024:.0f} MiB")
+        meta = json.loads(resp.headers["X-Meta"])
         r["answer_mib"] = len(resp.content) / 2**20
         r["meta"] = {k: v for k, v in meta.items() if k != "image_id"}
         r["image"] = arr
@@ -124,20 +132,10 @@ def bench_a(which, args, results):
         print(f"    job of {len(prompts)} prompt(s): {ev[-1]} after {r['job_s']:.1f} s "
               f"({len(tiles)} progress lines, total {tiles[-1]['total'] if tiles else '?'})", flush=True)
         if ev[-1] == {"status": "done"}:
-            times, decode = [], []
-            for i in range(args.repeats):
-                t0 = time.perf_counter()
-                resp = c.get(f"/jobs/{job}/result")
-                t1 = time.perf_counter()
-                resp.raise_for_status()
-                masks = unpack_array(resp.content)
-                t2 = time.perf_counter()
-                times.append(t1 - t0)
-                decode.append(t2 - t1)
-                print(f"    result {i + 1}: {t1 - t0:.2f} s, {len(resp.content) / 2**20:.2f} MiB, "
-                      f"decode {t2 - t1:.2f} s", flush=True)
-            r["result_s"] = statistics.median(times)
-            r["result_decode_s"] = statistics.median(decode)
+            r["result_s"], r["result_decode_s"], resp, masks = timed_repeats(
+                args.repeats, unpack_array, lambda: c.get(f"/jobs/{job}/result"),
+                lambda i, s, resp, d: f"    result {i + 1}: {s:.2f} s, {len(resp.content) / 2**20:.2f} MiB, "
+                                      f"decode {d:.2f} s")
             r["result_mib"] = len(resp.content) / 2**20
             r["masks"] = masks
             r["fg"] = int(np.count_nonzero(masks))
@@ -197,52 +195,55 @@ def ratio(a, b):
     return f"{a / b:.3f}" if a is not None and b else "-"
 
 
+def compare(tag, title, bench, args, measures, digits):
+    """Run benchmark `tag` ("(a)" with bench_a, "(b)" with bench_b) for our server, then the
+    official one, and print a table of `measures` ((label, result key) pairs): official, ours
+    (`digits` decimals; - where a result lacks the key) and ours/official. Returns the
+    (official, ours) results."""
+    print(f"\n{tag} {title}")
+    results = {}
+    for which in ("ours", "official"):
+        bench(which, args, results)
+    o, u = results["official"], results["ours"]
+
+    def fmt(v):
+        return f"{v:.{digits}f}" if v is not None else "-"
+
+    rows = [(label, fmt(o.get(key)), fmt(u.get(key)), ratio(u.get(key), o.get(key))) for label, key in measures]
+    print()
+    print(table(rows, [f"{tag} measure", "official", "ours", "ours/official"]))
+    return o, u
+
+
 def cmd_bench(args):
     import numpy as np
 
     print(f"CPU: {serve_common.cpu_model()}; load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    order = ["ours", "official"]
     if not args.skip_a:
-        print("\n(a) 512x512x300 int16 CT: upload with include_image=true, job, result download")
-        ra = {}
-        for which in order:
-            bench_a(which, args, ra)
-        o, u = ra["official"], ra["ours"]
-        rows = [
-            ("upload + answer (include_image=true), s", o["upload_s"], u["upload_s"]),
-            ("  client decode of the answer, s", o["upload_decode_s"], u["upload_decode_s"]),
-            ("  answer size, MiB", o["answer_mib"], u["answer_mib"]),
-            (f"job ({args.a_prompts} prompt(s), small model), s", o["job_s"], u["job_s"]),
-            ("result download, s", o.get("result_s"), u.get("result_s")),
-            ("  client decode of the result, s", o.get("result_decode_s"), u.get("result_decode_s")),
-            ("  result size, MiB", o.get("result_mib"), u.get("result_mib")),
-            ("server VmHWM (whole life), MiB", o["hwm_mib"], u["hwm_mib"]),
-        ]
-        print()
-        print(table([(n, f"{a:.3f}" if a is not None else "-", f"{b:.3f}" if b is not None else "-", ratio(b, a))
-                     for n, a, b in rows], ["(a) measure", "official", "ours", "ours/official"]))
+        o, u = compare("(a)", "512x512x300 int16 CT: upload with include_image=true, job, result download", bench_a, args, [
+            ("upload + answer (include_image=true), s", "upload_s"),
+            ("  client decode of the answer, s", "upload_decode_s"),
+            ("  answer size, MiB", "answer_mib"),
+            (f"job ({args.a_prompts} prompt(s), small model), s", "job_s"),
+            ("result download, s", "result_s"),
+            ("  client decode of the result, s", "result_decode_s"),
+            ("  result size, MiB", "result_mib"),
+            ("server VmHWM (whole life), MiB", "hwm_mib"),
+        ], 3)
         same_img = np.array_equal(o["image"], u["image"])
         print(f"answers: X-Meta official {o['meta']} / ours {u['meta']}; images identical: {same_img}")
         if "masks" in o and "masks" in u:
             agree = float((o["masks"] == u["masks"]).mean()) * 100
             print(f"results: foreground official {o['fg']}, ours {u['fg']}; {agree:.4f} % of voxels agree")
     if not args.skip_b:
-        print("\n(b) 192^3 CT (one tile), full-size random model, 4 prompts")
-        rb = {}
-        for which in order:
-            bench_b(which, args, rb)
-        o, u = rb["official"], rb["ours"]
-        rows = [
-            ("server start (model load) until it listens, s", o["ready_s"], u["ready_s"]),
-            ("POST /jobs -> terminal event, s", o["job_s"], u["job_s"]),
-            ("peak RSS (VmHWM, whole life), MiB", o["hwm_mib"], u["hwm_mib"]),
-            ("peak RSS from the job's start, MiB", o["hwm_job_mib"], u["hwm_job_mib"]),
-            ("RSS before the job (model loaded, scan cached), MiB", o["rss_before_mib"], u["rss_before_mib"]),
-            ("peak RSS until the job (model load, upload), MiB", o["hwm_before_mib"], u["hwm_before_mib"]),
-        ]
-        print()
-        print(table([(n, f"{a:.1f}" if a is not None else "-", f"{b:.1f}" if b is not None else "-", ratio(b, a))
-                     for n, a, b in rows], ["(b) measure", "official", "ours", "ours/official"]))
+        o, u = compare("(b)", "192^3 CT (one tile), full-size random model, 4 prompts", bench_b, args, [
+            ("server start (model load) until it listens, s", "ready_s"),
+            ("POST /jobs -> terminal event, s", "job_s"),
+            ("peak RSS (VmHWM, whole life), MiB", "hwm_mib"),
+            ("peak RSS from the job's start, MiB", "hwm_job_mib"),
+            ("RSS before the job (model loaded, scan cached), MiB", "rss_before_mib"),
+            ("peak RSS until the job (model load, upload), MiB", "hwm_before_mib"),
+        ], 1)
         if "masks" in o and "masks" in u:
             agree = [float((a == b).mean()) * 100 for a, b in zip(o["masks"], u["masks"])]
             print(f"masks: foreground official {o['fg']}, ours {u['fg']}; agreement per prompt "

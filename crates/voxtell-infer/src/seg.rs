@@ -7,9 +7,9 @@
 //! - When every mask is empty no SEG is written: `{case}_seg.json` says why (it counts as the
 //!   case's DICOM output when finished cases are skipped).
 //! - Category and type codes come from [`code_for`]: SNOMED CT codes of the demo's structures and
-//!   of TotalSegmentator's structures (its SNOMED mapping, turned into `seg/codes.rs` by
-//!   `tools/gen_seg_codes.py`; the codes are facts, the table is ours), "Lesion" for prompts that
-//!   name a lesion, else SCT 85756007 Tissue / Tissue.
+//!   of TotalSegmentator's structures (its SNOMED mapping, turned into the table `seg/codes.tsv`
+//!   by `tools/gen_seg_codes.py` and read by [`codes`]; the codes are facts, the table is ours),
+//!   "Lesion" for prompts that name a lesion, else SCT 85756007 Tissue / Tissue.
 
 use std::path::{Path, PathBuf};
 
@@ -23,10 +23,27 @@ use crate::writers::{OutputWriter, PredictedCase};
 
 mod codes;
 
-use codes::{ANATOMICAL_STRUCTURE, LEFT, LUNG, MORPHOLOGICALLY_ALTERED_STRUCTURE, RIGHT};
-
 /// SCT 52988006 "Lesion": the type of a prompt that names a lesion.
 const LESION: Code = Code { value: "52988006", scheme: "SCT", meaning: "Lesion" };
+
+/// `(constant, SCT value, meaning)` of the codes [`ORGANS`] and [`code_for`] name, each as
+/// TotalSegmentator's table (`seg/codes.tsv`) gives it (a test checks that).
+macro_rules! sct_codes {
+    ($($name:ident $value:literal $meaning:literal),* $(,)?) => {
+        $(const $name: Code = Code { value: $value, scheme: "SCT", meaning: $meaning };)*
+    };
+}
+
+sct_codes! {
+    ANATOMICAL_STRUCTURE "123037004" "Anatomical Structure",
+    MORPHOLOGICALLY_ALTERED_STRUCTURE "49755003" "Morphologically Altered Structure",
+    LEFT "7771000" "Left",
+    RIGHT "24028007" "Right",
+    LUNG "39607008" "Lung",
+    URINARY_BLADDER "89837001" "Urinary bladder",
+    SMALL_INTESTINE "30315005" "Small Intestine",
+    VERTEBRA "51282000" "Vertebra",
+}
 
 /// The codes of one structure as a DICOM SEG segment gives them: segmented property category
 /// and type, and where the table has them the type modifier (laterality: SCT 7771000 Left /
@@ -55,30 +72,30 @@ impl SegCodes {
         SegCodes { modifier: Some(modifier), ..self }
     }
 
-    const fn region(self, region: Code) -> Self {
-        SegCodes { region: Some(region), ..self }
-    }
-
-    const fn region_modifier(self, region_modifier: Code) -> Self {
-        SegCodes { region_modifier: Some(region_modifier), ..self }
+    /// The codes set: category, type, then modifier, region and region modifier where present.
+    #[cfg(test)]
+    fn present(self) -> impl Iterator<Item = Code> {
+        [Some(self.category), Some(self.property), self.modifier, self.region, self.region_modifier]
+            .into_iter()
+            .flatten()
     }
 }
 
 /// (name, lowercased spellings, codes): spellings that TotalSegmentator's table
-/// ([`codes::STRUCTURES`]) lacks — the demo's lungs and vertebrae, a few common names — with
+/// ([`codes::structures`]) lacks — the demo's lungs and vertebrae, a few common names — with
 /// codes that table uses.
 const ORGANS: &[(&str, &[&str], SegCodes)] = &[
     ("lung", &["lung", "lungs"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG)),
     ("lung_left", &["left lung", "lung left"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG).modifier(LEFT)),
     ("lung_right", &["right lung", "lung right"], SegCodes::new(ANATOMICAL_STRUCTURE, LUNG).modifier(RIGHT)),
-    ("urinary_bladder", &["bladder"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::URINARY_BLADDER)),
-    ("small_bowel", &["small intestine"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::SMALL_INTESTINE)),
-    ("vertebrae", &["vertebrae", "vertebra"], SegCodes::new(ANATOMICAL_STRUCTURE, codes::VERTEBRA)),
+    ("urinary_bladder", &["bladder"], SegCodes::new(ANATOMICAL_STRUCTURE, URINARY_BLADDER)),
+    ("small_bowel", &["small intestine"], SegCodes::new(ANATOMICAL_STRUCTURE, SMALL_INTESTINE)),
+    ("vertebrae", &["vertebrae", "vertebra"], SegCodes::new(ANATOMICAL_STRUCTURE, VERTEBRA)),
 ];
 
 /// Every (name, spellings, codes) row: ours, then TotalSegmentator's.
 fn structures() -> impl Iterator<Item = &'static (&'static str, &'static [&'static str], SegCodes)> {
-    ORGANS.iter().chain(codes::STRUCTURES)
+    ORGANS.iter().chain(codes::structures())
 }
 
 /// The codes of a structure prompt: the prompt lowercased, trimmed, `_` read as a space and runs
@@ -284,6 +301,24 @@ mod tests {
         let cyst = segment_codes("left kidney cyst").unwrap();
         assert_eq!((cyst.property.meaning, cyst.modifier), ("Cyst", None));
         assert_eq!((cyst.region.unwrap().value, cyst.region_modifier), ("64033007", Some(LEFT)));
+    }
+
+    #[test]
+    fn the_codes_named_here_are_the_tables() {
+        let named = [
+            ANATOMICAL_STRUCTURE,
+            MORPHOLOGICALLY_ALTERED_STRUCTURE,
+            LEFT,
+            RIGHT,
+            LUNG,
+            URINARY_BLADDER,
+            SMALL_INTESTINE,
+            VERTEBRA,
+        ];
+        for code in named {
+            let in_table = codes::structures().iter().any(|&(.., c)| c.present().any(|p| p == code));
+            assert!(in_table, "{code:?}");
+        }
     }
 
     #[test]
