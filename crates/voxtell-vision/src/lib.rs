@@ -5,8 +5,9 @@
 //!   in and out (NCDHW), with gradients for training. On the CPU they run this crate's kernels: a
 //!   direct AVX-512 convolution for stride 1 and a tiled im2col + GEMM path for everything else,
 //!   with a bounded workspace.
-//! - [`reference`]: plain scalar implementations of every op and its backward pass, generic over
-//!   f32 and f64, that the fast kernels are tested against.
+//! - `reference` (cargo feature `reference`, on for this crate's tests): plain scalar
+//!   implementations of every op and its backward pass, generic over f32 and f64, that the fast
+//!   kernels are tested against.
 //! - [`encoder`]: the residual encoder (ResEncL) and the decoder's conv blocks, built from a
 //!   plans file and loaded by the official state-dict keys.
 //!
@@ -19,6 +20,7 @@ pub mod encoder;
 mod error;
 mod kernels;
 pub mod ops;
+#[cfg(feature = "reference")]
 pub mod reference;
 
 pub use encoder::{

@@ -1,7 +1,7 @@
 //! Plain scalar reference implementations of the 3-D operations, used as test oracles.
 //!
 //! Everything here is written for clarity rather than speed: straightforward nested loops over
-//! plain slices, generic over [`f32`] and [`f64`] through the small [`Real`] trait. Sums are
+//! plain slices, generic over [`f32`] and [`f64`] through the small [`Elem`] trait. Sums are
 //! accumulated in the element type itself, so the `f64` versions are accurate enough for
 //! comparisons at the 1e-10 level.
 //!
@@ -13,72 +13,9 @@
 //! dilation 1, one group), `conv_transpose3d` weights are `[cin, cout, kd, kh, kw]`, instance
 //! normalisation uses the biased variance, and leaky ReLU passes `slope · grad` at `x == 0`.
 
-use std::fmt::Debug;
-use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
-
-/// The scalar types the reference implementations are generic over (`f32` and `f64`).
-pub trait Real:
-    Copy
-    + Send
-    + Sync
-    + Debug
-    + PartialOrd
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + DivAssign
-    + 'static
-{
-    /// Additive identity.
-    const ZERO: Self;
-    /// Multiplicative identity.
-    const ONE: Self;
-    /// Converts from `f64` (rounding to nearest for `f32`).
-    fn from_f64(v: f64) -> Self;
-    /// Converts to `f64` (exact).
-    fn to_f64(self) -> f64;
-    /// Square root.
-    fn sqrt(self) -> Self;
-}
-
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline]
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-}
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline]
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    #[inline]
-    fn to_f64(self) -> f64 {
-        self
-    }
-    #[inline]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-}
+/// The scalar types the reference implementations are generic over (`f32` and `f64`): the
+/// kernels' own element trait.
+pub use crate::kernels::Elem;
 
 /// Shapes (or slice lengths) handed to a reference operation do not fit together.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +105,29 @@ fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usi
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }
 
+/// Every kernel tap `(a, b, c)` of output voxel `out` that reads the input (not padding), with
+/// the input voxel it reads, taps in row-major order.
+fn for_each_tap(
+    out: [usize; 3],
+    in_shape: [usize; 5],
+    w_shape: [usize; 5],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    mut f: impl FnMut([usize; 3], [usize; 3]),
+) {
+    let [z, y, x] = out;
+    for a in 0..w_shape[2] {
+        let Some(iz) = tap(z, a, stride[0], padding[0], in_shape[2]) else { continue };
+        for b in 0..w_shape[3] {
+            let Some(iy) = tap(y, b, stride[1], padding[1], in_shape[3]) else { continue };
+            for c in 0..w_shape[4] {
+                let Some(ix) = tap(x, c, stride[2], padding[2], in_shape[4]) else { continue };
+                f([a, b, c], [iz, iy, ix]);
+            }
+        }
+    }
+}
+
 /// Output shape of a 3-D convolution, validating every shape involved.
 fn conv_out_shape(
     in_shape: [usize; 5],
@@ -227,7 +187,7 @@ fn conv_check(
 /// `input` is `[n, cin, d, h, w]`, `weight` is `[cout, cin, kd, kh, kw]`, `bias` (if any) has
 /// `cout` values. The output is `[n, cout, od, oh, ow]` with `o = (size + 2·pad − k) / stride + 1`
 /// per spatial axis.
-pub fn conv3d<T: Real>(
+pub fn conv3d<T: Elem>(
     input: &[T],
     in_shape: [usize; 5],
     weight: &[T],
@@ -239,7 +199,7 @@ pub fn conv3d<T: Real>(
     let out_shape = conv_check(input, in_shape, weight, w_shape, stride, padding)?;
     check_channels(bias, w_shape[0], "conv3d bias")?;
     let [nb, cout, od, oh, ow] = out_shape;
-    let [_, cin, kd, kh, kw] = w_shape;
+    let cin = w_shape[1];
     let mut out = vec![T::ZERO; numel(&out_shape, "conv3d output")?];
     for n in 0..nb {
         for co in 0..cout {
@@ -249,23 +209,17 @@ pub fn conv3d<T: Real>(
                     for x in 0..ow {
                         let mut acc = b0;
                         for ci in 0..cin {
-                            for a in 0..kd {
-                                let Some(iz) = tap(z, a, stride[0], padding[0], in_shape[2]) else {
-                                    continue;
-                                };
-                                for b in 0..kh {
-                                    let Some(iy) = tap(y, b, stride[1], padding[1], in_shape[3]) else {
-                                        continue;
-                                    };
-                                    for c in 0..kw {
-                                        let Some(ix) = tap(x, c, stride[2], padding[2], in_shape[4]) else {
-                                            continue;
-                                        };
-                                        acc += input[at(in_shape, n, ci, iz, iy, ix)]
-                                            * weight[at(w_shape, co, ci, a, b, c)];
-                                    }
-                                }
-                            }
+                            for_each_tap(
+                                [z, y, x],
+                                in_shape,
+                                w_shape,
+                                stride,
+                                padding,
+                                |[a, b, c], [iz, iy, ix]| {
+                                    acc += input[at(in_shape, n, ci, iz, iy, ix)]
+                                        * weight[at(w_shape, co, ci, a, b, c)];
+                                },
+                            );
                         }
                         out[at(out_shape, n, co, z, y, x)] = acc;
                     }
@@ -282,7 +236,7 @@ pub fn conv3d<T: Real>(
 /// hold that many values. The bias gradient is always returned (it does not depend on whether
 /// the forward pass used a bias).
 #[allow(clippy::too_many_arguments)]
-pub fn conv3d_backward<T: Real>(
+pub fn conv3d_backward<T: Elem>(
     input: &[T],
     in_shape: [usize; 5],
     weight: &[T],
@@ -300,7 +254,7 @@ pub fn conv3d_backward<T: Real>(
     }
     check_len(grad_out, &out_shape, "conv3d_backward grad_out")?;
     let [nb, cout, od, oh, ow] = out_shape;
-    let [_, cin, kd, kh, kw] = w_shape;
+    let cin = w_shape[1];
     let mut grad_input = vec![T::ZERO; input.len()];
     let mut grad_weight = vec![T::ZERO; weight.len()];
     let mut grad_bias = vec![T::ZERO; cout];
@@ -312,25 +266,19 @@ pub fn conv3d_backward<T: Real>(
                         let g = grad_out[at(out_shape, n, co, z, y, x)];
                         grad_bias[co] += g;
                         for ci in 0..cin {
-                            for a in 0..kd {
-                                let Some(iz) = tap(z, a, stride[0], padding[0], in_shape[2]) else {
-                                    continue;
-                                };
-                                for b in 0..kh {
-                                    let Some(iy) = tap(y, b, stride[1], padding[1], in_shape[3]) else {
-                                        continue;
-                                    };
-                                    for c in 0..kw {
-                                        let Some(ix) = tap(x, c, stride[2], padding[2], in_shape[4]) else {
-                                            continue;
-                                        };
-                                        let i = at(in_shape, n, ci, iz, iy, ix);
-                                        let w = at(w_shape, co, ci, a, b, c);
-                                        grad_input[i] += g * weight[w];
-                                        grad_weight[w] += g * input[i];
-                                    }
-                                }
-                            }
+                            for_each_tap(
+                                [z, y, x],
+                                in_shape,
+                                w_shape,
+                                stride,
+                                padding,
+                                |[a, b, c], [iz, iy, ix]| {
+                                    let i = at(in_shape, n, ci, iz, iy, ix);
+                                    let w = at(w_shape, co, ci, a, b, c);
+                                    grad_input[i] += g * weight[w];
+                                    grad_weight[w] += g * input[i];
+                                },
+                            );
                         }
                     }
                 }
@@ -378,7 +326,7 @@ fn conv_t_check(
 /// `bias` (if any) has `cout` values and `stride` must equal `[kd, kh, kw]`. The output is
 /// `[n, cout, d·kd, h·kh, w·kw]` with
 /// `out[n, o, kd·i + a, kh·j + b, kw·k + c] = bias[o] + Σ_in x[n, in, i, j, k] · W[in, o, a, b, c]`.
-pub fn conv_transpose3d<T: Real>(
+pub fn conv_transpose3d<T: Elem>(
     input: &[T],
     in_shape: [usize; 5],
     weight: &[T],
@@ -425,7 +373,7 @@ pub fn conv_transpose3d<T: Real>(
 
 /// Backward pass of [`conv_transpose3d`] (stride == kernel): gradients with respect to input,
 /// weight and bias. `grad_out` must have the forward output's size, `[n, cout, d·kd, h·kh, w·kw]`.
-pub fn conv_transpose3d_backward<T: Real>(
+pub fn conv_transpose3d_backward<T: Elem>(
     input: &[T],
     in_shape: [usize; 5],
     weight: &[T],
@@ -488,7 +436,7 @@ fn norm_check<T>(
 }
 
 /// Mean and reciprocal standard deviation `1 / sqrt(var + eps)` (biased variance) of `xs`.
-fn moments<T: Real>(xs: &[T], eps: T) -> (T, T) {
+fn moments<T: Elem>(xs: &[T], eps: T) -> (T, T) {
     let m = T::from_f64(xs.len() as f64);
     let mut sum = T::ZERO;
     for &x in xs {
@@ -508,7 +456,7 @@ fn moments<T: Real>(xs: &[T], eps: T) -> (T, T) {
 ///
 /// `y = (x − mean) / sqrt(var + eps) · weight[c] + bias[c]`, mean and biased variance taken over
 /// d·h·w. A missing `weight` acts as 1 and a missing `bias` as 0.
-pub fn instance_norm3d<T: Real>(
+pub fn instance_norm3d<T: Elem>(
     input: &[T],
     shape: [usize; 5],
     weight: Option<&[T]>,
@@ -537,7 +485,7 @@ pub fn instance_norm3d<T: Real>(
 /// `grad_x = r · (g − mean(g) − x̂ · mean(g · x̂))`, `grad_weight[c] = Σ grad_out · x̂` and
 /// `grad_bias[c] = Σ grad_out` (sums over samples and voxels). The weight and bias gradients are
 /// returned only when `weight` is given (the bias gradient does not depend on the bias value).
-pub fn instance_norm3d_backward<T: Real>(
+pub fn instance_norm3d_backward<T: Elem>(
     input: &[T],
     shape: [usize; 5],
     weight: Option<&[T]>,
@@ -582,14 +530,14 @@ pub fn instance_norm3d_backward<T: Real>(
 // ---------------------------------------------------------------------------------------------
 
 /// Leaky ReLU, element-wise: `x` where `x > 0`, `slope · x` otherwise (PyTorch semantics).
-pub fn leaky_relu<T: Real>(input: &[T], slope: f64) -> Vec<T> {
+pub fn leaky_relu<T: Elem>(input: &[T], slope: f64) -> Vec<T> {
     let s = T::from_f64(slope);
     input.iter().map(|&x| if x > T::ZERO { x } else { x * s }).collect()
 }
 
 /// Backward pass of [`leaky_relu`]: `grad` where `x > 0`, `slope · grad` otherwise (so at
 /// `x == 0` the slope is used, as in PyTorch). Errors if the two slices differ in length.
-pub fn leaky_relu_backward<T: Real>(input: &[T], slope: f64, grad_out: &[T]) -> Result<Vec<T>, ShapeError> {
+pub fn leaky_relu_backward<T: Elem>(input: &[T], slope: f64, grad_out: &[T]) -> Result<Vec<T>, ShapeError> {
     if input.len() != grad_out.len() {
         return err(format!(
             "leaky_relu_backward: input has {} elements, grad_out has {}",
@@ -618,7 +566,7 @@ fn pool_out_shape(shape: [usize; 5], kernel: [usize; 3], what: &str) -> Result<[
 
 /// 3-D average pooling with stride equal to the kernel, no padding and floor mode: the output is
 /// `[n, c, d / kd, h / kh, w / kw]` and trailing voxels that do not fill a window are dropped.
-pub fn avg_pool3d<T: Real>(
+pub fn avg_pool3d<T: Elem>(
     input: &[T],
     shape: [usize; 5],
     kernel: [usize; 3],
@@ -653,7 +601,7 @@ pub fn avg_pool3d<T: Real>(
 
 /// Backward pass of [`avg_pool3d`]: every input voxel inside a window receives
 /// `grad / (kd·kh·kw)`; voxels dropped by floor mode receive 0.
-pub fn avg_pool3d_backward<T: Real>(
+pub fn avg_pool3d_backward<T: Elem>(
     in_shape: [usize; 5],
     kernel: [usize; 3],
     grad_out: &[T],

@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use voxtell_vision::{ArchKwargs, BlockSettings, ResidualEncoder, StackedConvBlocks, VisionError};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision")
-}
+mod common;
+use common::fixtures;
 
 fn json(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()

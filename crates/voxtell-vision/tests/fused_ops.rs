@@ -8,6 +8,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use voxtell_vision::ops;
 
+mod common;
+
 fn data(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
     let mut s = seed;
@@ -22,18 +24,7 @@ fn data(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    common::max_abs(&(a - b).unwrap())
 }
 
 #[test]

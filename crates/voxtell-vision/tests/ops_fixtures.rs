@@ -4,15 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 use voxtell_vision::{composed, ops};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision")
-}
+mod common;
+use common::{fixtures, max_abs};
 
 #[derive(Deserialize, Clone)]
 struct Case {
@@ -91,19 +89,6 @@ fn run(
         g.insert("grad_bias", grads.get(b).unwrap().clone());
     }
     (out, g)
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 fn assert_close(ours: &Tensor, theirs: &Tensor, rel: f64, what: &str) {

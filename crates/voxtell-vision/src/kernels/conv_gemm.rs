@@ -5,17 +5,13 @@
 //! processed in tiles whose column matrix holds at most [`TILE_ELEMS`] elements, so the
 //! workspace is bounded whatever the volume size.
 
-use gemm::{Parallelism, gemm};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{ConvGeom, Elem, threads};
+use super::{ConvGeom, Elem, Mat, matmul, parallelism};
 
 /// Upper bound on the elements of one im2col tile (64 MiB in f32).
 pub(crate) const TILE_ELEMS: usize = 16 << 20;
-
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    if m * n * k >= 1 << 18 { Parallelism::Rayon(threads()) } else { Parallelism::None }
-}
 
 /// Output rows per tile so that `k × rows × ow` stays within [`TILE_ELEMS`].
 fn rows_per_tile(g: &ConvGeom) -> usize {
@@ -141,25 +137,15 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
             // SAFETY: all pointers address live slices of the sizes described by m, n, k and the
             // strides; dst does not overlap lhs or rhs.
             unsafe {
-                gemm(
+                matmul(
                     g.c_out,
                     out_vox,
                     k,
                     ob.as_mut_ptr(),
-                    1,
-                    out_vox as isize,
+                    out_vox,
                     true,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    xb.as_ptr(),
-                    1,
-                    in_vox as isize,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: w.as_ptr(), cs: 1, rs: k as isize },
+                    Mat { ptr: xb.as_ptr(), cs: 1, rs: in_vox as isize },
                     parallelism(g.c_out, out_vox, k),
                 );
             }
@@ -172,25 +158,15 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
             // SAFETY: dst addresses c_out rows of n elements at stride out_vox inside `ob`;
             // lhs is the c_out × k weight matrix, rhs the k × n column tile.
             unsafe {
-                gemm(
+                matmul(
                     g.c_out,
                     n,
                     k,
                     ob.as_mut_ptr().add(r0 * ow),
-                    1,
-                    out_vox as isize,
+                    out_vox,
                     true,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    cols.as_ptr(),
-                    1,
-                    n as isize,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: w.as_ptr(), cs: 1, rs: k as isize },
+                    Mat { ptr: cols.as_ptr(), cs: 1, rs: n as isize },
                     parallelism(g.c_out, n, k),
                 );
             }
@@ -212,25 +188,15 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<
             // SAFETY: dst is the c_in × in_vox gradient of this batch item; lhs is Wᵀ read with
             // swapped strides; rhs the c_out × out_vox output gradient.
             unsafe {
-                gemm(
+                matmul(
                     g.c_in,
                     in_vox,
                     g.c_out,
                     xb.as_mut_ptr(),
-                    1,
-                    in_vox as isize,
+                    in_vox,
                     false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    gb.as_ptr(),
-                    1,
-                    out_vox as isize,
-                    T::ZERO,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: w.as_ptr(), cs: k as isize, rs: 1 },
+                    Mat { ptr: gb.as_ptr(), cs: 1, rs: out_vox as isize },
                     parallelism(g.c_in, in_vox, g.c_out),
                 );
             }
@@ -242,25 +208,15 @@ pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Vec<
             // SAFETY: dst is the k × n column tile; lhs is Wᵀ (k × c_out) read with swapped
             // strides; rhs the c_out × n slice of the output gradient at stride out_vox.
             unsafe {
-                gemm(
+                matmul(
                     k,
                     n,
                     g.c_out,
                     cols.as_mut_ptr(),
-                    1,
-                    n as isize,
+                    n,
                     false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    gb.as_ptr().add(r0 * ow),
-                    1,
-                    out_vox as isize,
-                    T::ZERO,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: w.as_ptr(), cs: k as isize, rs: 1 },
+                    Mat { ptr: gb.as_ptr().add(r0 * ow), cs: 1, rs: out_vox as isize },
                     parallelism(k, n, g.c_out),
                 );
             }
@@ -329,25 +285,15 @@ pub(crate) fn backward_weight_shifted<T: Elem>(x: &[T], gout: &[T], g: &ConvGeom
             // c_out × len gradient grid (row stride plane); rhs the len × c_in shifted input
             // (element (q, ci) at ci·plane + shift + q); every read stays within its buffer.
             unsafe {
-                gemm(
+                matmul(
                     g.c_out,
                     g.c_in,
                     len,
                     dst.as_mut_ptr(),
-                    1,
-                    g.c_in as isize,
+                    g.c_in,
                     true,
-                    gp.as_ptr(),
-                    1,
-                    plane as isize,
-                    xp.as_ptr().add(shift),
-                    plane as isize,
-                    1,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: gp.as_ptr(), cs: 1, rs: plane as isize },
+                    Mat { ptr: xp.as_ptr().add(shift), cs: plane as isize, rs: 1 },
                     Parallelism::None,
                 );
             }
@@ -381,25 +327,15 @@ pub(crate) fn backward_weight<T: Elem>(
             // SAFETY: dst is the c_out × c_in weight gradient; lhs the output gradient
             // (c_out × out_vox); rhs the input read transposed (in_vox × c_in).
             unsafe {
-                gemm(
+                matmul(
                     g.c_out,
                     k,
                     out_vox,
                     gw.as_mut_ptr(),
-                    1,
-                    k as isize,
+                    k,
                     true,
-                    gb.as_ptr(),
-                    1,
-                    out_vox as isize,
-                    xb.as_ptr(),
-                    in_vox as isize,
-                    1,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: gb.as_ptr(), cs: 1, rs: out_vox as isize },
+                    Mat { ptr: xb.as_ptr(), cs: in_vox as isize, rs: 1 },
                     parallelism(g.c_out, k, out_vox),
                 );
             }
@@ -412,25 +348,15 @@ pub(crate) fn backward_weight<T: Elem>(
             // SAFETY: dst is the c_out × k weight gradient; lhs the c_out × n output-gradient
             // tile at stride out_vox; rhs the column tile read transposed (n × k).
             unsafe {
-                gemm(
+                matmul(
                     g.c_out,
                     k,
                     n,
                     gw.as_mut_ptr(),
-                    1,
-                    k as isize,
+                    k,
                     true,
-                    gb.as_ptr().add(r0 * ow),
-                    1,
-                    out_vox as isize,
-                    cols.as_ptr(),
-                    n as isize,
-                    1,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    Mat { ptr: gb.as_ptr().add(r0 * ow), cs: 1, rs: out_vox as isize },
+                    Mat { ptr: cols.as_ptr(), cs: n as isize, rs: 1 },
                     parallelism(g.c_out, k, n),
                 );
             }

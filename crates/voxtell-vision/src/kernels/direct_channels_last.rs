@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu::{Avx512, Avx512Bf16};
 use super::{ConvGeom, for_each_weight};
 
 /// Output channels per tile (two 16-float vectors).
@@ -39,6 +40,7 @@ fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool)
 /// Convolution of `x` with `w` (forward, or, when `transpose_flip`, the input gradient of a
 /// stride-1 convolution, with `g` describing that gradient convolution's own input and output).
 pub(crate) fn run(
+    cpu: Avx512,
     x: Input<'_>,
     w: &[f32],
     bias: Option<&[f32]>,
@@ -68,7 +70,7 @@ pub(crate) fn run(
         },
         |window: &[f32], cb: usize, tap_off: &[usize], vstride: usize, bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * c * CO_T..(cb + 1) * tap_off.len() * c * CO_T];
-            tile(window, block, bias, tap_off, vstride, c, dst);
+            tile(cpu, window, block, bias, tap_off, vstride, c, dst);
         },
     )
 }
@@ -380,7 +382,9 @@ fn drive<E: WindowElem>(
 }
 
 /// One tile: [`X_T`] voxels `vstride` elements apart × [`CO_T`] channels into `dst`.
+#[allow(clippy::too_many_arguments)]
 fn tile(
+    cpu: Avx512,
     x: &[f32],
     w: &[f32],
     bias: &[f32],
@@ -395,13 +399,14 @@ fn tile(
         // the whole tile by its type.
         let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * vstride + c_in;
         assert!(last_read <= x.len() && w.len() >= tap_off.len() * c_in * CO_T && bias.len() >= CO_T);
-        // SAFETY: AVX-512F was detected by the caller (`direct::applies`); the reads and writes
-        // stay within the bounds asserted above.
+        let _proof: Avx512 = cpu;
+        // SAFETY: `cpu` proves AVX-512F (an `Avx512` exists only where it was detected); the
+        // reads and writes stay within the bounds asserted above.
         unsafe { avx512::tile(x, w, bias, tap_off, vstride, c_in, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, vstride, c_in, dst);
+        let _ = (cpu, x, w, bias, tap_off, vstride, c_in, dst);
         unreachable!("the channels-last kernel requires x86_64 AVX-512");
     }
 }
@@ -495,18 +500,6 @@ mod avx512 {
 // ---------------------------------------------------------------------------------------------
 // bf16 products, f32 accumulation (AVX-512 BF16)
 
-/// Whether this CPU has the AVX-512 BF16 dot product (`vdpbf16ps`) the bf16 kernel needs.
-pub(crate) fn bf16_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Round to bf16 (nearest, ties to even; what `vcvtneps2bf16` does).
 fn bf16_bits(v: f32) -> u32 {
     u32::from(half::bf16::from_f32(v).to_bits())
@@ -538,15 +531,16 @@ fn pack_bf16(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<u32> {
 /// `out[i] = pair(lo[i], hi[i])` (`hi` zero when `None`), 16 at a time with
 /// `vcvtne2ps2bf16` where the CPU has it. The instruction flushes denormal inputs to zero, which
 /// the scalar rounding does not; nothing else differs.
-fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+fn pairs_of_row(cpu: Avx512Bf16, lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
     let n = lo.len();
     assert!(out.len() >= n && hi.is_none_or(|h| h.len() >= n));
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if bf16_available() && std::arch::is_x86_feature_detected!("avx512bw") {
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        let _proof: Avx512Bf16 = cpu;
         done = n - n % 16;
-        // SAFETY: the features were detected; every access is below `done` ≤ the lengths
-        // asserted above.
+        // SAFETY: `cpu` proves AVX-512F and AVX-512 BF16, AVX-512BW was detected just above;
+        // every access is below `done` ≤ the lengths asserted above.
         unsafe { avx512bf16::pairs(lo, hi, out, done) };
     }
     for i in done..n {
@@ -555,9 +549,14 @@ fn pairs_of_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
 }
 
 /// Forward convolution with inputs and weights rounded to bf16 and products summed in f32
-/// (`vdpbf16ps`); the bias is added in f32. Only call it when [`bf16_available`].
-pub(crate) fn run_bf16(x: Input<'_>, w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
-    assert!(bf16_available(), "the bf16 kernel needs AVX-512 BF16");
+/// (`vdpbf16ps`); the bias is added in f32. `cpu` proves the CPU has AVX-512 BF16.
+pub(crate) fn run_bf16(
+    cpu: Avx512Bf16,
+    x: Input<'_>,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+) -> Vec<f32> {
     let (c, pairs) = (g.c_in, g.c_in.div_ceil(2));
     let packed = pack_bf16(w, g.c_out, c, g.taps());
     drive(
@@ -575,7 +574,7 @@ pub(crate) fn run_bf16(x: Input<'_>, w: &[f32], bias: Option<&[f32]>, g: &ConvGe
                         for (k, out) in converted.chunks_mut(n).take(m).enumerate() {
                             let q = q0 + k;
                             let hi = (2 * q + 1 < c).then(|| channel_row.get(2 * q + 1));
-                            pairs_of_row(channel_row.get(2 * q), hi, out);
+                            pairs_of_row(cpu, channel_row.get(2 * q), hi, out);
                         }
                         if m == 16 {
                             let rows = std::array::from_fn(|k| &converted[k * n..(k + 1) * n]);
@@ -593,14 +592,16 @@ pub(crate) fn run_bf16(x: Input<'_>, w: &[f32], bias: Option<&[f32]>, g: &ConvGe
         },
         |window: &[u32], cb: usize, tap_off: &[usize], vstride: usize, bias: &[f32], dst: &mut TileBuf| {
             let block = &packed[cb * tap_off.len() * pairs * CO_T..(cb + 1) * tap_off.len() * pairs * CO_T];
-            tile_bf16(window, block, bias, tap_off, vstride, pairs, dst);
+            tile_bf16(cpu, window, block, bias, tap_off, vstride, pairs, dst);
         },
     )
 }
 
 /// One bf16 tile: [`X_T`] voxels `vstride` elements apart × [`CO_T`] channels into `dst`,
 /// input channels in pairs.
+#[allow(clippy::too_many_arguments)]
 fn tile_bf16(
+    cpu: Avx512Bf16,
     x: &[u32],
     w: &[u32],
     bias: &[f32],
@@ -613,13 +614,14 @@ fn tile_bf16(
     {
         let last_read = tap_off.last().copied().unwrap_or(0) + (X_T - 1) * vstride + pairs;
         assert!(last_read <= x.len() && w.len() >= tap_off.len() * pairs * CO_T && bias.len() >= CO_T);
-        // SAFETY: AVX-512F and AVX-512 BF16 were checked by `run_bf16`; the reads and writes stay
-        // within the bounds asserted above.
+        let _proof: Avx512Bf16 = cpu;
+        // SAFETY: `cpu` proves AVX-512F and AVX-512 BF16 (an `Avx512Bf16` exists only where both
+        // were detected); the reads and writes stay within the bounds asserted above.
         unsafe { avx512bf16::tile(x, w, bias, tap_off, vstride, pairs, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, tap_off, vstride, pairs, dst);
+        let _ = (cpu, x, w, bias, tap_off, vstride, pairs, dst);
         unreachable!("the bf16 kernel requires x86_64 AVX-512 BF16");
     }
 }

@@ -7,17 +7,15 @@
 //! (output-channel block, output depth slice) pairs across threads; each task writes its own part
 //! of the output.
 //!
-//! Applies to f32, stride 1, odd kernels, on CPUs with AVX-512F; [`forward`] returns `None`
-//! otherwise and the caller falls back to the GEMM path. Layers with ≥ 32 input and output
-//! channels, and volumes narrower than 16 voxels along W, go to the channels-last kernel of
-//! [`super::direct_cl`] instead (`VOXTELL_CONV_CL=0|1` forces the choice, for benchmarking);
-//! so do strided layers with ≥ 32 input and output channels.
-
-use std::any::TypeId;
+//! Applies to f32, stride 1, odd kernels larger than 1×1×1, on CPUs with AVX-512F;
+//! [`super::select`] decides when (layers with few channels: with ≥ 32 input and output
+//! channels, or volumes narrower than 16 voxels along W, the channels-last kernel of
+//! [`super::direct_channels_last`] runs instead).
 
 use rayon::prelude::*;
 
-use super::{ConvGeom, Elem, direct_cl, for_each_weight};
+use super::cpu::Avx512;
+use super::{ConvGeom, for_each_weight};
 
 /// Output channels per micro-kernel tile.
 const CO_BLK: usize = 8;
@@ -26,117 +24,18 @@ const X_VECS: usize = 3;
 /// Voxels along W per tile.
 const X_TILE: usize = 16 * X_VECS;
 
-/// Whether a direct kernel handles this geometry on this CPU for element type `T`.
-pub(crate) fn applies<T: Elem>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>() && g.stride == [1, 1, 1] && direct_kernel(g)
-}
-
-/// What every direct kernel needs whatever the stride: odd kernel sizes, larger than 1×1×1,
-/// and AVX-512F.
-fn direct_kernel(g: &ConvGeom) -> bool {
-    g.kernel.iter().all(|k| k % 2 == 1) && g.kernel != [1, 1, 1] && avx512()
-}
-
-/// Which of the two direct kernels to use: the channels-last one when both channel counts fill
-/// its 32-channel blocks or the volume is too narrow to fill 16-lane vectors along W. (32→32
-/// at 192³: 239 GFLOP/s channels-last against 113 W-vectorised, whose working set outgrows the
-/// caches; at 96³ 238 against 215; `cargo bench -p voxtell --bench ops`.)
-fn channels_last(g: &ConvGeom) -> bool {
-    g.input[2] < 16 || std::env::var_os("VOXTELL_CONV_CL").map_or(g.c_in >= 32 && g.c_out >= 32, |v| v == "1")
-}
-
-/// Whether the channels-last kernel runs this strided forward convolution: f32, odd kernels
-/// larger than 1×1×1, AVX-512F, ≥ 32 input and output channels and output rows of ≥ 8 voxels
-/// (`VOXTELL_CONV_CL=0|1` forces the choice). Stride 2 (`cargo bench -p voxtell --bench ops --
-/// _s2/`): 32→64 at 192³ 107 GFLOP/s on the GEMM path, 256 on this one; 256→320 at 24³ 156
-/// and 262; but 320→320 at 12³ (rows of 6, under half a tile, and 1.1 MB of weights per
-/// 32-channel block streamed for every tile) 194 and 68.
-fn strided_channels_last<T: Elem>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && g.stride != [1, 1, 1]
-        && direct_kernel(g)
-        && std::env::var_os("VOXTELL_CONV_CL")
-            .map_or(g.c_in >= 32 && g.c_out >= 32 && g.output()[2] >= 8, |v| v == "1")
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
-    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
-    // SAFETY: T is f32 (checked above); same layout, same length.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
-}
-
-fn into_t<T: 'static>(v: Vec<f32>) -> Vec<T> {
-    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: T is f32 (checked above): the allocation, length and capacity are reused as is.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
-}
-
-/// Forward convolution on a direct kernel (stride 1, or strided on the channels-last kernel),
-/// or `None` when none applies.
-pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) -> Option<Vec<T>> {
-    let strided = strided_channels_last::<T>(g);
-    if !applies::<T>(g) && !strided {
-        return None;
-    }
-    if strided || channels_last(g) {
-        return Some(into_t(direct_cl::run(
-            direct_cl::Input::Volume(as_f32(x)),
-            as_f32(w),
-            b.map(as_f32),
-            g,
-            g.c_out,
-            g.c_in,
-            false,
-        )));
-    }
-    let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), false);
-    Some(into_t(run(as_f32(x), &packed, b.map(as_f32), g)))
-}
-
-/// Forward convolution with bf16 products and f32 sums ([`direct_cl::run_bf16`]), or `None`
-/// where it does not apply: not f32, not an odd kernel larger than 1×1×1 with stride 1 or on
-/// the strided channels-last path, fewer than 8 input channels (nothing to gain), or no
-/// AVX-512 BF16.
-pub(crate) fn forward_bf16<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &ConvGeom) -> Option<Vec<T>> {
-    if !(applies::<T>(g) || strided_channels_last::<T>(g)) || g.c_in < 8 || !direct_cl::bf16_available() {
-        return None;
-    }
-    Some(into_t(direct_cl::run_bf16(direct_cl::Input::Volume(as_f32(x)), as_f32(w), b.map(as_f32), g)))
+/// Forward convolution (stride 1, odd kernel) of `x` with `w` and the optional bias.
+pub(crate) fn forward(cpu: Avx512, x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let packed = pack_weights(w, g.c_out, g.c_in, g.taps(), false);
+    run(cpu, x, &packed, b, g)
 }
 
 /// Stride-1 input gradient: a convolution of the output gradient with the spatially flipped,
-/// channel-transposed kernel (same padding for odd kernels), or `None` when this path does not
-/// apply.
-pub(crate) fn backward_input<T: Elem>(w: &[T], gout: &[T], g: &ConvGeom) -> Option<Vec<T>> {
-    if !applies::<T>(g) {
-        return None;
-    }
+/// channel-transposed kernel (same padding for odd kernels).
+pub(crate) fn backward_input(cpu: Avx512, w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let flipped = ConvGeom { c_in: g.c_out, c_out: g.c_in, ..*g };
-    if channels_last(&flipped) {
-        return Some(into_t(direct_cl::run(
-            direct_cl::Input::Volume(as_f32(gout)),
-            as_f32(w),
-            None,
-            &flipped,
-            g.c_out,
-            g.c_in,
-            true,
-        )));
-    }
-    let packed = pack_weights(as_f32(w), g.c_out, g.c_in, g.taps(), true);
-    Some(into_t(run(as_f32(gout), &packed, None, &flipped)))
+    let packed = pack_weights(w, g.c_out, g.c_in, g.taps(), true);
+    run(cpu, gout, &packed, None, &flipped)
 }
 
 /// Pack `w` (`c_out × c_in × taps`) as `[co_block][ci][tap][CO_BLK]`, zero-filled past `c_out`.
@@ -176,7 +75,7 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     Padded { data, dims: [dp, hp, wp] }
 }
 
-fn run(x: &[f32], packed: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+fn run(cpu: Avx512, x: &[f32], packed: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let padded = pad_input(x, g);
     let [od, oh, ow] = g.output();
     let out_plane = od * oh * ow;
@@ -198,9 +97,23 @@ fn run(x: &[f32], packed: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
         // apart. Distinct tasks write distinct (n, channel, z) slices.
         let first = ((n * g.c_out + co0) * od + z) * slice_len;
         let dst = Dst { ptr: out_ptr, first, channel_stride: od * slice_len, channels: nco };
-        slice_kernel(&padded, packed, cb, n, z, g, &bias_blk, dst);
+        let task = Task { p: &padded, packed, cb, n, z, g, bias: &bias_blk, dst };
+        slice_kernel(cpu, &task);
     });
     out
+}
+
+/// One task of [`run`]: output slice `z` of batch item `n` for output-channel block `cb`, from
+/// the padded input `p` and the packed weights, with the block's bias, into `dst`.
+struct Task<'a> {
+    p: &'a Padded,
+    packed: &'a [f32],
+    cb: usize,
+    n: usize,
+    z: usize,
+    g: &'a ConvGeom,
+    bias: &'a [f32; CO_BLK],
+    dst: Dst,
 }
 
 /// Where a task writes: `channels` output slices of `Ho × Wo`, `channel_stride` apart.
@@ -225,27 +138,18 @@ impl SendPtr {
     }
 }
 
-/// Compute output slice `z` of batch item `n` for channel block `cb` into `dst`.
-#[allow(clippy::too_many_arguments)]
-fn slice_kernel(
-    p: &Padded,
-    packed: &[f32],
-    cb: usize,
-    n: usize,
-    z: usize,
-    g: &ConvGeom,
-    bias: &[f32; CO_BLK],
-    dst: Dst,
-) {
+/// Compute one [`Task`].
+fn slice_kernel(cpu: Avx512, task: &Task<'_>) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `applies` checked AVX-512F support before any call reaches this point; `dst`
-    // addresses output slices owned by this task alone.
-    unsafe {
-        avx512::slice(p, packed, cb, n, z, g, bias, dst)
+    {
+        let _proof: Avx512 = cpu;
+        // SAFETY: `cpu` proves AVX-512F (an `Avx512` exists only where it was detected); the
+        // task's `dst` addresses output slices owned by this task alone.
+        unsafe { avx512::slice(task) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (p, packed, cb, n, z, g, bias, dst);
+        let _ = (cpu, task);
         unreachable!("direct path requires x86_64 AVX-512");
     }
 }
@@ -254,20 +158,11 @@ fn slice_kernel(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{CO_BLK, ConvGeom, Dst, Padded, X_TILE, X_VECS};
+    use super::{CO_BLK, Task, X_TILE, X_VECS};
 
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn slice(
-        p: &Padded,
-        packed: &[f32],
-        cb: usize,
-        n: usize,
-        z: usize,
-        g: &ConvGeom,
-        bias: &[f32; CO_BLK],
-        dst: Dst,
-    ) {
+    pub(super) unsafe fn slice(task: &Task<'_>) {
+        let Task { p, packed, cb, n, z, g, bias, dst } = *task;
         // SAFETY: every pointer below stays inside `p.data` (padded input plus slack for the
         // last full-vector reads), `packed` or the output slices of `dst`.
         unsafe {

@@ -1,0 +1,236 @@
+//! The 3-D operations as candle tensors in and out (NCDHW), with gradients.
+//!
+//! On the CPU each operation is a candle custom op whose forward runs the kernels of
+//! [`crate::kernels`] and whose backward is built from further custom ops, so candle's
+//! `backward()` trains through them; f32 and f64 are supported. On other devices (CUDA, Metal)
+//! the same functions run [`crate::composed`], built from candle's own ops.
+//!
+//! One file per kind of op, each reproducing a PyTorch module of the official network:
+//! `conv` (`nn.Conv3d`, with the decoder's fused forms), `conv_transpose`
+//! (`nn.ConvTranspose3d`), `norm` (`nn.InstanceNorm3d`), `activation` (`nn.LeakyReLU`) and
+//! `pool` (`nn.AvgPool3d`). This file holds what they share: the storage helpers, the f32/f64
+//! dispatch, the driver that runs an op with or without its optional parameters, and the
+//! convolution precision.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
+
+use crate::kernels::cpu::CpuFeatures;
+
+mod activation;
+mod conv;
+mod conv_transpose;
+mod norm;
+mod pool;
+
+pub use activation::{add_leaky_relu, leaky_relu};
+pub use conv::{bias_grad, conv3d, conv3d_add, upsample_conv3d_add};
+pub use conv_transpose::conv_transpose3d;
+pub use norm::{instance_norm3d, instance_norm3d_act, instance_norm3d_act_in_place};
+pub use pool::avg_pool3d;
+
+pub(crate) type Result<T> = candle_core::Result<T>;
+
+/// Borrow the contiguous data of a storage as a slice of `T`.
+pub(crate) fn slice<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// The five sizes of an (N, C, D, H, W) shape, or an error naming `what`.
+pub(crate) fn dims5(shape: &[usize], what: &str) -> Result<[usize; 5]> {
+    match shape {
+        &[n, c, d, h, w] => Ok([n, c, d, h, w]),
+        _ => bail!("{what}: expected a 5-D (N, C, D, H, W) tensor, got shape {shape:?}"),
+    }
+}
+
+/// Run `f` on f32 or f64 data and wrap the result.
+macro_rules! dispatch {
+    ($storage:expr, $name:expr, |$t:ident| $body:expr) => {
+        match $storage.dtype() {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                candle_core::CpuStorage::F32($body)
+            }
+            candle_core::DType::F64 => {
+                type $t = f64;
+                candle_core::CpuStorage::F64($body)
+            }
+            other => candle_core::bail!("{}: unsupported dtype {other:?} (f32 and f64 are supported)", $name),
+        }
+    };
+}
+
+/// `a` followed by `b`, reusing `a`'s allocation.
+pub(crate) fn concat<T>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    a.extend(b);
+    a
+}
+
+pub(crate) fn out_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
+    }
+}
+pub(crate) use dispatch;
+
+/// A CPU op whose last tensors are optional parameters (a convolution's bias; a norm's weight
+/// and bias), written once for both forms: [`Optional`] runs it as candle's [`CustomOp1`],
+/// [`CustomOp2`] or [`CustomOp3`] by the number of tensors it is applied to.
+pub(crate) trait OptionalParams {
+    /// The op's name without and with the optional tensors.
+    const NAMES: [&'static str; 2];
+
+    /// The forward pass on the storages of the tensors, in order (the optional ones last,
+    /// present or not).
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)>;
+
+    /// The gradients of the tensors, in the order of `inputs`.
+    fn grads(&self, inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>>;
+
+    /// The name for `n` tensors: `n = 3` is the form with the parameters.
+    fn name_of(n: usize) -> &'static str {
+        Self::NAMES[usize::from(n == 3)]
+    }
+}
+
+/// An [`OptionalParams`] op as a candle custom op.
+pub(crate) struct Optional<O>(pub O);
+
+/// The `n`-th gradient of a list (`None` past its end).
+fn take(grads: &mut [Option<Tensor>], n: usize) -> Option<Tensor> {
+    grads.get_mut(n).and_then(Option::take)
+}
+
+impl<O: OptionalParams> CustomOp1 for Optional<O> {
+    fn name(&self) -> &'static str {
+        O::name_of(1)
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd(&[(s, l)])
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut g = self.0.grads(&[x], res, grad)?;
+        Ok(take(&mut g, 0))
+    }
+}
+
+impl<O: OptionalParams> CustomOp2 for Optional<O> {
+    fn name(&self) -> &'static str {
+        O::name_of(2)
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd(&[(s1, l1), (s2, l2)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.0.grads(&[a, b], res, grad)?;
+        Ok((take(&mut g, 0), take(&mut g, 1)))
+    }
+}
+
+impl<O: OptionalParams> CustomOp3 for Optional<O> {
+    fn name(&self) -> &'static str {
+        O::name_of(3)
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd(&[(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.0.grads(&[a, b, c], res, grad)?;
+        Ok((take(&mut g, 0), take(&mut g, 1), take(&mut g, 2)))
+    }
+}
+
+/// The arithmetic of the forward pass of 3-D convolutions on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvPrecision {
+    /// f32 products and sums (the default; what the official code does on the CPU).
+    #[default]
+    F32,
+    /// Inputs and weights rounded to bf16 (nearest even), products summed in f32 by the CPU's
+    /// bf16 dot product (`vdpbf16ps`, AVX-512 BF16); the bias, outputs and everything outside
+    /// these convolutions stay f32. About twice the arithmetic rate of f32; ~3 significant
+    /// digits per product. Falls back to f32 where the CPU lacks the instruction, for other
+    /// element types and for layers it does not cover (1×1×1 kernels, fewer than 8 input
+    /// channels, strided layers with fewer than 32 input or output channels). Gradients are
+    /// always computed in f32.
+    Bf16,
+}
+
+thread_local! {
+    static CONV_PRECISION: std::cell::Cell<ConvPrecision> = const { std::cell::Cell::new(ConvPrecision::F32) };
+}
+
+/// Whether this CPU runs [`ConvPrecision::Bf16`] convolutions in bf16 (AVX-512 BF16); where
+/// not, they fall back to f32.
+pub fn bf16_supported() -> bool {
+    CpuFeatures::get().bf16()
+}
+
+/// The convolution precision in effect on this thread (see [`with_conv_precision`]).
+pub fn conv_precision() -> ConvPrecision {
+    CONV_PRECISION.with(|c| c.get())
+}
+
+/// Run `f` with the convolutions this thread starts using `precision`; the previous setting is
+/// restored afterwards (also when `f` panics). Scoped to the calling thread, so two models in
+/// one process can run at different precisions.
+///
+/// ```
+/// use voxtell_vision::ops::{ConvPrecision, conv_precision, with_conv_precision};
+/// let inside = with_conv_precision(ConvPrecision::Bf16, conv_precision);
+/// assert_eq!(inside, ConvPrecision::Bf16);
+/// assert_eq!(conv_precision(), ConvPrecision::F32);
+/// ```
+pub fn with_conv_precision<R>(precision: ConvPrecision, f: impl FnOnce() -> R) -> R {
+    struct Restore(ConvPrecision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONV_PRECISION.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CONV_PRECISION.with(|c| c.replace(precision)));
+    f()
+}
