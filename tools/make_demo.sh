@@ -50,7 +50,7 @@ rm -f "$WORK/bank.npz"
 "$VOXTELL" embed --text-model "$MINILM" --from-file "$WORK/data/prompts.txt" -o "$WORK/bank.npz"
 
 # The run reads its inputs relative to the configuration file.
-cp "$ASSETS/train.toml" "$ASSETS/train_stage2.toml" "$ROOT/examples/phantom/plans.json" "$WORK/"
+cp "$ASSETS/train.toml" "$ASSETS/train_stage2.toml" "$ROOT/crates/voxtell/examples/phantom/plans.json" "$WORK/"
 rm -rf "$WORK/run" "$WORK/run2"
 START=$SECONDS
 "$VOXTELL" train --config "$WORK/train.toml" 2>&1 | tee "$WORK/train.log"

@@ -4,6 +4,7 @@ mod cohort;
 mod predict;
 mod report;
 mod serve;
+mod setup;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -87,18 +88,18 @@ enum Command {
 }
 
 /// Tensor-sized buffers reuse freed pages and the resident size stays at the live peak
-/// ([`voxtell::alloc`]); `VOXTELL_SYSTEM_MALLOC=1` turns it off.
+/// ([`voxtell_alloc::BlockAllocator`]); `VOXTELL_SYSTEM_MALLOC=1` turns it off.
 #[global_allocator]
-static ALLOCATOR: voxtell::alloc::BlockAllocator = voxtell::alloc::BlockAllocator::new();
+static ALLOCATOR: voxtell_alloc::BlockAllocator = voxtell_alloc::BlockAllocator::new();
 
 /// Give freed memory back to the system (a server between jobs).
 fn release_memory() {
     ALLOCATOR.release();
-    voxtell::trim_heap();
+    voxtell_alloc::trim_heap();
 }
 
 fn main() -> ExitCode {
-    voxtell::tune_allocator();
+    voxtell_alloc::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Predict(args) => match predict::run(*args) {
@@ -224,7 +225,7 @@ fn embed(
     } else {
         EmbeddingBank::default()
     };
-    let dtype = predict::text_dtype(text_dtype);
+    let dtype = setup::text_dtype(text_dtype);
     let model = resolve_text_model(text_model.as_deref());
     let mut source = PromptVectors::new(bank, model, dtype, &voxtell::candle::Device::Cpu);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();

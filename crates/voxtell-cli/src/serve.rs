@@ -12,8 +12,8 @@ use clap::Args;
 use voxtell::infer::{Accumulate, ConvPrecision, PredictOptions, Predictor, human_bytes};
 use voxtell_serve::{ServeConfig, Server};
 
-use crate::predict::{load_bank, locate, parse_size, pick_device};
 use crate::report::Log;
+use crate::setup::{load_bank, locate, parse_size, pick_device};
 
 /// Arguments of `voxtell serve`.
 #[derive(Debug, Args)]

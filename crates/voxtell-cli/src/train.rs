@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use voxtell::train::TrainError;
 use voxtell::train::config::TrainConfig;
 use voxtell::train::trainer::{Progress, RunState, train};
 
@@ -92,6 +93,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             b.set_message(format!("epoch {}/{} loss {:.4} lr {:.2e}", p.epoch + 1, p.epochs, p.loss, p.lr));
         }
         !stop.load(Ordering::SeqCst)
+    })
+    .map_err(|e| match &e {
+        // The library names the bank; the command adds how to fill it.
+        TrainError::MissingVectors { path, .. } => {
+            anyhow::anyhow!("{e}; add them with `voxtell embed --append -o {}`", path.display())
+        }
+        _ => anyhow::Error::from(e),
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -104,7 +112,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// Arguments of `voxtell phantom`. The defaults of the settings are the training settings of the
-/// embedded demo model (`voxtell::train::phantom::PhantomOptions::default`); the help marks
+/// embedded demo model (`voxtell::phantom::PhantomOptions::default`); the help marks
 /// values outside them.
 #[derive(Debug, Args)]
 pub struct PhantomArgs {
@@ -156,8 +164,8 @@ the dataset's dataset.json.";
 
 /// The settings of `options` that reach outside the demo model's training settings (the
 /// generator's defaults), as flag and value: `--inplane-spacing 2,3 (the demo model's: 4–5 mm)`.
-pub fn outside_demo(options: &voxtell::train::phantom::PhantomOptions) -> Vec<String> {
-    let demo = voxtell::train::phantom::PhantomOptions::default();
+pub fn outside_demo(options: &voxtell::phantom::PhantomOptions) -> Vec<String> {
+    let demo = voxtell::phantom::PhantomOptions::default();
     let mut out = Vec::new();
     for (flag, r, d, unit) in [
         ("--inplane-spacing", options.inplane_spacing_mm, demo.inplane_spacing_mm, "mm"),
@@ -176,7 +184,7 @@ pub fn outside_demo(options: &voxtell::train::phantom::PhantomOptions) -> Vec<St
 /// Run `voxtell phantom`: the dataset, `vocabulary.json` and `prompts.txt` (every vocabulary
 /// prompt, then the held-out paraphrases, one per line, for `voxtell embed --from-file`).
 pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
-    use voxtell::train::phantom::{PhantomOptions, paraphrases, vocabulary_json, write_dataset};
+    use voxtell::phantom::{PhantomOptions, paraphrases, vocabulary_json, write_dataset};
     let mut options = PhantomOptions { cases: args.cases, seed: args.seed, ..PhantomOptions::default() };
     let range = |r: &[f64], flag: &str| -> anyhow::Result<[f64; 2]> {
         match r {

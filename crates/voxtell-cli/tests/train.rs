@@ -68,7 +68,7 @@ fn phantom_writes_a_dataset_vocabulary_and_prompt_list() {
         vocab["Dataset001_Phantom"].as_object().unwrap().values().map(|v| v.as_array().unwrap().len()).sum();
     let prompts = std::fs::read_to_string(out.join("prompts.txt")).unwrap();
     let lines: Vec<&str> = prompts.lines().collect();
-    assert_eq!(lines.len(), in_vocab + voxtell::train::phantom::paraphrases().len());
+    assert_eq!(lines.len(), in_vocab + voxtell::phantom::paraphrases().len());
     assert_eq!(lines.iter().collect::<std::collections::BTreeSet<_>>().len(), lines.len());
     // A bad range is refused before anything is written.
     let bad = tmp.path().join("bad");
@@ -142,7 +142,7 @@ fn phantom_help_gives_the_defaults_and_marks_the_demo_models_range() {
     let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(["phantom", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(out.status.success(), "{help}");
-    let d = voxtell::train::phantom::PhantomOptions::default();
+    let d = voxtell::phantom::PhantomOptions::default();
     for (flag, r) in [
         ("--inplane-spacing", d.inplane_spacing_mm),
         ("--slice-spacing", d.slice_spacing_mm),

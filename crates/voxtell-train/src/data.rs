@@ -42,8 +42,9 @@ pub use voxtell_infer::preprocess::Bbox;
 /// to `max(1, |a|, |b|)` (NIfTI stores affines as f32, and converters round differently).
 pub const AFFINE_TOLERANCE: f64 = 1e-3;
 
-/// The reserved vocabulary key holding negative-only prompts.
-pub const NEGATIVES_KEY: &str = "_negatives";
+/// The reserved vocabulary key holding negative-only prompts (defined with the phantom
+/// vocabulary, which writes it).
+pub use voxtell_phantom::NEGATIVES_KEY;
 
 /// One training case: its identifier and files.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,6 +48,15 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// Prompts of the vocabulary that the embedding bank (config field `bank`) holds no vector
+    /// for.
+    #[error("{path}: {} prompt(s) of the vocabulary have no vector in the bank (config field `bank`): {prompts:?}", prompts.len())]
+    MissingVectors {
+        /// The bank.
+        path: PathBuf,
+        /// The prompts without a vector, sorted.
+        prompts: Vec<String>,
+    },
     /// The preprocessed-data cache is unusable.
     #[error("{path}: cache: {reason}")]
     Cache {

@@ -394,14 +394,7 @@ fn check_bank(
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::file(
-            path,
-            format!(
-                "{} prompt(s) of the vocabulary have no vector (add them with `voxtell embed --append`): {:?}",
-                missing.len(),
-                missing
-            ),
-        ))
+        Err(TrainError::MissingVectors { path: path.to_path_buf(), prompts: missing.into_iter().collect() })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The embedded demo: a small VoxTell trained by [`crate::train`] on synthetic torso phantoms,
+//! The embedded demo: a small VoxTell trained by `voxtell-train` on synthetic torso phantoms ([`crate::phantom`]),
 //! with its prompt bank, so that the whole system runs offline on a fresh clone.
 //!
 //! The folder [`demo_dir`] (`assets/demo/` in the repository) holds `model/` (a model folder
@@ -31,8 +31,8 @@ use candle_core::{DType, Device};
 use ndarray::{Array3, ArrayView3, Zip};
 use voxtell_infer::{Masks, PredictOptions, Predictor};
 use voxtell_io::Volume;
+use voxtell_phantom::{self as phantom, PhantomCase, PhantomOptions};
 use voxtell_text::{EmbeddingBank, PromptVectors};
-use voxtell_train::phantom::{self, PhantomCase, PhantomOptions};
 
 /// First case index of the held-out phantoms (training data uses `0..cases`).
 pub const HELD_OUT_START: usize = 1000;

@@ -5,7 +5,7 @@
 
 use voxtell::demo::{Demo, demo_dir, dice, truth};
 use voxtell::fusion::{ModelMeta, SpacingRange};
-use voxtell::train::phantom::{self, PhantomOptions};
+use voxtell::phantom::{self, PhantomOptions};
 
 #[test]
 fn demo_model_segments_a_held_out_phantom() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,7 @@
 //! Print what VoxTell sees of a scan: shape, spacing, orientation code and intensity range.
 //!
 //! ```text
-//! cargo run --example inspect -- path/to/ct.nii.gz [more files or DICOM folders...]
+//! cargo run -p voxtell --example inspect -- path/to/ct.nii.gz [more files or DICOM folders...]
 //! ```
 
 use std::process::ExitCode;

@@ -198,16 +198,16 @@ impl Grid {
 
 /// The label map and tissue intensities being painted, on a [`Grid`].
 #[derive(Debug, Clone)]
-pub(crate) struct Canvas {
+pub(crate) struct LabelGrid {
     pub(crate) grid: Grid,
     pub(crate) hu: Vec<f32>,
     pub(crate) labels: Vec<u8>,
 }
 
-impl Canvas {
-    /// A canvas filled with `hu` and label 0.
+impl LabelGrid {
+    /// A label grid filled with `hu` and label 0.
     pub(crate) fn new(grid: Grid, hu: f32) -> Self {
-        Canvas { grid, hu: vec![hu; grid.len()], labels: vec![0; grid.len()] }
+        LabelGrid { grid, hu: vec![hu; grid.len()], labels: vec![0; grid.len()] }
     }
 
     /// Call `f(point, hu, label)` for every voxel whose centre lies in the box `[lo, hi]`.

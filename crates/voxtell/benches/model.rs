@@ -3,8 +3,10 @@
 //! report the peak resident memory.
 //!
 //! ```text
-//! cargo run --release -p voxtell --example bench_model -- [prompts=1] [patch=192] [budget_gib=8] [share=1] [f32|bf16]
+//! cargo bench -p voxtell --bench model -- PROMPTS [patch=192] [budget_gib=8] [share=1] [f32|bf16|both]
 //! ```
+//! Without arguments it prints this usage and measures nothing (so `cargo bench` alone does not
+//! start a full-size run); `-- 1` is the single-prompt full-size run.
 //! `share=0` runs the decoder the official way (skip repeated per prompt) to measure what
 //! sharing the skip half of the first convolutions saves; `bf16` runs the stride-1
 //! convolutions with bf16 products (`ConvPrecision::Bf16`); `both` runs f32 and then bf16 on
@@ -17,25 +19,23 @@
 
 #![allow(unsafe_code)] // the counting allocator below: a forwarding `GlobalAlloc`
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use voxtell::alloc::BlockAllocator;
+use common::{PLAN, args_or_usage, peak_rss_mib};
 use voxtell::candle::{DType, Device, Tensor};
 use voxtell::fusion::{FreshWeights, VoxTellConfig, VoxTellModel};
 use voxtell::vision::ops::{ConvPrecision, with_conv_precision};
+use voxtell_alloc::BlockAllocator;
 
-/// VoxTell's released encoder plan (`arch_kwargs` of `plans.json`).
-const PLAN: &str = r#"{"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
-    "conv_op": "torch.nn.modules.conv.Conv3d",
-    "kernel_sizes": [[3,3,3],[3,3,3],[3,3,3],[3,3,3],[3,3,3],[3,3,3]],
-    "strides": [[1,1,1],[2,2,2],[2,2,2],[2,2,2],[2,2,2],[2,2,2]], "n_blocks_per_stage": [1,3,4,6,6,6],
-    "n_conv_per_stage_decoder": [1,1,1,1,1], "conv_bias": true,
-    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": true},
-    "dropout_op": null, "dropout_op_kwargs": null, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": true}}"#;
+/// What the program prints when it is given no arguments.
+const USAGE: &str =
+    "cargo bench -p voxtell --bench model -- PROMPTS [patch=192] [budget_gib=8] [share=1] [f32|bf16|both]";
 
-/// The `voxtell` command's allocator ([`voxtell::alloc::BlockAllocator`]), counting the bytes
+/// The `voxtell` command's allocator ([`voxtell_alloc::BlockAllocator`]), counting the bytes
 /// live on the heap and their peak, so that the peak RSS can be told apart from what the
 /// allocator keeps but no tensor uses.
 struct Counting;
@@ -52,7 +52,7 @@ impl Counting {
     }
 }
 
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters are updated.
+// SAFETY: every call is forwarded to the block allocator unchanged; only counters are updated.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         Counting::add(layout.size());
@@ -79,13 +79,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Peak resident set size of this process in MiB (Linux `VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-}
 
 /// bf16 against f32 logits, per prompt: largest difference, and mask agreement and Dice at
 /// f32's 10/50/90 % quantiles and at 0.
@@ -120,8 +113,10 @@ fn fidelity(reference: &[f32], bf16: &[f32], prompts: usize) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    voxtell::tune_allocator();
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    voxtell_alloc::tune_allocator();
+    let Some(mut args) = args_or_usage(USAGE) else {
+        return Ok(());
+    };
     let precisions = match args.get(4).map(String::as_str) {
         None | Some("f32") => vec![ConvPrecision::F32],
         Some("bf16") => vec![ConvPrecision::Bf16],

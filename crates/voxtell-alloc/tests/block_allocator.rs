@@ -5,7 +5,7 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 
-use voxtell::alloc::{BlockAllocator, LARGE};
+use voxtell_alloc::{BlockAllocator, LARGE};
 
 #[test]
 fn release_gives_the_cached_blocks_back() {

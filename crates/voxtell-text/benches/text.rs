@@ -7,14 +7,14 @@
 //! measured by hand (docs/performance.md).
 //!
 //! ```text
-//! cargo bench -p voxtell --bench text
+//! cargo bench -p voxtell-text --bench text
 //! ```
 
 use std::io::Read;
 
+use candle_core::{DType, Device};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use voxtell::candle::{DType, Device};
-use voxtell::text::{EmbedMode, QwenEmbedder};
+use voxtell_text::{EmbedMode, QwenEmbedder};
 
 fn tiny_model() -> tempfile::TempDir {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text/qwen-tiny");
@@ -105,11 +105,11 @@ fn mid_model() -> tempfile::TempDir {
     });
     std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
     let rand = |shape: &[usize]| {
-        voxtell::candle::Tensor::randn(0f32, 0.05, shape, &Device::Cpu)
+        candle_core::Tensor::randn(0f32, 0.05, shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F16))
             .expect("random weights")
     };
-    let ones = |n: usize| voxtell::candle::Tensor::ones(n, DType::F16, &Device::Cpu).expect("ones");
+    let ones = |n: usize| candle_core::Tensor::ones(n, DType::F16, &Device::Cpu).expect("ones");
     let mut w = std::collections::HashMap::new();
     w.insert("embed_tokens.weight".to_string(), rand(&[vocab, hidden]));
     w.insert("norm.weight".to_string(), ones(hidden));
@@ -135,7 +135,7 @@ fn mid_model() -> tempfile::TempDir {
             w.insert(format!("{p}.{name}.weight"), ones(n));
         }
     }
-    voxtell::candle::safetensors::save(&w, dir.path().join("model.safetensors")).expect("weights");
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).expect("weights");
     dir
 }
 

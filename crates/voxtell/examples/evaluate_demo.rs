@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use voxtell::demo::{Demo, HELD_OUT_START, PromptOrigin, demo_dir, dice, held_out, prompts, truth};
 use voxtell::infer::{ConvPrecision, PredictOptions};
-use voxtell::train::phantom::PhantomOptions;
+use voxtell::phantom::PhantomOptions;
 
 /// The demo's bar: the lowest mean Dice of a structure by each kind of prompt.
 const MIN_DICE: f64 = 0.85;
@@ -223,7 +223,7 @@ fn describe(o: &PhantomOptions) -> String {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    voxtell::tune_allocator();
+    voxtell_alloc::tune_allocator();
     let args = parse_args()?;
     let n = args.n;
     let mut demo = Demo::load(&args.dir)?;

@@ -7,12 +7,12 @@
 
 use std::f64::consts::{PI, TAU};
 
-use super::geometry::{
-    Blob, Canvas, V3, Wobble, add, dot, norm, normalize, rotation, scale, smoothstep, sub,
-};
-use super::{
+use crate::case::{
     AORTA, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, LIVER_LESION, LUNG_LEFT, LUNG_RIGHT, PhantomOptions, SPLEEN,
     URINARY_BLADDER, VERTEBRAE,
+};
+use crate::geometry::{
+    Blob, LabelGrid, V3, Wobble, add, dot, norm, normalize, rotation, scale, smoothstep, sub,
 };
 use crate::rng::Rng;
 
@@ -654,7 +654,7 @@ impl Anatomy {
     }
 
     /// Paint every structure onto `c` (tissue HU and labels at voxel centres).
-    pub(crate) fn paint(&self, c: &mut Canvas) {
+    pub(crate) fn paint(&self, c: &mut LabelGrid) {
         self.paint_body(c);
         self.paint_wall_bones(c);
         self.paint_muscles(c);
@@ -671,7 +671,7 @@ impl Anatomy {
         self.paint_lesions(c);
     }
 
-    fn paint_body(&self, c: &mut Canvas) {
+    fn paint_body(&self, c: &mut LabelGrid) {
         let h = &self.hu;
         let spine = &self.spine;
         let s = self.body_scale();
@@ -702,7 +702,7 @@ impl Anatomy {
     }
 
     /// Ribs (descending anteriorly), the sternum.
-    fn paint_wall_bones(&self, c: &mut Canvas) {
+    fn paint_wall_bones(&self, c: &mut LabelGrid) {
         let (period, width, phase) = self.ribs;
         let (_, ay) = self.body.max_semi();
         let lo = [self.x_range.0, self.y_range.0, -110.0 * self.body_scale()];
@@ -739,7 +739,7 @@ impl Anatomy {
     }
 
     /// Paraspinal and psoas muscles.
-    fn paint_muscles(&self, c: &mut Canvas) {
+    fn paint_muscles(&self, c: &mut LabelGrid) {
         let sp = &self.spine;
         let m = self.hu.muscle;
         let s = self.body_scale();
@@ -773,7 +773,7 @@ impl Anatomy {
     }
 
     /// Lungs (labelled by side) and the heart.
-    fn paint_thorax(&self, c: &mut Canvas) {
+    fn paint_thorax(&self, c: &mut LabelGrid) {
         let (mx, my) = self.body.max_semi();
         let lo_z = [(mx, my), (mx, -my), (-mx, my), (-mx, -my)]
             .iter()
@@ -804,7 +804,7 @@ impl Anatomy {
         });
     }
 
-    fn paint_stomach(&self, c: &mut Canvas) {
+    fn paint_stomach(&self, c: &mut LabelGrid) {
         let st = &self.stomach;
         let (fluid, air_level) = (self.hu.stomach, self.stomach_air);
         c.paint(st.bounds(), |p, hu, lab| {
@@ -819,7 +819,7 @@ impl Anatomy {
     }
 
     /// Pelvic bones (iliac wings, rami) and the sacrum; unlabelled.
-    fn paint_pelvis(&self, c: &mut Canvas) {
+    fn paint_pelvis(&self, c: &mut LabelGrid) {
         let s = self.body_scale();
         let sp = &self.spine;
         let z_top = self.aorta.z_bifurcation + 15.0 * s;
@@ -861,7 +861,7 @@ impl Anatomy {
         });
     }
 
-    fn paint_liver(&self, c: &mut Canvas) {
+    fn paint_liver(&self, c: &mut LabelGrid) {
         let (l0, h0) = self.liver[0].bounds();
         let (l1, h1) = self.liver[1].bounds();
         let lo = [l0[0].min(l1[0]), l0[1].min(l1[1]), l0[2].min(l1[2])];
@@ -875,7 +875,7 @@ impl Anatomy {
         });
     }
 
-    fn paint_spleen(&self, c: &mut Canvas) {
+    fn paint_spleen(&self, c: &mut LabelGrid) {
         let sp = &self.spleen;
         let (notch, nr) = self.spleen_notch;
         let v = self.hu.spleen;
@@ -892,7 +892,7 @@ impl Anatomy {
         });
     }
 
-    fn paint_kidneys(&self, c: &mut Canvas) {
+    fn paint_kidneys(&self, c: &mut LabelGrid) {
         let h = &self.hu;
         for k in &self.kidneys {
             let label = k.label();
@@ -921,7 +921,7 @@ impl Anatomy {
         }
     }
 
-    fn paint_bladder(&self, c: &mut Canvas) {
+    fn paint_bladder(&self, c: &mut LabelGrid) {
         let b = &self.bladder;
         let wall = 1.0 - 3.0 / b.semi.iter().copied().fold(f64::INFINITY, f64::min);
         let h = &self.hu;
@@ -949,7 +949,7 @@ impl Anatomy {
 
     /// The inferior vena cava: unlabelled; it carves the liver (as in real scans) but no other
     /// organ.
-    fn paint_ivc(&self, c: &mut Canvas) {
+    fn paint_ivc(&self, c: &mut LabelGrid) {
         let (x0, dy, rx, ry) = self.ivc;
         let sp = &self.spine;
         let s = self.body_scale();
@@ -970,7 +970,7 @@ impl Anatomy {
     }
 
     /// Vertebral bodies (with cortex), discs, arches with processes, and the spinal canal.
-    fn paint_spine(&self, c: &mut Canvas) {
+    fn paint_spine(&self, c: &mut LabelGrid) {
         let sp = &self.spine;
         let reach = sp.canal_r + sp.arch + sp.transverse.max(sp.rx) + 2.0;
         let lo = [
@@ -1027,7 +1027,7 @@ impl Anatomy {
 
     /// The aorta (labelled) and the common iliac arteries (unlabelled, painted over the
     /// background only).
-    fn paint_aorta(&self, c: &mut Canvas) {
+    fn paint_aorta(&self, c: &mut LabelGrid) {
         let a = &self.aorta;
         let sp = &self.spine;
         let r_max = a.radius + 1.0;
@@ -1065,7 +1065,7 @@ impl Anatomy {
         });
     }
 
-    fn paint_lesions(&self, c: &mut Canvas) {
+    fn paint_lesions(&self, c: &mut LabelGrid) {
         let h = &self.hu;
         for lesion in &self.liver_lesions {
             c.paint(lesion.blob.bounds(), |p, hu, lab| {

@@ -1,69 +1,15 @@
-//! Deterministic torso-CT phantoms with organ masks, for training and evaluating text-prompted
-//! segmentation without patient data.
-//!
-//! [`generate_case`] draws one phantom from `(seed, index)` alone: a torso (skin, subcutaneous
-//! fat, muscle wall, ribs, bowel, stomach, pelvis, heart) with the labelled structures of
-//! [`LABELS`] placed anatomically — liver on the patient's right, spleen on the left, kidneys
-//! either side of the spine (the right one lower) in perirenal fat, with liver and spleen only
-//! anterior and lateral of them (never behind a kidney), the spleen's lower pole at the left
-//! kidney's upper pole, vertebrae on the posterior midline, the aorta anterior-left of the spine,
-//! lungs above the diaphragm, the urinary bladder low and anterior in perivesical fat, hypodense
-//! lesions inside the liver (by default 45–65 HU darker than it, 15–28 mm in radius, in 65 % of
-//! the cases; and sometimes a cyst inside a kidney, labelled as part of that kidney). Sizes
-//! (±20 %), positions (±12 mm), shapes (smooth low-frequency deformations), intensities (HU, ±15
-//! per tissue), noise (by default σ 6–14 HU, slightly correlated in-plane), partial volume blur,
-//! voxel spacing (by default 4–5 mm in-plane, 5–6 mm between slices) and, for about a third of
-//! the cases, a non-RAS storage order all vary per case. [`write_dataset`] writes a dataset in
-//! the nnU-Net raw layout that [`crate::data::Dataset`] reads, [`vocabulary_json`] its prompt
-//! vocabulary, and [`paraphrases`] held-out prompts for evaluation.
-//!
-//! # Defaults
-//!
-//! [`PhantomOptions::default`] is the training distribution of the embedded demo model
-//! (`assets/demo/phantom.json` of the repository, apart from `cases` and `seed`), so that any
-//! phantom made with the default settings is one that model was trained to segment. Other
-//! settings (finer voxels, smaller or fainter lesions, more noise) are valid phantoms, but
-//! outside what the demo model has seen. The defaults of generator version 1 before the demo
-//! model's settings became the defaults (in-plane 2.2–3.2 mm, slices 2.5–4 mm, noise σ 10–25 HU,
-//! lesions 9–20 mm and 35–55 HU darker in 80 % of the cases) are still reachable through the
-//! options; a dataset's `dataset.json` records every option, so it regenerates the same phantoms
-//! whatever the defaults.
-//!
-//! # Coordinates
-//!
-//! World coordinates are NIfTI / nibabel **RAS+** millimetres: x grows toward the patient's
-//! **Right**, y toward Anterior, z toward Superior (DICOM's LPS+ has the opposite x and y). The
-//! patient's right side (the liver) therefore has the larger x, and in the `(S, A, R)` array that
-//! `voxtell_io::read(path)?.to_ras()?` gives, array axis 2 grows toward the patient's right. A
-//! radiological display (such as `voxtell_infer::preview`) shows the patient's right on the
-//! image's left.
-//!
-//! # Determinism
-//!
-//! Every case draws from its own random streams `Rng::stream(seed, &[index, part])`, one per part
-//! — geometry, intensities, lesions, grid, noise and storage orientation — (so
-//! that, for instance, `include_lesions = false` or `non_ras_fraction = 0` leave the rest of a
-//! case unchanged). Results are identical from run to run and do not depend on the number of
-//! threads; as the geometry uses the platform's `sin`, `exp` and `powf`, bit-identity across
-//! platforms or toolchains is not promised (a boundary voxel could differ). Held-out phantoms
-//! are regenerated from their seed rather than stored.
-
-mod anatomy;
-mod geometry;
-
-use std::path::{Path, PathBuf};
+//! One phantom case: the label values, the generator's options, and [`generate_case`], which
+//! draws a case from `(seed, index)` alone and stores it in RAS or another orientation.
 
 use ndarray::{Array3, Axis};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use voxtell_io::Affine;
 use voxtell_io::orientation::{io_orientation, matmul};
-use voxtell_io::{Affine, WriteOptions, write_nifti};
 
-use crate::error::{Result, TrainError};
+use crate::anatomy::{AIR_HU, Anatomy};
+use crate::error::{PhantomError, Result};
+use crate::geometry::{Grid, LabelGrid, convolve_axis, gaussian_kernel};
 use crate::rng::Rng;
-use anatomy::{AIR_HU, Anatomy};
-use geometry::{Canvas, Grid, convolve_axis, gaussian_kernel};
 
 /// Label value of the background.
 pub const BACKGROUND: u8 = 0;
@@ -186,7 +132,7 @@ impl Default for PhantomOptions {
 impl PhantomOptions {
     /// Check that the options describe something sensible.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(TrainError::Config(format!("phantom options: {what}")));
+        let bad = |what: String| Err(PhantomError::Options(what));
         for (name, r) in
             [("inplane_spacing_mm", self.inplane_spacing_mm), ("slice_spacing_mm", self.slice_spacing_mm)]
         {
@@ -325,33 +271,32 @@ pub fn world(affine: &Affine, v: [f64; 3]) -> [f64; 3] {
     w
 }
 
-/// The identifier of case `index` of dataset `name`: `{name}_{index:03}`.
-pub fn case_id(name: &str, index: usize) -> String {
-    format!("{name}_{index:03}")
+/// The random streams of one case, one per part, so that changing one part's options leaves
+/// the draws of the others unchanged (the discriminant is the stream's key).
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Geometry = 0,
+    Intensity = 1,
+    Lesions = 2,
+    Grid = 3,
+    Noise = 4,
+    Orientation = 5,
 }
-
-/// Sub-streams of a case's random numbers.
-const STREAM_GEOMETRY: u64 = 0;
-const STREAM_INTENSITY: u64 = 1;
-const STREAM_LESIONS: u64 = 2;
-const STREAM_GRID: u64 = 3;
-const STREAM_NOISE: u64 = 4;
-const STREAM_ORIENTATION: u64 = 5;
 
 /// Generate case `index`: a pure function of `options` (everything but `cases`) and `index`.
 /// Out-of-range options are clamped to their valid range (see [`PhantomOptions::validate`]).
 pub fn generate_case(options: &PhantomOptions, index: usize) -> PhantomCase {
     let o = options.sanitized();
-    let stream = |k: u64| Rng::stream(o.seed, &[index as u64, k]);
+    let stream = |part: Stream| Rng::stream(o.seed, &[index as u64, part as u64]);
     let anatomy = Anatomy::sample(
-        &mut stream(STREAM_GEOMETRY),
-        &mut stream(STREAM_INTENSITY),
-        &mut stream(STREAM_LESIONS),
+        &mut stream(Stream::Geometry),
+        &mut stream(Stream::Intensity),
+        &mut stream(Stream::Lesions),
         &o,
     );
 
     // The grid: random spacing, the anatomy's field of view, a random table position.
-    let mut grid_rng = stream(STREAM_GRID);
+    let mut grid_rng = stream(Stream::Grid);
     let inplane = grid_rng.range(o.inplane_spacing_mm[0], o.inplane_spacing_mm[1]);
     let mut spacing = [inplane, inplane, grid_rng.range(o.slice_spacing_mm[0], o.slice_spacing_mm[1])];
     let shift = [grid_rng.range(-25.0, 25.0), grid_rng.range(-25.0, 25.0), grid_rng.range(-300.0, 200.0)];
@@ -374,9 +319,9 @@ pub fn generate_case(options: &PhantomOptions, index: usize) -> PhantomCase {
         [0, 1, 2].map(|a| (ranges[a].0 + ranges[a].1) / 2.0 - (shape[a] - 1) as f64 * spacing[a] / 2.0);
     let grid = Grid { shape, spacing, origin };
 
-    let mut canvas = Canvas::new(grid, AIR_HU);
-    anatomy.paint(&mut canvas);
-    let Canvas { mut hu, labels, .. } = canvas;
+    let mut painted = LabelGrid::new(grid, AIR_HU);
+    anatomy.paint(&mut painted);
+    let LabelGrid { mut hu, labels, .. } = painted;
 
     // Partial volume: a small Gaussian along every axis.
     let kernel = gaussian_kernel(o.blur_voxels);
@@ -385,7 +330,7 @@ pub fn generate_case(options: &PhantomOptions, index: usize) -> PhantomCase {
     }
 
     // Noise, slightly correlated in-plane like reconstructed CT noise, and a calibration offset.
-    let mut noise_rng = stream(STREAM_NOISE);
+    let mut noise_rng = stream(Stream::Noise);
     let sd = noise_rng.range(o.noise_sd_hu[0], o.noise_sd_hu[1]);
     let offset = noise_rng.range(-5.0, 5.0) as f32;
     let mut noise: Vec<f32> = (0..hu.len()).map(|_| noise_rng.normal() as f32).collect();
@@ -408,7 +353,7 @@ pub fn generate_case(options: &PhantomOptions, index: usize) -> PhantomCase {
     affine_ras[3][3] = 1.0;
 
     // Storage order: RAS, or a random signed axis permutation.
-    let mut orient_rng = stream(STREAM_ORIENTATION);
+    let mut orient_rng = stream(Stream::Orientation);
     let non_ras = orient_rng.bernoulli(o.non_ras_fraction);
     let choice = 1 + orient_rng.below(47) as usize;
     let (perm, flip) = if non_ras { signed_permutation(choice) } else { ([0, 1, 2], [false; 3]) };
@@ -461,218 +406,4 @@ fn reorder_affine(shape: [usize; 3], perm: [usize; 3], flip: [bool; 3]) -> Affin
         }
     }
     m
-}
-
-/// The `dataset.json` of a phantom dataset (nnU-Net raw format, plus the generator's settings
-/// under `"phantom"` so that the data can be regenerated).
-pub fn dataset_json(name: &str, options: &PhantomOptions) -> Value {
-    let labels: serde_json::Map<String, Value> =
-        LABELS.iter().map(|&(n, v)| (n.to_string(), json!(v))).collect();
-    json!({
-        "name": name,
-        "description": "Synthetic torso CT phantoms (voxtell-train phantom generator); \
-                        image intensities in HU; RAS+ world coordinates.",
-        "channel_names": {"0": "CT"},
-        "labels": labels,
-        "numTraining": options.cases,
-        "file_ending": ".nii.gz",
-        "phantom": {
-            "generator": "voxtell-train phantom",
-            "version": GENERATOR_VERSION,
-            "options": options,
-        },
-    })
-}
-
-/// Write `options.cases` phantoms as the nnU-Net raw dataset `{dir}/{name}`:
-/// `imagesTr/{name}_{i:03}_0000.nii.gz` (int16 HU), `labelsTr/{name}_{i:03}.nii.gz` (uint8) and
-/// `dataset.json` (written last). Cases are generated in parallel; the files do not depend on the
-/// number of threads. The dataset folder must not exist yet. Returns the dataset folder.
-pub fn write_dataset(dir: impl AsRef<Path>, name: &str, options: &PhantomOptions) -> Result<PathBuf> {
-    options.validate()?;
-    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-        return Err(TrainError::Config(format!("phantom dataset name {name:?} is not a folder name")));
-    }
-    if options.cases == 0 {
-        return Err(TrainError::Config("phantom options: cases must be at least 1".into()));
-    }
-    let root = dir.as_ref().join(name);
-    if root.exists() {
-        return Err(TrainError::file(&root, "already exists; remove it to regenerate the phantom dataset"));
-    }
-    let images = root.join("imagesTr");
-    let labels = root.join("labelsTr");
-    for d in [&images, &labels] {
-        std::fs::create_dir_all(d).map_err(|e| TrainError::file(d, e))?;
-    }
-    let write = WriteOptions { overwrite: false };
-    (0..options.cases).into_par_iter().try_for_each(|i| -> Result<()> {
-        let case = generate_case(options, i);
-        let id = case_id(name, i);
-        let image = case.image.mapv(|v| v as i16);
-        write_nifti(images.join(format!("{id}_0000.nii.gz")), image.view(), &case.affine, write)?;
-        write_nifti(labels.join(format!("{id}.nii.gz")), case.labels.view(), &case.affine, write)?;
-        Ok(())
-    })?;
-    let json_path = root.join("dataset.json");
-    let text = serde_json::to_string_pretty(&dataset_json(name, options))
-        .map_err(|e| TrainError::file(&json_path, e))?;
-    voxtell_io::atomic::write_bytes(&json_path, (text + "\n").as_bytes(), true)?;
-    Ok(root)
-}
-
-/// The vocabulary entries: key (a label or a `+` union), then the default name and synonyms.
-const VOCABULARY: [(&str, &[&str]); 10] = [
-    (
-        "liver+liver_lesion",
-        &[
-            "liver",
-            "hepatic organ",
-            "the liver including lesions",
-            "whole liver",
-            "liver with its lesions",
-            "hepar",
-            "liver parenchyma",
-        ],
-    ),
-    (
-        "liver_lesion",
-        &[
-            "liver lesion",
-            "lesion in the liver",
-            "hepatic lesion",
-            "liver tumor",
-            "focal liver lesion",
-            "liver mass",
-            "hepatic metastasis",
-        ],
-    ),
-    ("spleen", &["spleen", "splenic organ", "the spleen", "lien", "splenic parenchyma"]),
-    (
-        "kidney_left",
-        &[
-            "left kidney",
-            "kidney on the left side",
-            "left renal organ",
-            "the left kidney",
-            "left renal parenchyma",
-        ],
-    ),
-    (
-        "kidney_right",
-        &[
-            "right kidney",
-            "kidney on the right side",
-            "right renal organ",
-            "the right kidney",
-            "right renal parenchyma",
-        ],
-    ),
-    (
-        "vertebrae",
-        &[
-            "vertebrae",
-            "spine",
-            "vertebral bodies",
-            "vertebral column",
-            "spinal vertebrae",
-            "vertebra",
-            "bony spine",
-            "lumbar and thoracic spine",
-        ],
-    ),
-    (
-        "aorta",
-        &[
-            "aorta",
-            "aortic vessel",
-            "the aorta",
-            "main artery",
-            "descending aorta",
-            "abdominal aorta",
-            "thoracic aorta",
-            "aortic artery",
-        ],
-    ),
-    (
-        "urinary_bladder",
-        &["urinary bladder", "bladder", "the urinary bladder", "vesica urinaria", "bladder organ"],
-    ),
-    (
-        "lung_left",
-        &["left lung", "lung on the left side", "left pulmonary organ", "the left lung", "left lung lobes"],
-    ),
-    (
-        "lung_right",
-        &[
-            "right lung",
-            "lung on the right side",
-            "right pulmonary organ",
-            "the right lung",
-            "right lung lobes",
-        ],
-    ),
-];
-
-/// Concepts absent from every phantom.
-const NEGATIVES: [&str; 5] = ["brain", "femur", "eyeball", "thyroid gland", "humerus"];
-
-/// The prompt vocabulary of a phantom dataset named `dataset_name`, in the format of
-/// [`crate::data::Vocabulary`]. The liver's default prompt names the union of the liver and its
-/// lesions (organ masks include their lesions).
-pub fn vocabulary_json(dataset_name: &str) -> Value {
-    let mut body = serde_json::Map::new();
-    for (key, prompts) in VOCABULARY {
-        body.insert(key.to_string(), json!(prompts));
-    }
-    body.insert(crate::data::NEGATIVES_KEY.to_string(), json!(NEGATIVES));
-    json!({ dataset_name: body })
-}
-
-/// The vocabulary entries as `(key, names)`: the key is a label name or a `+` union of label
-/// names ([`label_values`]); the first name is the default prompt, the others are synonyms.
-pub fn vocabulary_entries() -> Vec<(String, Vec<String>)> {
-    VOCABULARY
-        .iter()
-        .map(|(k, names)| (k.to_string(), names.iter().map(|n| n.to_string()).collect()))
-        .collect()
-}
-
-/// The label values of a vocabulary key (`"liver+liver_lesion"` → `[1, 10]`); `None` when a
-/// part names no label of [`LABELS`].
-pub fn label_values(key: &str) -> Option<Vec<u8>> {
-    key.split('+').map(|name| LABELS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)).collect()
-}
-
-/// Held-out prompts for evaluation, none of them in [`vocabulary_json`]: `(vocabulary key,
-/// paraphrase)`.
-pub fn paraphrases() -> Vec<(String, String)> {
-    const P: [(&str, &str); 25] = [
-        ("liver+liver_lesion", "hepatic tissue"),
-        ("liver+liver_lesion", "the patient's liver"),
-        ("liver+liver_lesion", "liver organ"),
-        ("liver_lesion", "tumor in the liver"),
-        ("liver_lesion", "hypodense liver lesion"),
-        ("spleen", "splenic tissue"),
-        ("spleen", "the patient's spleen"),
-        ("kidney_left", "the patient's left kidney"),
-        ("kidney_left", "renal organ, left"),
-        ("kidney_left", "kidney, left side"),
-        ("kidney_right", "the patient's right kidney"),
-        ("kidney_right", "renal organ, right"),
-        ("kidney_right", "kidney, right side"),
-        ("vertebrae", "spinal column bones"),
-        ("vertebrae", "backbone"),
-        ("aorta", "aortic lumen"),
-        ("aorta", "the patient's aorta"),
-        ("urinary_bladder", "the patient's bladder"),
-        ("urinary_bladder", "urine bladder"),
-        ("lung_left", "the patient's left lung"),
-        ("lung_left", "pulmonary organ, left"),
-        ("lung_left", "lung, left side"),
-        ("lung_right", "the patient's right lung"),
-        ("lung_right", "pulmonary organ, right"),
-        ("lung_right", "lung, right side"),
-    ];
-    P.iter().map(|&(k, p)| (k.to_string(), p.to_string())).collect()
 }

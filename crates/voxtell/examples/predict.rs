@@ -43,7 +43,7 @@ fn segment(model: &Path, bank: &Path, scan: &Path, out_dir: &Path, prompts: &[&s
 
 // Argument handling: `MODEL_DIR BANK.npz SCAN OUT_DIR PROMPT...`, or the fixtures without arguments.
 fn main() -> Result<(), Error> {
-    voxtell::tune_allocator();
+    voxtell_alloc::tune_allocator();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
         println!(

@@ -33,7 +33,7 @@ const PROMPTS: [(&str, &str); 6] = [
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    voxtell::tune_allocator();
+    voxtell_alloc::tune_allocator();
     let out = std::env::args()
         .nth(1)
         .map(PathBuf::from)

@@ -1,15 +1,15 @@
 //! Criterion benches of the 3-D ops at VoxTell's shapes (f32, forward, batch 1).
 //!
 //! ```text
-//! cargo bench -p voxtell --bench ops            # all shapes (several minutes)
-//! cargo bench -p voxtell --bench ops -- 96      # only names containing "96"
+//! cargo bench -p voxtell-vision --bench ops            # all shapes (several minutes)
+//! cargo bench -p voxtell-vision --bench ops -- 96      # only names containing "96"
 //! ```
 //! Throughput is reported in FLOP/s ("elements" = FLOPs). `benches/pytorch_bench.py` runs the
 //! same shapes in PyTorch on the same machine.
 
+use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use voxtell::candle::{Device, Tensor};
-use voxtell::vision::ops;
+use voxtell_vision::ops;
 
 fn randn(shape: &[usize], std: f64) -> Tensor {
     Tensor::randn(0f32, std as f32, shape, &Device::Cpu).expect("random tensor")
@@ -65,8 +65,8 @@ fn conv3d_backward(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv3d_backward");
     group.sample_size(10);
     for (ch, s) in [(32, 96), (320, 12)] {
-        let x = voxtell::candle::Var::from_tensor(&randn(&[1, ch, s, s, s], 1.0)).expect("var");
-        let w = voxtell::candle::Var::from_tensor(&randn(&[ch, ch, 3, 3, 3], 0.05)).expect("var");
+        let x = candle_core::Var::from_tensor(&randn(&[1, ch, s, s, s], 1.0)).expect("var");
+        let w = candle_core::Var::from_tensor(&randn(&[ch, ch, 3, 3, 3], 0.05)).expect("var");
         let g = randn(&[1, ch, s, s, s], 1.0);
         // grad input + grad weight: twice the forward FLOPs.
         group.throughput(Throughput::Elements((2 * 2 * ch * ch * 27 * s * s * s) as u64));

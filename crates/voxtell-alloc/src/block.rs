@@ -16,13 +16,7 @@
 //! bytes: the resident size stays at the live peak, and a tile loop in its steady state faults
 //! no page in.
 //!
-//! Install it in a binary (the `voxtell` command does):
-//!
-//! ```
-//! #[global_allocator]
-//! static ALLOCATOR: voxtell::alloc::BlockAllocator = voxtell::alloc::BlockAllocator::new();
-//! # fn main() {}
-//! ```
+//! Install it in a binary (the `voxtell` command does; see the crate docs).
 //!
 //! Requests below [`LARGE`] bytes, or aligned to more than 2 MiB, go to the system allocator, as
 //! does everything when `VOXTELL_SYSTEM_MALLOC` is set when the first large request arrives, and

@@ -1,18 +1,18 @@
 //! Criterion bench of sliding-window inference on the CPU:
 //!
-//! - `blend/*`: [`voxtell::infer::sliding::blend`] alone, a 96³ padded volume in 32³ tiles at
+//! - `blend/*`: [`voxtell_infer::sliding::blend`] alone, a 96³ padded volume in 32³ tiles at
 //!   step 0.5 (5 × 5 × 5 = 125 tiles), with a trivial "network" that hands back a precomputed
 //!   output; 1 and 4 prompts, f16 (official) and f32 accumulators. This is the pure cost of
 //!   the Gaussian weighting, accumulation and final division (plus one copy of the output per
 //!   tile, as a network would return). Throughput: accumulated values (tile voxels × prompts).
-//! - `predict/*`: the whole [`voxtell::infer::Predictor::predict`] (RAS reorientation, crop,
+//! - `predict/*`: the whole [`voxtell_infer::Predictor::predict`] (RAS reorientation, crop,
 //!   z-score, 48 tiles of the tiny fixture network `fixtures/fusion/cfg_a` with random weights,
 //!   blending, threshold) on a synthetic 64 × 80 × 72 volume with 2 prompts of the fixture bank.
 //!   Throughput: volume voxels.
 //!
 //! ```text
-//! cargo bench -p voxtell --bench infer              # about a minute on 2 cores
-//! cargo bench -p voxtell --bench infer -- blend     # only the blending
+//! cargo bench -p voxtell-infer --bench infer              # about a minute on 2 cores
+//! cargo bench -p voxtell-infer --bench infer -- blend     # only the blending
 //! ```
 //! Figures: docs/performance.md, "Sliding-window inference (tiny model)".
 
@@ -22,13 +22,13 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use candle_core::{DType, Device};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use voxtell::candle::{DType, Device};
-use voxtell::infer::preprocess::pad_to_patch;
-use voxtell::infer::sliding::{Accumulate, Window, blend};
-use voxtell::infer::{PredictOptions, Predictor};
-use voxtell::io::Volume;
-use voxtell::text::{EmbeddingBank, PromptVectors};
+use voxtell_infer::preprocess::pad_to_patch;
+use voxtell_infer::sliding::{Accumulate, Window, blend};
+use voxtell_infer::{PredictOptions, Predictor};
+use voxtell_io::Volume;
+use voxtell_text::{EmbeddingBank, PromptVectors};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -39,7 +39,7 @@ fn fixtures() -> PathBuf {
 /// to the non-zero box keeps the whole volume. (The facade has no ndarray dependency; the array
 /// comes from padding the fixture scan to `shape` and is then overwritten.)
 fn synthetic(shape: [usize; 3]) -> Volume {
-    let scan = voxtell::io::read(fixtures().join("infer/predict/images/ct_oblique.nii.gz")).unwrap();
+    let scan = voxtell_io::read(fixtures().join("infer/predict/images/ct_oblique.nii.gz")).unwrap();
     let (mut data, _) = pad_to_patch(scan.data, shape);
     assert_eq!(data.shape(), shape);
     let c: [f32; 3] = std::array::from_fn(|a| shape[a] as f32 / 2.0);
@@ -49,14 +49,14 @@ fn synthetic(shape: [usize; 3]) -> Volume {
         let texture = ((i * 7 + j * 13 + k * 29) % 17) as f32;
         *v = if r2 < 1.0 { 60.0 + texture } else { -900.0 + 10.0 * texture };
     }
-    Volume::new(data, voxtell::io::orientation::IDENTITY)
+    Volume::new(data, voxtell_io::orientation::IDENTITY)
 }
 
 fn blending(c: &mut Criterion) {
     let shape = [96, 96, 96];
     let patch = [32, 32, 32];
     let (padded, _) = pad_to_patch(
-        voxtell::io::read(fixtures().join("infer/predict/images/ct_oblique.nii.gz")).unwrap().data,
+        voxtell_io::read(fixtures().join("infer/predict/images/ct_oblique.nii.gz")).unwrap().data,
         shape,
     );
     let window = Window::new(shape, patch, 0.5).unwrap();
