@@ -39,6 +39,8 @@ fn pack(w: &[f32], c_out: usize, c_in: usize, taps: usize, transpose_flip: bool)
 
 /// Convolution of `x` with `w` (forward, or, when `transpose_flip`, the input gradient of a
 /// stride-1 convolution, with `g` describing that gradient convolution's own input and output).
+/// `cpu` proves the CPU has AVX-512F.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     cpu: Avx512,
     x: Input<'_>,

@@ -130,6 +130,11 @@ mod tests {
     const AVX512: CpuFeatures = CpuFeatures { avx512f: true, avx512bf16: false };
     const AVX512_BF16: CpuFeatures = CpuFeatures { avx512f: true, avx512bf16: true };
 
+    /// `(c_in, c_out, input size, kernel size, stride)` of a cubic convolution.
+    type Layer = (usize, usize, usize, usize, usize);
+    /// `(channels below, channels c, upsampled size)` of a decoder upsampling.
+    type Upsampling = (usize, usize, usize);
+
     /// A convolution of one 192³ patch: `c_in → c_out` on an `n³` input.
     fn conv(c_in: usize, c_out: usize, n: usize, k: usize, s: usize) -> ConvGeom {
         ConvGeom {
@@ -150,7 +155,7 @@ mod tests {
     /// and the input gradient. The paths are those of the code before `select` existed
     /// (`ops::conv_forward` with `direct::{applies, channels_last, strided_channels_last}`).
     #[rustfmt::skip]
-    const NETWORK: &[(&str, (usize, usize, usize, usize, usize), [ConvPath; 3])] = &[
+    const NETWORK: &[(&str, Layer, [ConvPath; 3])] = &[
         // (layer, (c_in, c_out, input size, kernel, stride), [f32, bf16, input gradient])
         ("encoder.stem.convs.0",                      (1, 32, 192, 3, 1),    [Ncdhw, Ncdhw, Ncdhw]),
         ("encoder.stages.0 conv1, conv2",             (32, 32, 192, 3, 1),   [Cl, Bf16, Cl]),
@@ -193,7 +198,7 @@ mod tests {
     /// volume, the up half of the split weight) by `upsample_conv3d_add`: with its path at f32
     /// and at bf16 (AVX-512 BF16), or composed (`None`).
     #[rustfmt::skip]
-    const UPSAMPLING: &[(&str, (usize, usize, usize), [Option<ConvPath>; 2])] = &[
+    const UPSAMPLING: &[(&str, Upsampling, [Option<ConvPath>; 2])] = &[
         // (layer, (below, c, upsampled size), [f32, bf16])
         ("decoder.transpconvs.0 (6³ → 12³)",   (320, 320, 12), [Some(Cl), Some(Bf16)]),
         ("decoder.transpconvs.1 (12³ → 24³)",  (352, 256, 24), [Some(Cl), Some(Bf16)]),
