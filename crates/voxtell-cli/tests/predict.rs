@@ -105,6 +105,23 @@ fn predict(out: &Path, extra: &[OsString]) -> Run {
     voxtell(&a)
 }
 
+/// `predict` of the fixture images for `Liver` with the model folder `m` (the fixtures' bank).
+fn predict_with_model(m: &Path, out: &Path) -> Run {
+    voxtell(&args![
+        "predict",
+        "-i",
+        predict_dir().join("images"),
+        "-m",
+        m,
+        "--embeddings",
+        bank(),
+        "-p",
+        "Liver",
+        "-o",
+        out
+    ])
+}
+
 /// `-p` with the given prompts.
 fn prompts(p: &[&str]) -> Vec<OsString> {
     let mut a = args!["-p"];
@@ -306,19 +323,7 @@ fn a_model_folder_without_a_checkpoint_fails_naming_it() {
     std::fs::create_dir(&m).unwrap();
     std::fs::copy(model().join("plans.json"), m.join("plans.json")).unwrap();
     let out = tmp.path().join("out");
-    let r = voxtell(&args![
-        "predict",
-        "-i",
-        predict_dir().join("images"),
-        "-m",
-        m,
-        "--embeddings",
-        bank(),
-        "-p",
-        "Liver",
-        "-o",
-        out
-    ]);
+    let r = predict_with_model(&m, &out);
     assert_fails_cleanly(&r, &out, &[&m.display().to_string(), "checkpoint_final.pth"]);
 }
 
@@ -327,19 +332,7 @@ fn a_missing_model_folder_fails_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("no-such-model");
     let out = tmp.path().join("out");
-    let r = voxtell(&args![
-        "predict",
-        "-i",
-        predict_dir().join("images"),
-        "-m",
-        m,
-        "--embeddings",
-        bank(),
-        "-p",
-        "Liver",
-        "-o",
-        out
-    ]);
+    let r = predict_with_model(&m, &out);
     assert_fails_cleanly(&r, &out, &[&m.display().to_string()]);
 }
 
