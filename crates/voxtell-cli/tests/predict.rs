@@ -122,6 +122,13 @@ fn predict_with_model(m: &Path, out: &Path) -> Run {
     ])
 }
 
+/// `predict -i INPUT -p PROMPTS` with the fixtures' model and bank, into `out`.
+fn predict_input(input: &Path, out: &Path, p: &[&str]) -> Run {
+    let mut a = args!["-i", input];
+    a.extend(prompts(p));
+    predict(out, &a)
+}
+
 /// `-p` with the given prompts.
 fn prompts(p: &[&str]) -> Vec<OsString> {
     let mut a = args!["-p"];
@@ -294,9 +301,7 @@ fn a_folder_with_neither_nifti_nor_dicom_fails_naming_it() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("readme.txt"), "no scans here").unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver"]);
     assert_fails_cleanly(&r, &out, &[&folder.display().to_string()]);
 }
 
@@ -310,9 +315,7 @@ fn a_folder_with_nifti_and_dicom_fails_naming_it() {
     }
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver"]);
     assert_fails_cleanly(&r, &out, &[&folder.display().to_string()]);
 }
 
@@ -344,9 +347,7 @@ fn an_unknown_prompt_without_text_model_fails_before_any_image_work() {
     std::fs::write(folder.join("a_corrupt.nii.gz"), GZ_GARBAGE).unwrap();
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver", "pancreatic duct"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver", "pancreatic duct"]);
     assert_fails_cleanly(&r, &out, &["pancreatic duct", "no text model"]);
     assert!(!r.stderr.contains("a_corrupt"), "the image was read before the prompt failed:\n{}", r.stderr);
     assert!(!r.stderr.contains("tiles"), "the prediction started before the prompt failed:\n{}", r.stderr);
@@ -377,9 +378,7 @@ fn a_corrupt_case_is_reported_at_the_end_and_the_others_are_written() {
     std::fs::write(&broken, GZ_GARBAGE).unwrap();
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver", "left kidney"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver", "left kidney"]);
     assert!(!r.ok, "a failed case must give a non-zero exit code:\n{}", r.stderr);
     assert_eq!(
         entries(&out),
