@@ -191,7 +191,7 @@ fn memory(args: &ServeArgs) -> anyhow::Result<(u64, u64)> {
     let budget = match args.max_memory {
         Some(m) => m,
         None => {
-            let available = voxtell::text::source::available_memory()
+            let available = voxtell::infer::plan::available_memory()
                 .context("cannot read the available memory; give --max-memory")?;
             available / 10 * 8
         }

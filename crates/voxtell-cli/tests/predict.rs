@@ -105,6 +105,30 @@ fn predict(out: &Path, extra: &[OsString]) -> Run {
     voxtell(&a)
 }
 
+/// `predict` of the fixture images for `Liver` with the model folder `m` (the fixtures' bank).
+fn predict_with_model(m: &Path, out: &Path) -> Run {
+    voxtell(&args![
+        "predict",
+        "-i",
+        predict_dir().join("images"),
+        "-m",
+        m,
+        "--embeddings",
+        bank(),
+        "-p",
+        "Liver",
+        "-o",
+        out
+    ])
+}
+
+/// `predict -i INPUT -p PROMPTS` with the fixtures' model and bank, into `out`.
+fn predict_input(input: &Path, out: &Path, p: &[&str]) -> Run {
+    let mut a = args!["-i", input];
+    a.extend(prompts(p));
+    predict(out, &a)
+}
+
 /// `-p` with the given prompts.
 fn prompts(p: &[&str]) -> Vec<OsString> {
     let mut a = args!["-p"];
@@ -277,9 +301,7 @@ fn a_folder_with_neither_nifti_nor_dicom_fails_naming_it() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("readme.txt"), "no scans here").unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver"]);
     assert_fails_cleanly(&r, &out, &[&folder.display().to_string()]);
 }
 
@@ -293,9 +315,7 @@ fn a_folder_with_nifti_and_dicom_fails_naming_it() {
     }
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver"]);
     assert_fails_cleanly(&r, &out, &[&folder.display().to_string()]);
 }
 
@@ -306,19 +326,7 @@ fn a_model_folder_without_a_checkpoint_fails_naming_it() {
     std::fs::create_dir(&m).unwrap();
     std::fs::copy(model().join("plans.json"), m.join("plans.json")).unwrap();
     let out = tmp.path().join("out");
-    let r = voxtell(&args![
-        "predict",
-        "-i",
-        predict_dir().join("images"),
-        "-m",
-        m,
-        "--embeddings",
-        bank(),
-        "-p",
-        "Liver",
-        "-o",
-        out
-    ]);
+    let r = predict_with_model(&m, &out);
     assert_fails_cleanly(&r, &out, &[&m.display().to_string(), "checkpoint_final.pth"]);
 }
 
@@ -327,19 +335,7 @@ fn a_missing_model_folder_fails_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("no-such-model");
     let out = tmp.path().join("out");
-    let r = voxtell(&args![
-        "predict",
-        "-i",
-        predict_dir().join("images"),
-        "-m",
-        m,
-        "--embeddings",
-        bank(),
-        "-p",
-        "Liver",
-        "-o",
-        out
-    ]);
+    let r = predict_with_model(&m, &out);
     assert_fails_cleanly(&r, &out, &[&m.display().to_string()]);
 }
 
@@ -351,9 +347,7 @@ fn an_unknown_prompt_without_text_model_fails_before_any_image_work() {
     std::fs::write(folder.join("a_corrupt.nii.gz"), GZ_GARBAGE).unwrap();
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver", "pancreatic duct"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver", "pancreatic duct"]);
     assert_fails_cleanly(&r, &out, &["pancreatic duct", "no text model"]);
     assert!(!r.stderr.contains("a_corrupt"), "the image was read before the prompt failed:\n{}", r.stderr);
     assert!(!r.stderr.contains("tiles"), "the prediction started before the prompt failed:\n{}", r.stderr);
@@ -384,9 +378,7 @@ fn a_corrupt_case_is_reported_at_the_end_and_the_others_are_written() {
     std::fs::write(&broken, GZ_GARBAGE).unwrap();
     std::fs::copy(image("mr_small"), folder.join("mr_small.nii.gz")).unwrap();
     let out = tmp.path().join("out");
-    let mut a = args!["-i", folder];
-    a.extend(prompts(&["Liver", "left kidney"]));
-    let r = predict(&out, &a);
+    let r = predict_input(&folder, &out, &["Liver", "left kidney"]);
     assert!(!r.ok, "a failed case must give a non-zero exit code:\n{}", r.stderr);
     assert_eq!(
         entries(&out),

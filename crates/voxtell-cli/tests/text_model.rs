@@ -4,17 +4,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use voxtell::candle::{DType, Device};
 use voxtell::fusion::Checkpoint;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use voxtell_testutil::fixtures;
 
-fn voxtell(args: &[&str]) -> (bool, String) {
+fn voxtell<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_voxtell")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
 }
@@ -44,16 +43,22 @@ fn model_with_text_width(dir: &Path, width: usize) {
 
 /// The tiny Qwen3 folder with its tokenizer unpacked (it is committed gzipped).
 fn qwen_dir(tmp: &Path) -> PathBuf {
-    let src = fixtures().join("text/qwen-tiny");
     let dst = tmp.join("qwen-tiny");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    let mut gz = flate2::read::GzDecoder::new(std::fs::File::open(src.join("tokenizer.json.gz")).unwrap());
-    let mut out = std::fs::File::create(dst.join("tokenizer.json")).unwrap();
-    std::io::copy(&mut gz, &mut out).unwrap();
+    voxtell_testutil::unpack_qwen_tiny(&dst);
     dst
+}
+
+/// `predict` of the fixture image `mr_small` with the model folder `model`, prompt vectors
+/// from `vectors` (`--embeddings BANK`, or `--no-precomputed --text-model DIR`), into `out`.
+fn predict_args(model: &Path, vectors: &[&str], prompts: &[&str], out: &Path) -> Vec<String> {
+    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
+    let mut a: Vec<String> =
+        ["predict", "-i", image.to_str().unwrap(), "-m", model.to_str().unwrap()].map(String::from).into();
+    a.extend(vectors.iter().map(|s| s.to_string()));
+    a.push("-p".into());
+    a.extend(prompts.iter().map(|s| s.to_string()));
+    a.extend(["-o".to_string(), out.to_str().unwrap().to_string()]);
+    a
 }
 
 #[test]
@@ -62,23 +67,9 @@ fn prompts_missing_from_the_bank_are_embedded_with_the_text_model() {
     let model = tmp.path().join("model");
     model_with_text_width(&model, 8);
     let qwen = qwen_dir(tmp.path());
-    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
     let out = tmp.path().join("out");
-    let (ok, err) = voxtell(&[
-        "predict",
-        "-i",
-        image.to_str().unwrap(),
-        "-m",
-        model.to_str().unwrap(),
-        "--no-precomputed",
-        "--text-model",
-        qwen.to_str().unwrap(),
-        "-p",
-        "Liver",
-        "left kidney",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let text_model = ["--no-precomputed", "--text-model", qwen.to_str().unwrap()];
+    let (ok, err) = voxtell(&predict_args(&model, &text_model, &["Liver", "left kidney"], &out));
     assert!(ok, "{err}");
     for name in ["mr_small_Liver.nii.gz", "mr_small_left_kidney.nii.gz"] {
         let mask = voxtell::io::read_nifti(out.join(name)).unwrap();
@@ -87,20 +78,9 @@ fn prompts_missing_from_the_bank_are_embedded_with_the_text_model() {
 
     // Without a text model the same prompts are an error that names them, before any output.
     let out2 = tmp.path().join("out2");
-    let (ok, err) = voxtell(&[
-        "predict",
-        "-i",
-        image.to_str().unwrap(),
-        "-m",
-        model.to_str().unwrap(),
-        "--no-precomputed",
-        "--text-model",
-        tmp.path().join("no-such-text-model").to_str().unwrap(),
-        "-p",
-        "Liver",
-        "-o",
-        out2.to_str().unwrap(),
-    ]);
+    let missing = tmp.path().join("no-such-text-model");
+    let text_model = ["--no-precomputed", "--text-model", missing.to_str().unwrap()];
+    let (ok, err) = voxtell(&predict_args(&model, &text_model, &["Liver"], &out2));
     assert!(!ok);
     assert!(err.contains("no-such-text-model"), "{err}");
     assert!(std::fs::read_dir(&out2).map(|d| d.count() == 0).unwrap_or(true));
@@ -109,46 +89,25 @@ fn prompts_missing_from_the_bank_are_embedded_with_the_text_model() {
 #[test]
 fn a_bank_or_text_model_of_another_width_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
+    let out = tmp.path().join("out");
     // cfg_a takes 24-wide vectors; the tiny Qwen gives 8-wide ones.
-    let (ok, err) = voxtell(&[
-        "predict",
-        "-i",
-        image.to_str().unwrap(),
-        "-m",
-        fixtures().join("fusion/cfg_a").to_str().unwrap(),
-        "--no-precomputed",
-        "--text-model",
-        qwen_dir(tmp.path()).to_str().unwrap(),
-        "-p",
-        "liver",
-        "-o",
-        tmp.path().join("out").to_str().unwrap(),
-    ]);
+    let qwen = qwen_dir(tmp.path());
+    let text_model = ["--no-precomputed", "--text-model", qwen.to_str().unwrap()];
+    let (ok, err) = voxtell(&predict_args(&fixtures().join("fusion/cfg_a"), &text_model, &["liver"], &out));
     assert!(!ok);
     assert!(err.contains("8-wide") && err.contains("24-wide"), "{err}");
     // An 8-wide model with the 24-wide bank of the fixtures.
     let model = tmp.path().join("model");
     model_with_text_width(&model, 8);
-    let (ok, err) = voxtell(&[
-        "predict",
-        "-i",
-        image.to_str().unwrap(),
-        "-m",
-        model.to_str().unwrap(),
-        "--embeddings",
-        fixtures().join("infer/predict/bank.npz").to_str().unwrap(),
-        "-p",
-        "liver",
-        "-o",
-        tmp.path().join("out").to_str().unwrap(),
-    ]);
+    let bank = fixtures().join("infer/predict/bank.npz");
+    let (ok, err) =
+        voxtell(&predict_args(&model, &["--embeddings", bank.to_str().unwrap()], &["liver"], &out));
     assert!(!ok);
     assert!(err.contains("24-wide") && err.contains("8-wide"), "{err}");
 }
 
 /// `voxtell ARGS` with the Hugging Face cache at `hf_home` and nothing from the environment.
-fn voxtell_with_cache(args: &[&str], hf_home: &Path) -> (bool, String) {
+fn voxtell_with_cache<S: AsRef<OsStr>>(args: &[S], hf_home: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_voxtell"))
         .args(args)
         .env("HF_HOME", hf_home)
@@ -183,24 +142,11 @@ fn a_text_model_of_another_kind_is_refused_when_named_and_passed_over_when_only_
     std::fs::write(repo.join("refs/main"), "r1").unwrap();
     std::fs::create_dir_all(repo.join("snapshots")).unwrap();
     std::fs::rename(qwen_dir(tmp.path()), repo.join("snapshots/r1")).unwrap();
-    let image = fixtures().join("infer/predict/images/mr_small.nii.gz");
     let bank = fixtures().join("infer/predict/bank.npz");
     let run = |extra: &[&str], out: &Path| {
-        let mut a = vec![
-            "predict",
-            "-i",
-            image.to_str().unwrap(),
-            "-m",
-            model.to_str().unwrap(),
-            "--embeddings",
-            bank.to_str().unwrap(),
-            "-p",
-            "Liver",
-            "-o",
-            out.to_str().unwrap(),
-            "-v",
-        ];
-        a.extend_from_slice(extra);
+        let mut a = predict_args(&model, &["--embeddings", bank.to_str().unwrap()], &["Liver"], out);
+        a.push("-v".into());
+        a.extend(extra.iter().map(|s| s.to_string()));
         voxtell_with_cache(&a, &hf_home)
     };
     // Only found in the cache: passed over, with a note in verbose mode; the bank has the prompt.

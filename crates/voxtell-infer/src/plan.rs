@@ -123,8 +123,16 @@ pub(crate) fn plan(
 pub(crate) fn budget(options: &PredictOptions) -> u64 {
     match options.max_memory {
         Some(b) => b,
-        None => voxtell_text::source::available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
+        None => available_memory().map(|a| a / 5 * 4).unwrap_or(u64::MAX),
     }
+}
+
+/// Memory the system can still give (`MemAvailable` of `/proc/meminfo`), when known: what a
+/// budget is taken from when none is given.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Bytes of a case's input while it waits for or runs through the network: the (S, A, R)

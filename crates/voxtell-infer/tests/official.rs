@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 use ndarray::{Array3, Array4, s};
 use voxtell_infer::sliding::{Accumulate, Logits, Tile, Window};
-use voxtell_infer::{Plan, PredictOptions, Predictor, segment};
+use voxtell_infer::{Masks, Plan, PredictOptions, Predictor, segment};
 use voxtell_infer::{preprocess, window};
 use voxtell_text::{EmbeddingBank, PromptVectors};
 
@@ -259,21 +259,36 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-#[test]
-fn d_end_to_end_masks_probabilities_and_files_match_the_official_tool() {
+/// Predict every case of config.json with `p` and hand `check` the case's name, its entry, its
+/// prompts, the masks and the official logits of each prompt (`[prompt, …]`, f16).
+fn each_case(
+    p: &mut Predictor,
+    mut check: impl FnMut(&str, &serde_json::Value, &[String], &Masks, &Array4<f16>),
+) {
     let cfg = config();
-    let mut p = predictor(Accumulate::F16);
-    let out_dir = tempfile::tempdir().unwrap();
     for (name, case) in cfg["cases"].as_object().unwrap() {
         let prompts = strings(&case["prompts"]);
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let volume = voxtell_io::read(dir().join(case["file"].as_str().unwrap())).unwrap();
         let masks = p.predict(&volume, &refs).unwrap();
         let official = f16_array(&tensors(&format!("{name}.safetensors"))["logits"]);
+        check(name, case, &prompts, &masks, &official);
+    }
+}
+
+/// Prompt `i`'s logits, ours and the official ones, in f32.
+fn logits_pair(masks: &Masks, official: &Array4<f16>, i: usize) -> (Array3<f32>, Array3<f32>) {
+    (masks.logits(i).unwrap().to_f32(), official.slice(s![i, .., .., ..]).mapv(f16::to_f32))
+}
+
+#[test]
+fn d_end_to_end_masks_probabilities_and_files_match_the_official_tool() {
+    let mut p = predictor(Accumulate::F16);
+    let out_dir = tempfile::tempdir().unwrap();
+    each_case(&mut p, |name, case, prompts, masks, official| {
         let mut dps = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
-            let ours = masks.logits(i).unwrap().to_f32();
-            let theirs = official.slice(s![i, .., .., ..]).mapv(f16::to_f32);
+            let (ours, theirs) = logits_pair(masks, official, i);
             assert_eq!(ours.shape(), theirs.shape());
             let mut mismatched = 0;
             for (a, b) in ours.iter().zip(theirs.iter()) {
@@ -322,7 +337,7 @@ fn d_end_to_end_masks_probabilities_and_files_match_the_official_tool() {
             voxtell_io::read_nifti(dir().join(case["official_combined"].as_str().unwrap())).unwrap().data;
         let differing = ours.iter().zip(theirs.iter()).filter(|(a, b)| a != b).count();
         assert!(differing * 1000 <= ours.len(), "{name}: combined map differs in {differing} voxels");
-    }
+    });
 }
 
 #[test]
@@ -398,18 +413,11 @@ fn f_on_the_cpu_all_prompts_share_a_pass_and_the_decoder_takes_one_at_a_time() {
 /// falls back to f32 and the masks are the f32 ones.
 #[test]
 fn g_bf16_precision_stays_close_to_the_official_masks() {
-    let cfg = config();
     let mut p = predictor(Accumulate::F16);
     p.set_options(PredictOptions { precision: voxtell_infer::ConvPrecision::Bf16, ..p.options().clone() });
-    for (name, case) in cfg["cases"].as_object().unwrap() {
-        let prompts = strings(&case["prompts"]);
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let volume = voxtell_io::read(dir().join(case["file"].as_str().unwrap())).unwrap();
-        let masks = p.predict(&volume, &refs).unwrap();
-        let official = f16_array(&tensors(&format!("{name}.safetensors"))["logits"]);
+    each_case(&mut p, |name, _case, prompts, masks, official| {
         for (i, prompt) in prompts.iter().enumerate() {
-            let ours = masks.logits(i).unwrap().to_f32();
-            let theirs = official.slice(s![i, .., .., ..]).mapv(f16::to_f32);
+            let (ours, theirs) = logits_pair(masks, official, i);
             let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let worst = ours.iter().zip(theirs.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             let same = ours.iter().zip(theirs.iter()).filter(|(a, b)| (**a > 0.0) == (**b > 0.0)).count();
@@ -421,5 +429,5 @@ fn g_bf16_precision_stays_close_to_the_official_masks() {
             assert!(agreement >= 0.997, "{name} {prompt:?}: bf16 masks agree on only {agreement}");
             assert!(worst <= 0.02 * scale, "{name} {prompt:?}: max |Δlogit| {worst} of {scale}");
         }
-    }
+    });
 }

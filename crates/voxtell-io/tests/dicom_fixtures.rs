@@ -11,13 +11,10 @@ use serde::Deserialize;
 use voxtell_io::{DicomOptions, IoError, Volume, WriteOptions, list_series, read, read_dicom_series};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/io/dicom")
+    voxtell_testutil::fixtures().join("io/dicom")
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    cases: Vec<Case>,
-}
+type Manifest = voxtell_testutil::Manifest<Case>;
 
 #[derive(Deserialize)]
 struct Case {
@@ -39,7 +36,7 @@ struct SubCase {
 }
 
 fn manifest() -> Manifest {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap()).unwrap()
+    voxtell_testutil::read_json(fixtures().join("manifest.json"))
 }
 
 fn assert_matches_sitk(vol: &Volume, expected: &str, affine: &str, name: &str) {

@@ -3,22 +3,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array3};
 use ndarray_npy::read_npy;
 use serde::Deserialize;
 use voxtell_io::{IoError, WriteOptions, read_nifti, write_seg};
+use voxtell_testutil::gunzip;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/io/nifti")
+    voxtell_testutil::fixtures().join("io/nifti")
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    cases: Vec<Case>,
-}
+type Manifest = voxtell_testutil::Manifest<Case>;
 
 #[derive(Deserialize)]
 struct Case {
@@ -33,8 +30,7 @@ struct Case {
 }
 
 fn manifest() -> Manifest {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest.json");
-    serde_json::from_str(&text).expect("manifest parses")
+    voxtell_testutil::read_json(fixtures().join("manifest.json"))
 }
 
 fn same_bits(a: f32, b: f32) -> bool {
@@ -175,12 +171,6 @@ fn ulp_distance(a: f32, b: f32) -> u32 {
         if bits < 0x8000_0000 { bits } else { 0x8000_0000 - bits }
     };
     (key(a) - key(b)).unsigned_abs() as u32
-}
-
-fn gunzip(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut out).unwrap();
-    out
 }
 
 fn assert_same_nifti(ours: &Path, theirs: &Path, name: &str) {

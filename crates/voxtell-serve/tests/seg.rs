@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use common::*;
 use dicom_dictionary_std::tags;
@@ -17,6 +16,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, open_file};
 use ndarray::ArrayView3;
 use serde_json::json;
 use voxtell_serve::ServeConfig;
+use voxtell_testutil::dciodvfy;
 use voxtell_wire::WireArray;
 
 /// Every prompt of the fixture bank (one not ASCII, for the character set).
@@ -150,21 +150,6 @@ fn check_seg(
     assert_eq!(seen, expected, "{name}: frames");
     dciodvfy(&path);
     kept.iter().map(|&i| prompts[i].to_string()).collect()
-}
-
-/// dciodvfy reports no error (skipped where it is not installed, unless `CI` is set).
-fn dciodvfy(path: &Path) {
-    let out = match std::process::Command::new("dciodvfy").arg("-new").arg(path).output() {
-        Ok(out) => out,
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!("dciodvfy not installed (Debian dicom3tools): validation skipped");
-            return;
-        }
-        Err(e) => panic!("CI is set but dciodvfy cannot run: {e}"),
-    };
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
-    assert!(errors.is_empty(), "dciodvfy on {}:\n{report}", path.display());
 }
 
 /// Nothing of a request is left in the server's scratch folder.

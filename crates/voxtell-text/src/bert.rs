@@ -17,9 +17,9 @@
 //!   more than `max_position_embeddings`. Longer prompts are truncated on the right, `[SEP]`
 //!   kept (the tokenizer's own truncation and padding entries are replaced).
 //!
-//! As for every encoder of this crate, prompts are lowercased first (see [`crate::encoder`]);
+//! As for every encoder of this crate, prompts are lowercased first (see the `encoder` module);
 //! there is no instruction. Token type ids are all 0; batches are right-padded with the pad id
-//! under an attention mask, at most [`crate::qwen::MAX_BATCH`] prompts, sorted by length within
+//! under an attention mask, at most [`crate::MAX_BATCH`] prompts, sorted by length within
 //! a call, identical token sequences embedded once.
 //!
 //! Weights: `model.safetensors` (or shards with an index) under the names `BertModel` writes,
@@ -33,71 +33,23 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-use crate::encoder::{EncoderKind, EncoderSpec, Pooling};
+use crate::batching::{EmbedMode, embed_sequences};
 use crate::error::{Result, TextError};
+use crate::folder::{Module, model_type, modules, read_json, transformer_dir, weight_files};
 use crate::prompt::normalize;
-use crate::qwen::{EmbedMode, embed_sequences};
+use crate::spec::{EncoderKind, EncoderSpec, Pooling, hub_id};
 
 /// `max_seq_length` when the folder names none (all-MiniLM-L6-v2's).
 pub const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
 
 /// The sentence-transformers modules of a folder, as far as this crate runs them.
 #[derive(Debug, Clone)]
-pub(crate) struct BertFolder {
-    pub(crate) transformer_dir: PathBuf,
-    pub(crate) config: Config,
-    pub(crate) pooling: Pooling,
-    pub(crate) normalize: bool,
-    pub(crate) max_tokens: usize,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Module {
-    #[serde(default)]
-    idx: usize,
-    #[serde(default)]
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-impl Module {
-    /// The class name (`sentence_transformers.models.Pooling` → `Pooling`).
-    fn class(&self) -> &str {
-        self.kind.rsplit('.').next().unwrap_or_default()
-    }
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let err = |reason: String| TextError::Model { path: path.to_path_buf(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))
-}
-
-/// `modules.json` in order of `idx`, `None` when the folder has none.
-fn modules(dir: &Path) -> Result<Option<Vec<Module>>> {
-    let path = dir.join("modules.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let mut list: Vec<Module> = serde_json::from_value(read_json(&path)?).map_err(|e| TextError::Model {
-        path,
-        reason: format!("not a sentence-transformers module list: {e}"),
-    })?;
-    list.sort_by_key(|m| m.idx);
-    Ok(Some(list))
-}
-
-/// The folder holding the transformer (`config.json`, weights, tokenizer): the folder itself,
-/// or the path of the first module of `modules.json` when that is a Transformer in a subfolder.
-pub(crate) fn transformer_dir(dir: &Path) -> Result<PathBuf> {
-    Ok(match modules(dir)? {
-        Some(list) => match list.first() {
-            Some(m) if m.class() == "Transformer" && !m.path.is_empty() => dir.join(&m.path),
-            _ => dir.to_path_buf(),
-        },
-        None => dir.to_path_buf(),
-    })
+struct BertFolder {
+    transformer_dir: PathBuf,
+    config: Config,
+    pooling: Pooling,
+    normalize: bool,
+    max_tokens: usize,
 }
 
 /// Read a BERT `config.json`, filling the fields candle's configuration requires that some
@@ -205,7 +157,7 @@ fn read_max_tokens(dir: &Path, cfg: &Config) -> Result<usize> {
 }
 
 /// Read a sentence-transformers (or plain Hugging Face) BERT folder's configuration.
-pub(crate) fn read_folder(dir: &Path) -> Result<BertFolder> {
+fn read_folder(dir: &Path) -> Result<BertFolder> {
     let list = modules(dir)?;
     let transformer_dir = transformer_dir(dir)?;
     let config = read_config(&transformer_dir)?;
@@ -230,6 +182,24 @@ pub(crate) fn read_folder(dir: &Path) -> Result<BertFolder> {
     };
     let max_tokens = read_max_tokens(&transformer_dir, &config)?;
     Ok(BertFolder { transformer_dir, config, pooling, normalize, max_tokens })
+}
+
+/// What a sentence-transformers (or plain Hugging Face) BERT folder computes, from its
+/// configuration files (no weights or tokenizer read).
+pub(crate) fn spec(dir: &Path) -> Result<EncoderSpec> {
+    let f = read_folder(dir)?;
+    Ok(EncoderSpec {
+        folder: dir.to_path_buf(),
+        weights_dir: f.transformer_dir,
+        kind: EncoderKind::Bert,
+        id: hub_id(dir),
+        dim: f.config.hidden_size,
+        pooling: f.pooling,
+        normalize: f.normalize,
+        instruction: None,
+        lowercase: true,
+        max_tokens: f.max_tokens,
+    })
 }
 
 /// A loaded sentence-transformers BERT encoder.
@@ -257,13 +227,15 @@ impl BertEmbedder {
     /// MiniLM has 22 M parameters, f32 costs nothing worth saving.
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        let spec = EncoderSpec::of_folder(dir)?;
-        if spec.kind != EncoderKind::Bert {
+        let config = transformer_dir(dir)?.join("config.json");
+        let kind = EncoderKind::from_model_type(&model_type(&config)?, &config)?;
+        if kind != EncoderKind::Bert {
             return Err(TextError::Model {
-                path: spec.weights_dir.join("config.json"),
-                reason: format!("model_type is {:?}, expected \"bert\"", spec.kind.model_type()),
+                path: config,
+                reason: format!("model_type is {:?}, expected \"bert\"", kind.model_type()),
             });
         }
+        let spec = spec(dir)?;
         let wdir = spec.weights_dir.clone();
         let config = read_config(&wdir)?;
         let tok_path = wdir.join("tokenizer.json");
@@ -297,7 +269,7 @@ impl BertEmbedder {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,
         };
-        let files = crate::qwen::weight_files(&wdir)?;
+        let files = weight_files(&wdir)?;
         // SAFETY: the weight files are mapped read-only and must not be modified while the model
         // is loading; every tensor is copied (converted) out of the mapping.
         #[allow(unsafe_code)]

@@ -4,14 +4,13 @@
 //! normalisation).
 //!
 //! [`QwenEmbedder::embed`] runs the prompts as the official code does: left-padded batches of at
-//! most [`MAX_BATCH`] prompts under an attention mask, through this crate's own Qwen3 forward
+//! most [`crate::MAX_BATCH`] prompts under an attention mask, through this crate's own Qwen3 forward
 //! (`backbone`). Within one call the prompts are sorted by length, so that similar lengths share
 //! a batch (less padding), and identical token sequences are embedded once; the vectors come
 //! back in the input order. [`EmbedMode::OnePerPrompt`] runs each prompt alone, unpadded. Both
 //! use the same weights, loaded once.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -19,32 +18,15 @@ use candle_transformers::models::qwen3;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::backbone::Backbone;
-use crate::encoder::EncoderSpec;
+use crate::batching::{EmbedMode, embed_sequences};
 use crate::error::{Result, TextError};
+use crate::folder::{read_json, weight_files};
 use crate::prompt::{INSTRUCTION, normalize, wrap};
-
-/// Most prompts in one padded batch (the official chunk size).
-pub const MAX_BATCH: usize = 32;
+use crate::spec::{EncoderKind, EncoderSpec, Pooling};
 
 /// Longest token sequence, special tokens included (the official `max_length`); longer prompts
 /// are truncated on the right, keeping the appended `<|endoftext|>`.
 pub const MAX_TOKENS: usize = 8192;
-
-/// A cap on the f32 elements of one layer's attention scores (batch × heads × L²): batches of
-/// long prompts are made smaller than [`MAX_BATCH`] to stay under it (a batch holds at least
-/// one prompt whatever its length).
-const SCORE_BUDGET: usize = 1 << 27;
-
-/// How [`QwenEmbedder::embed_with`] runs the backbone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EmbedMode {
-    /// Left-padded batches of at most [`MAX_BATCH`] prompts under an attention mask, as the
-    /// official code does (prompts sorted by length within the call, duplicates run once).
-    #[default]
-    Batched,
-    /// Every prompt alone, without padding.
-    OnePerPrompt,
-}
 
 /// A loaded Qwen3-Embedding text encoder.
 pub struct QwenEmbedder {
@@ -65,9 +47,7 @@ impl std::fmt::Debug for QwenEmbedder {
 pub fn read_config(dir: &Path) -> Result<qwen3::Config> {
     let path = dir.join("config.json");
     let err = |reason: String| TextError::Model { path: path.clone(), reason };
-    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    let mut json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let mut json = read_json(&path)?;
     match json.get("model_type").and_then(|v| v.as_str()) {
         Some("qwen3") => {}
         other => {
@@ -105,42 +85,25 @@ pub fn read_config(dir: &Path) -> Result<qwen3::Config> {
     serde_json::from_value(json).map_err(|e| err(format!("not a Qwen3 configuration: {e}")))
 }
 
-/// The weight files of a model folder: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json` (every one must exist); `pytorch_model.bin` alone is refused
-/// with a hint.
-pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
+/// What a Qwen3-Embedding folder computes, from its `config.json` (no weights read).
+pub(crate) fn spec(dir: &Path) -> Result<EncoderSpec> {
+    Ok(recipe(dir, &read_config(dir)?))
+}
+
+/// The Qwen3-Embedding recipe for a folder with this configuration.
+fn recipe(dir: &Path, cfg: &qwen3::Config) -> EncoderSpec {
+    EncoderSpec {
+        folder: dir.to_path_buf(),
+        weights_dir: dir.to_path_buf(),
+        kind: EncoderKind::Qwen3,
+        id: crate::spec::hub_id(dir),
+        dim: cfg.hidden_size,
+        pooling: Pooling::LastToken,
+        normalize: false,
+        instruction: Some(INSTRUCTION.to_string()),
+        lowercase: true,
+        max_tokens: MAX_TOKENS,
     }
-    let index = dir.join("model.safetensors.index.json");
-    let err = |reason: String| TextError::Model { path: index.clone(), reason };
-    let text = std::fs::read_to_string(&index).map_err(|_| {
-        let pickle = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
-        TextError::Model {
-            path: dir.to_path_buf(),
-            reason: if pickle {
-                "only PyTorch pickle weights (pytorch_model.bin), which are not read: convert them to model.safetensors (transformers: AutoModel.from_pretrained(dir).save_pretrained(dir))".into()
-            } else {
-                "no model.safetensors and no model.safetensors.index.json".into()
-            },
-        }
-    })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
-    let map =
-        json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| err("no weight_map".into()))?;
-    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
-    files.sort();
-    files.dedup();
-    let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
-    if let Some(missing) = files.iter().find(|f| !f.exists()) {
-        return Err(TextError::Model {
-            path: missing.clone(),
-            reason: "shard listed in the index is missing".into(),
-        });
-    }
-    Ok(files)
 }
 
 impl QwenEmbedder {
@@ -186,7 +149,7 @@ impl QwenEmbedder {
             });
         };
         let model = Backbone::new(&config, vb.pp("model"))?;
-        let spec = EncoderSpec::qwen(dir, &config);
+        let spec = recipe(dir, &config);
         Ok(QwenEmbedder { model, tokenizer, pad_id, spec })
     }
 
@@ -241,104 +204,5 @@ impl QwenEmbedder {
     /// One padded batch through the backbone: a vector per row.
     fn run(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         Ok(self.model.last_token_states(rows, self.pad_id)?.to_vec2::<f32>()?)
-    }
-}
-
-/// Run non-empty token sequences in padded batches: distinct sequences only, shortest first
-/// (stable: ties keep the input order), split by [`batches`]; `run` embeds one batch (a vector
-/// per row, in order). The vectors come back in the input order, duplicates sharing theirs.
-/// Embed token sequences one per forward or in batches ([`run_batched`]); `run` is the model's
-/// forward on rows of equal meaning (BERT and Qwen share this). Empty sequences are errors.
-pub(crate) fn embed_sequences(
-    ids: &[Vec<u32>],
-    mode: EmbedMode,
-    score_elements: impl Fn(usize, usize) -> usize,
-    run: impl Fn(&[&[u32]]) -> Result<Vec<Vec<f32>>>,
-) -> Result<Vec<Vec<f32>>> {
-    if let Some(i) = ids.iter().position(Vec::is_empty) {
-        return Err(TextError::Tokenize {
-            prompt: format!("token sequence #{i}"),
-            reason: "no tokens".into(),
-        });
-    }
-    match mode {
-        EmbedMode::OnePerPrompt => {
-            ids.iter().map(|row| run(&[row.as_slice()]).map(|mut v| v.remove(0))).collect()
-        }
-        EmbedMode::Batched => run_batched(ids, score_elements, run),
-    }
-}
-
-pub(crate) fn run_batched(
-    ids: &[Vec<u32>],
-    score_elements: impl Fn(usize, usize) -> usize,
-    mut run: impl FnMut(&[&[u32]]) -> Result<Vec<Vec<f32>>>,
-) -> Result<Vec<Vec<f32>>> {
-    let mut slot_of: HashMap<&[u32], usize> = HashMap::new();
-    let mut distinct: Vec<&[u32]> = Vec::new();
-    let slots: Vec<usize> = ids
-        .iter()
-        .map(|row| {
-            *slot_of.entry(row.as_slice()).or_insert_with(|| {
-                distinct.push(row.as_slice());
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..distinct.len()).collect();
-    order.sort_by_key(|&i| distinct[i].len());
-    let lens: Vec<usize> = order.iter().map(|&i| distinct[i].len()).collect();
-    let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); distinct.len()];
-    for range in batches(&lens, score_elements) {
-        let chunk = &order[range];
-        let rows: Vec<&[u32]> = chunk.iter().map(|&i| distinct[i]).collect();
-        for (&i, v) in chunk.iter().zip(run(&rows)?) {
-            vectors[i] = v;
-        }
-    }
-    Ok(slots.into_iter().map(|s| vectors[s].clone()).collect())
-}
-
-/// Split ascending sequence lengths into consecutive batches of at most [`MAX_BATCH`] whose
-/// attention scores (`score_elements(rows, padded length)`) stay within [`SCORE_BUDGET`]; a
-/// batch holds at least one sequence.
-fn batches(
-    ascending_lens: &[usize],
-    score_elements: impl Fn(usize, usize) -> usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < ascending_lens.len() {
-        // Lengths ascend, so the newest row sets the padded length.
-        let mut end = start + 1;
-        while end < ascending_lens.len()
-            && end - start < MAX_BATCH
-            && score_elements(end + 1 - start, ascending_lens[end]) <= SCORE_BUDGET
-        {
-            end += 1;
-        }
-        out.push(start..end);
-        start = end;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_at_most_32_and_respect_the_score_budget() {
-        let scores = |rows: usize, len: usize| rows * 32 * len * len;
-        assert!(batches(&[], scores).is_empty());
-        let lens = vec![30; 70];
-        assert_eq!(batches(&lens, scores), vec![0..32, 32..64, 64..70]);
-        // 32 heads: 32 rows of 362 tokens fit in 2^27 score elements; of 363 tokens, 31 do.
-        let lens = [vec![100; 20], vec![363; 20]].concat();
-        let got = batches(&lens, scores);
-        assert_eq!(got, vec![0..31, 31..40]);
-        assert!(got.iter().all(|r| scores(r.len(), lens[r.end - 1]) <= SCORE_BUDGET));
-        // A sequence too long for the budget still gets a batch of its own.
-        assert_eq!(batches(&[10, 9000, 9000], scores), vec![0..1, 1..2, 2..3]);
     }
 }

@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -14,14 +15,9 @@ use voxtell_text::{
     TextError,
 };
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text")
-}
+use common::{fixtures, norm};
 
-#[derive(Deserialize)]
-struct Expected {
-    items: Vec<Item>,
-}
+type Expected = common::Expected<Item>;
 
 #[derive(Deserialize)]
 struct Item {
@@ -34,8 +30,7 @@ struct Item {
 }
 
 fn expected() -> Expected {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("bert-tiny/expected.json")).unwrap())
-        .unwrap()
+    common::expected(fixtures().join("bert-tiny/expected.json"))
 }
 
 fn prompts(exp: &Expected) -> Vec<&str> {
@@ -71,12 +66,7 @@ fn model_dir() -> (tempfile::TempDir, PathBuf) {
         &dir,
         &["st6", "expected.json", "README.md", "LICENSE", "tokenizer.json.gz"],
     );
-    let mut tok = Vec::new();
-    flate2::read::GzDecoder::new(
-        std::fs::File::open(fixtures().join("bert-tiny/tokenizer.json.gz")).unwrap(),
-    )
-    .read_to_end(&mut tok)
-    .unwrap();
+    let tok = voxtell_testutil::gunzip(fixtures().join("bert-tiny/tokenizer.json.gz"));
     std::fs::write(dir.join("tokenizer.json"), tok).unwrap();
     (tmp, dir)
 }
@@ -85,21 +75,10 @@ fn load(dir: &Path) -> BertEmbedder {
     BertEmbedder::load(dir, DType::F32, &Device::Cpu).unwrap()
 }
 
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
 /// Every vector within `rel`·max|reference| of its reference, cosine ≥ 0.99999.
 fn check_close(ours: &[Vec<f32>], reference: &[Vec<f32>], rel: f32, what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}");
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        assert_eq!(a.len(), b.len(), "{what} #{i}");
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= rel * scale, "{what} #{i}: max |diff| {diff:e} vs max |ref| {scale:e}");
-        let cos = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b));
-        assert!(cos >= 0.99999, "{what} #{i}: cosine {cos}");
-    }
+    common::check_close(ours, reference, rel, what);
+    common::check_cosine(ours, reference, what);
 }
 
 #[test]
@@ -403,16 +382,8 @@ fn specs_are_checked_against_voxtell_json_fields() {
 /// The Qwen fixture through the same abstraction: VoxTell's recipe.
 #[test]
 fn qwen_folders_get_the_voxtell_recipe() {
-    let src = fixtures().join("qwen-tiny");
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
-    }
-    let mut tok = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(src.join("tokenizer.json.gz")).unwrap())
-        .read_to_end(&mut tok)
-        .unwrap();
-    std::fs::write(tmp.path().join("tokenizer.json"), tok).unwrap();
+    voxtell_testutil::unpack_qwen_tiny(tmp.path());
     let spec = EncoderSpec::of_folder(tmp.path()).unwrap();
     assert_eq!(spec.kind, EncoderKind::Qwen3);
     assert_eq!(

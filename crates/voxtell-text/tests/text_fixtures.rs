@@ -4,21 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod common;
 
 use candle_core::{DType, Device};
 use serde::Deserialize;
 use voxtell_text::{EmbedMode, EmbeddingBank, QwenEmbedder, TextError};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text")
-}
+use common::{check_close, check_cosine, fixtures};
 
-#[derive(Deserialize)]
-struct Expected {
-    items: Vec<Item>,
-}
+type Expected = common::Expected<Item>;
 
 #[derive(Deserialize)]
 struct Item {
@@ -28,7 +22,7 @@ struct Item {
 }
 
 fn expected() -> Expected {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
+    common::expected(fixtures().join("expected.json"))
 }
 
 /// The official vectors: `embeddings` (one left-padded batch) or `embeddings_single` (one
@@ -44,29 +38,15 @@ fn reference_vectors() -> Vec<Vec<f32>> {
 
 /// The tiny model folder with its tokenizer unzipped, in a temporary directory.
 fn model_dir() -> tempfile::TempDir {
-    let src = fixtures().join("qwen-tiny");
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
-    let mut tok = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(src.join("tokenizer.json.gz")).unwrap())
-        .read_to_end(&mut tok)
-        .unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), tok).unwrap();
+    voxtell_testutil::unpack_qwen_tiny(dir.path());
     dir
 }
 
+/// Within 1e-4 of the reference's range and at a cosine of at least 0.99999.
 fn check_vectors(ours: &[Vec<f32>], reference: &[Vec<f32>], what: &str) {
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!(diff <= 1e-4 * scale, "{what} prompt {i}: max |diff| {diff:e} vs max |ref| {scale:e}");
-        assert!(dot / (na * nb) >= 0.99999, "{what} prompt {i}: cosine {}", dot / (na * nb));
-    }
+    check_close(ours, reference, 1e-4, what);
+    check_cosine(ours, reference, what);
 }
 
 #[test]
@@ -135,17 +115,6 @@ fn own_forward_matches_candle_transformers_qwen3() {
             1e-5,
             &format!("{mode:?} vs candle-transformers"),
         );
-    }
-}
-
-/// Every vector within `rel`·max|reference| of its reference.
-fn check_close(ours: &[Vec<f32>], reference: &[Vec<f32>], rel: f32, what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}");
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        assert_eq!(a.len(), b.len(), "{what} #{i}");
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= rel * scale, "{what} #{i}: max |diff| {diff:e} vs max |ref| {scale:e}");
     }
 }
 

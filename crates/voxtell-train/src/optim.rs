@@ -98,6 +98,21 @@ fn check_names(params: &HashMap<String, Var>, grads: &Gradients) -> Result<()> {
     }
 }
 
+/// The update both optimisers make: every gradient's name is checked first (nothing is updated
+/// when one is not a parameter's), then `update(name, parameter, gradient)` runs for each
+/// gradient in key order.
+fn update_each(
+    params: &HashMap<String, Var>,
+    grads: &Gradients,
+    mut update: impl FnMut(&String, &Var, &Tensor) -> Result<()>,
+) -> Result<()> {
+    check_names(params, grads)?;
+    for (name, grad) in grads {
+        update(name, &params[name], grad)?;
+    }
+    Ok(())
+}
+
 /// Write an optimiser state to a safetensors file, atomically
 /// ([`voxtell_fusion::checkpoint::write_tensors`]), replacing an existing file.
 fn save_state(state: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
@@ -169,17 +184,15 @@ impl Sgd {
     /// `lr`; the others are left alone. A gradient for a name that is not a parameter is an
     /// error, and nothing is updated then.
     pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
-        check_names(params, grads)?;
-        for (name, grad) in grads {
-            let var = &params[name];
+        update_each(params, grads, |name, var, grad| {
             let (new_weight, new_buffer) =
                 sgd_update(var.as_tensor(), grad, self.buffers.get(name), &self.config, lr)?;
             var.set(&new_weight)?;
             if let Some(b) = new_buffer {
                 self.buffers.insert(name.clone(), b);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The momentum buffers by parameter name (parameters that never had a gradient have none).
@@ -308,14 +321,12 @@ impl AdamW {
     /// `lr`; the others are left alone. A gradient for a name that is not a parameter is an
     /// error, and nothing is updated then.
     pub fn step(&mut self, params: &HashMap<String, Var>, grads: &Gradients, lr: f64) -> Result<()> {
-        check_names(params, grads)?;
-        for (name, grad) in grads {
-            let var = &params[name];
+        update_each(params, grads, |name, var, grad| {
             let (w, m) = adamw_update(var.as_tensor(), grad, self.moments.get(name), &self.config, lr)?;
             var.set(&w)?;
             self.moments.insert(name.clone(), m);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The first moments by parameter name.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::bank::EmbeddingBank;
-use crate::encoder::{EncoderKind, EncoderSpec, TextEncoder};
+use crate::encoder::TextEncoder;
 use crate::error::{Result, TextError};
+use crate::spec::{EncoderKind, EncoderSpec};
 
 /// The Hugging Face model id of VoxTell v1.1's text encoder.
 pub const DEFAULT_TEXT_MODEL: &str = "Qwen/Qwen3-Embedding-4B";
@@ -69,8 +70,10 @@ pub fn weights_bytes(dir: &Path, dtype: DType) -> u64 {
     if dtype == DType::F32 { stored * 2 } else { stored }
 }
 
-/// Memory the system can still give (`MemAvailable`), when known.
-pub fn available_memory() -> Option<u64> {
+/// Memory the system can still give (`MemAvailable`), when known: the guard before an encoder
+/// is loaded. (The prediction's memory plan reads the same figure through
+/// `voxtell_infer::plan::available_memory`; this crate does not depend on it.)
+fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
