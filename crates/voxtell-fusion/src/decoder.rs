@@ -9,27 +9,67 @@
 //! convolution is linear in its input channels).
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
+use candle_nn::{Module, VarBuilder};
+use voxtell_vision::nn::{self, Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
 use voxtell_vision::{BlockSettings, ConvNormAct, StackedConvBlocks, ops};
 
 use crate::error::{FusionError, Result};
 
-/// One decoder stage.
+/// The first convolution of a decoder stage split along its input channels (a convolution is
+/// linear in them): `up_half` sees the upsampled features, `skip_half` the encoder's skip and
+/// carries the bias. Built from the loaded `convs.0.conv`; `up(x) + skip(s)` equals the whole
+/// convolution of `[x, s]` up to rounding.
 #[derive(Debug, Clone)]
-struct Stage {
-    up_weight: Tensor,
-    up_bias: Option<Tensor>,
-    up_stride: [usize; 3],
-    /// First conv split along its input channels: the half that sees the upsampled features and
-    /// the half that sees the skip (with the bias).
-    first_up: Tensor,
-    first_skip: Tensor,
-    first_full: Tensor,
-    first_bias: Option<Tensor>,
-    first_norm: Option<(Tensor, Tensor)>,
-    rest: Option<StackedConvBlocks>,
-    seg: Option<(Tensor, Tensor)>,
-    channels: usize,
+pub struct SplitConv {
+    up_half: Conv3d,
+    skip_half: Conv3d,
+}
+
+impl SplitConv {
+    /// Split `conv` after its first `up_channels` input channels.
+    pub fn new(conv: &Conv3d, up_channels: usize) -> Result<Self> {
+        let w = conv.weight();
+        let skip_channels = w.dim(1)? - up_channels;
+        let half = |start: usize, len: usize| w.narrow(1, start, len)?.contiguous();
+        Ok(SplitConv {
+            up_half: Conv3d::new(half(0, up_channels)?, None, *conv.config()),
+            skip_half: Conv3d::new(half(up_channels, skip_channels)?, conv.bias().cloned(), *conv.config()),
+        })
+    }
+}
+
+/// One decoder stage (`decoder.stages.{i}`): nnU-Net's `StackedConvBlocks` on
+/// `[upsampled, skip]`, with its first convolution also kept split.
+#[derive(Debug, Clone)]
+pub struct DecoderStage {
+    convs: StackedConvBlocks,
+    split: SplitConv,
+}
+
+impl DecoderStage {
+    /// Load a stage of `n_conv` units of `kernel` on `channels` upsampled + `channels` skip
+    /// channels (key `convs.{j}`).
+    fn load(
+        vb: VarBuilder,
+        n_conv: usize,
+        channels: usize,
+        kernel: [usize; 3],
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let convs = StackedConvBlocks::load(vb, n_conv, 2 * channels, channels, s.unit(kernel, [1, 1, 1]))?;
+        let split = SplitConv::new(convs.units()[0].conv(), channels)?;
+        Ok(DecoderStage { convs, split })
+    }
+
+    /// `convs.0`, whose convolution the stage runs split or whole.
+    fn first(&self) -> &ConvNormAct {
+        &self.convs.units()[0]
+    }
+
+    /// Output channels.
+    fn channels(&self) -> usize {
+        self.first().out_channels()
+    }
 }
 
 /// Sizes of the decoder, read from the plan and the checkpoint.
@@ -47,13 +87,15 @@ pub struct DecoderSpec {
     pub heads: usize,
 }
 
-/// The fusion decoder (`decoder.transpconvs.*`, `decoder.stages.*`, `decoder.seg_layers.*`).
+/// VoxTell's `VoxTellDecoder`, field for field as its state dict: `transpconvs.{i}`
+/// (`nn.ConvTranspose3d`), `stages.{i}` and `seg_layers.{i}` (1×1 `nn.Conv3d`; the last one is
+/// never used and not loaded).
 #[derive(Debug, Clone)]
 pub struct FusionDecoder {
-    stages: Vec<Stage>,
+    transpconvs: Vec<ConvTranspose3d>,
+    stages: Vec<DecoderStage>,
+    seg_layers: Vec<Conv3d>,
     heads: usize,
-    eps: f64,
-    slope: f64,
     share_skip_half: bool,
 }
 
@@ -68,58 +110,44 @@ impl FusionDecoder {
                 spec.n_conv
             )));
         }
-        let mut stages = Vec::with_capacity(n - 1);
+        let mut decoder = FusionDecoder {
+            transpconvs: Vec::with_capacity(n - 1),
+            stages: Vec::with_capacity(n - 1),
+            seg_layers: Vec::with_capacity(n - 2),
+            heads: spec.heads,
+            share_skip_half: true,
+        };
         for i in 0..n - 1 {
             let below = spec.features[n - 1 - i] + if i == 0 { 0 } else { spec.heads };
             let c = spec.features[n - 2 - i];
             let st = spec.strides[n - 1 - i];
+            let load_up = if s.conv_bias { nn::conv_transpose3d } else { nn::conv_transpose3d_no_bias };
+            let up_cfg = ConvTranspose3dConfig { stride: st };
+            decoder.transpconvs.push(load_up(below, c, st, up_cfg, vb.pp("transpconvs").pp(i))?);
             let k = spec.kernels[n - 2 - i];
-            let tv = vb.pp("transpconvs").pp(i);
-            let up_weight = tv.get((below, c, st[0], st[1], st[2]), "weight")?;
-            let up_bias = if s.conv_bias { Some(tv.get(c, "bias")?) } else { None };
-            let sv = vb.pp("stages").pp(i).pp("convs");
-            let cv = sv.pp(0).pp("conv");
-            let w = cv.get((c, 2 * c, k[0], k[1], k[2]), "weight")?;
-            let first_bias = if s.conv_bias { Some(cv.get(c, "bias")?) } else { None };
-            let first_norm = if s.affine {
-                let nv = sv.pp(0).pp("norm");
-                Some((nv.get(c, "weight")?, nv.get(c, "bias")?))
-            } else {
-                None
-            };
-            let rest = if spec.n_conv[i] > 1 {
-                // convs.1 … convs.{n−1} as their own stack, keys shifted by one.
-                Some(later_convs(vb.pp("stages").pp(i), spec.n_conv[i], c, k, s)?)
-            } else {
-                None
-            };
-            let seg = if i + 1 < n - 1 {
-                let gv = vb.pp("seg_layers").pp(i);
-                Some((gv.get((1, c + spec.heads, 1, 1, 1), "weight")?, gv.get(1, "bias")?))
-            } else {
-                None
-            };
-            stages.push(Stage {
-                up_weight,
-                up_bias,
-                up_stride: st,
-                first_up: w.narrow(1, 0, c)?.contiguous()?,
-                first_skip: w.narrow(1, c, c)?.contiguous()?,
-                first_full: w,
-                first_bias,
-                first_norm,
-                rest,
-                seg,
-                channels: c,
-            });
+            decoder.stages.push(DecoderStage::load(vb.pp("stages").pp(i), spec.n_conv[i], c, k, s)?);
+            if i + 1 < n - 1 {
+                let seg_vb = vb.pp("seg_layers").pp(i);
+                decoder.seg_layers.push(nn::conv3d(
+                    c + spec.heads,
+                    1,
+                    [1, 1, 1],
+                    Conv3dConfig::default(),
+                    seg_vb,
+                )?);
+            }
         }
-        Ok(FusionDecoder { stages, heads: spec.heads, eps: s.eps, slope: s.slope, share_skip_half: true })
+        Ok(decoder)
     }
 
+    // Benchmark-only switch (`examples/bench_model.rs`, the equivalence test in
+    // `tests/official_models.rs`): hidden from the docs because a user has no reason to turn
+    // the sharing off — both ways give the same result up to rounding.
     /// Whether the skip half of each stage's first convolution is computed once and shared by
     /// the prompts (the default), or the official way: the skip repeated per prompt and the whole
     /// convolution run on the concatenation. Both give the same result up to rounding; the
     /// switch exists to measure the saving.
+    #[doc(hidden)]
     pub fn set_share_skip_half(&mut self, share: bool) {
         self.share_skip_half = share;
     }
@@ -145,9 +173,7 @@ impl FusionDecoder {
             .stages
             .iter()
             .enumerate()
-            .map(|(i, st)| {
-                ops::conv3d(&skips[n_st - 1 - i], &st.first_skip, st.first_bias.as_ref(), [1, 1, 1])
-            })
+            .map(|(i, st)| st.split.skip_half.forward(&skips[n_st - 1 - i]))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Some(halves))
     }
@@ -180,7 +206,7 @@ impl FusionDecoder {
         let lowest = skips.last().ok_or_else(|| FusionError::Config("no skips".into()))?;
         let mut lres = repeat_prompts(lowest, p)?;
         let mut outputs = Vec::with_capacity(n_st);
-        for (i, st) in self.stages.iter().enumerate() {
+        for (i, (st, up)) in self.stages.iter().zip(&self.transpconvs).enumerate() {
             // The previous stage's output is released as soon as it is upsampled (at the last
             // stage it is 96 channels at half resolution: 324 MB for a 192³ patch).
             let previous = lres;
@@ -191,40 +217,35 @@ impl FusionDecoder {
                 // the convolution's output, each image's half serving its P prompts.
                 ops::upsample_conv3d_add(
                     &previous,
-                    &st.up_weight,
-                    st.up_bias.as_ref(),
-                    st.up_stride,
-                    &st.first_up,
+                    up.weight(),
+                    up.bias(),
+                    up.config().stride,
+                    st.split.up_half.weight(),
                     shared,
                 )?
             } else {
-                let up = ops::conv_transpose3d(&previous, &st.up_weight, st.up_bias.as_ref(), st.up_stride)?;
+                let up = up.forward(&previous)?;
                 let skip = &skips[n_st - 1 - i];
                 let both = Tensor::cat(&[&up, &repeat_prompts(skip, p)?], 1)?;
                 drop(up);
-                ops::conv3d(&both, &st.first_full, st.first_bias.as_ref(), [1, 1, 1])?
+                st.first().conv().forward(&both)?
             };
             drop(previous);
-            let (w, bb) = match &st.first_norm {
-                Some((w, bb)) => (Some(w), Some(bb)),
-                None => (None, None),
-            };
             // `pre` is fresh: normalised in its own storage (for inference).
-            let mut x = ops::instance_norm3d_act_in_place(pre, w, bb, self.eps, Some(self.slope))?;
-            if let Some(rest) = &st.rest {
-                x = rest.forward_owned(x)?;
+            let mut x = st.first().norm_act(pre)?;
+            for unit in &st.convs.units()[1..] {
+                x = unit.forward(x)?;
             }
             let e = embeddings[n_st - 1 - i].reshape(((), embeddings[n_st - 1 - i].dim(2)?))?;
             if i + 1 == n_st {
                 // Final logits: Σ_c x[c] · e0[c], no bias.
-                let logits = channel_dot(&x, &e.reshape((b * p, 1, st.channels))?)?;
+                let logits = channel_dot(&x, &e.reshape((b * p, 1, st.channels()))?)?;
                 outputs.push(unfold_prompts(&logits, b, p)?);
             } else {
-                let fusion = channel_dot(&x, &e.reshape((b * p, self.heads, st.channels))?)?;
+                let fusion = channel_dot(&x, &e.reshape((b * p, self.heads, st.channels()))?)?;
                 x = Tensor::cat(&[&x, &fusion], 1)?;
-                if let Some((sw, sb)) = &st.seg {
-                    let ds = ops::conv3d(&x, sw, Some(sb), [1, 1, 1])?;
-                    outputs.push(unfold_prompts(&ds, b, p)?);
+                if let Some(seg) = self.seg_layers.get(i) {
+                    outputs.push(unfold_prompts(&seg.forward(&x)?, b, p)?);
                 }
             }
             lres = x;
@@ -256,18 +277,4 @@ fn repeat_prompts(x: &Tensor, p: usize) -> Result<Tensor> {
 fn unfold_prompts(x: &Tensor, b: usize, p: usize) -> Result<Tensor> {
     let dims = x.dims();
     Ok(x.reshape((b, p, dims[2], dims[3], dims[4]))?)
-}
-
-/// `convs.1 … convs.{n−1}` of a decoder stage (the first conv is split and handled by the stage).
-fn later_convs(
-    vb: VarBuilder,
-    n: usize,
-    c: usize,
-    k: [usize; 3],
-    s: &BlockSettings,
-) -> Result<StackedConvBlocks> {
-    let convs = (1..n)
-        .map(|j| ConvNormAct::load(vb.pp("convs").pp(j), c, c, k, [1, 1, 1], s.conv_bias, true, s))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(StackedConvBlocks::from_units(convs)?)
 }

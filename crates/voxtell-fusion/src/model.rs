@@ -134,17 +134,18 @@ pub struct VoxTellOutput {
     pub mask_embeddings: Tensor,
 }
 
-/// The VoxTell network.
+/// The VoxTell network (the official `VoxTellModel`), its fields named after the state dict's
+/// top-level keys.
 #[derive(Debug, Clone)]
 pub struct VoxTellModel {
     config: VoxTellConfig,
     encoder: ResidualEncoder,
     decoder: FusionDecoder,
-    project_bottleneck: Mlp,
-    project_text: Mlp,
-    project_to_decoder: Vec<Mlp>,
+    project_bottleneck_embed: Mlp,
+    project_text_embed: Mlp,
+    project_to_decoder_channels: Vec<Mlp>,
     pos_embed: Tensor,
-    prompt_decoder: PromptDecoder,
+    transformer_decoder: PromptDecoder,
 }
 
 impl VoxTellModel {
@@ -191,9 +192,10 @@ impl VoxTellModel {
         let decoder = FusionDecoder::load(vb.pp("decoder"), &spec, &settings)?;
         let q = config.query_dim;
         let mem_channels = arch.features_per_stage[config.decoder_layer];
-        let project_bottleneck = Mlp::load(vb.pp("project_bottleneck_embed"), mem_channels, q, q)?;
-        let project_text = Mlp::load(vb.pp("project_text_embed"), config.text_dim, config.text_hidden, q)?;
-        let project_to_decoder = (0..n - 1)
+        let project_bottleneck_embed = Mlp::load(vb.pp("project_bottleneck_embed"), mem_channels, q, q)?;
+        let project_text_embed =
+            Mlp::load(vb.pp("project_text_embed"), config.text_dim, config.text_hidden, q)?;
+        let project_to_decoder_channels = (0..n - 1)
             .map(|s| {
                 let out = arch.features_per_stage[s] * if s == 0 { 1 } else { config.fusion_heads };
                 Mlp::load(vb.pp("project_to_decoder_channels").pp(s), q, config.projection_hidden, out)
@@ -206,7 +208,7 @@ impl VoxTellModel {
         } else {
             positional_encoding_3d(grid, q, dtype, device)?
         };
-        let prompt_decoder = PromptDecoder::load(
+        let transformer_decoder = PromptDecoder::load(
             vb.pp("transformer_decoder"),
             config.layers,
             q,
@@ -217,11 +219,11 @@ impl VoxTellModel {
             config,
             encoder,
             decoder,
-            project_bottleneck,
-            project_text,
-            project_to_decoder,
+            project_bottleneck_embed,
+            project_text_embed,
+            project_to_decoder_channels,
             pos_embed,
-            prompt_decoder,
+            transformer_decoder,
         })
     }
 
@@ -240,7 +242,10 @@ impl VoxTellModel {
         self.pos_embed.dtype()
     }
 
-    /// See [`FusionDecoder::set_share_skip_half`].
+    // Benchmark-only, as `FusionDecoder::set_share_skip_half` (which it forwards to): hidden
+    // from the docs because the default is the right choice for every user.
+    /// Whether the decoder shares the skip half of its first convolutions between prompts.
+    #[doc(hidden)]
     pub fn set_share_skip_half(&mut self, share: bool) {
         self.decoder.set_share_skip_half(share);
     }
@@ -295,7 +300,7 @@ impl VoxTellModel {
         // 'b c d h w -> b (h w d) c'
         let (_, mc, md, mh, mw) = mem_feat.dims5()?;
         let tokens = mem_feat.permute((0, 3, 4, 2, 1))?.contiguous()?.reshape((b, mh * mw * md, mc))?;
-        let memory = self.project_bottleneck.forward(&tokens)?;
+        let memory = self.project_bottleneck_embed.forward(&tokens)?;
         if memory.dim(1)? != self.pos_embed.dim(1)? {
             return Err(FusionError::Config(format!(
                 "memory has {} tokens but the positional encoding {}",
@@ -303,10 +308,10 @@ impl VoxTellModel {
                 self.pos_embed.dim(1)?
             )));
         }
-        let queries = self.project_text.forward(text)?;
-        let mask_embeddings = self.prompt_decoder.forward(&queries, &memory, &self.pos_embed)?;
+        let queries = self.project_text_embed.forward(text)?;
+        let mask_embeddings = self.transformer_decoder.forward(&queries, &memory, &self.pos_embed)?;
         let projected = self
-            .project_to_decoder
+            .project_to_decoder_channels
             .iter()
             .map(|m| m.forward(&mask_embeddings))
             .collect::<Result<Vec<_>>>()?;

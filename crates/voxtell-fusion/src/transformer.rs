@@ -119,7 +119,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     norm2: LayerNorm,
-    attn: CrossAttention,
+    multihead_attn: CrossAttention,
     norm3: LayerNorm,
     linear1: Linear,
     linear2: Linear,
@@ -130,7 +130,7 @@ impl DecoderLayer {
     pub fn load(vb: VarBuilder, dim: usize, ffn: usize, heads: usize) -> Result<Self> {
         Ok(DecoderLayer {
             norm2: LayerNorm::load(vb.pp("norm2"), dim)?,
-            attn: CrossAttention::load(vb.pp("multihead_attn"), dim, heads)?,
+            multihead_attn: CrossAttention::load(vb.pp("multihead_attn"), dim, heads)?,
             norm3: LayerNorm::load(vb.pp("norm3"), dim)?,
             linear1: candle_nn::linear(dim, ffn, vb.pp("linear1"))?,
             linear2: candle_nn::linear(ffn, dim, vb.pp("linear2"))?,
@@ -140,7 +140,7 @@ impl DecoderLayer {
     /// Update the queries `x` (B, N, E) from `memory` and `keys` = memory + positions (B, T, E).
     pub fn forward(&self, x: &Tensor, keys: &Tensor, memory: &Tensor) -> Result<Tensor> {
         let h = self.norm2.forward(x)?;
-        let x = (x + self.attn.forward(&h, keys, memory)?)?;
+        let x = (x + self.multihead_attn.forward(&h, keys, memory)?)?;
         let h = self.norm3.forward(&x)?;
         let f = self.linear2.forward(&self.linear1.forward(&h)?.relu()?)?;
         Ok((x + f)?)

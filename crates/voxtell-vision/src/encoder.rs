@@ -3,10 +3,11 @@
 //! state-dict keys through candle's `VarBuilder`.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
+use candle_nn::{Module, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{Result, VisionError};
+use crate::nn::{self, Conv3d, Conv3dConfig, InstanceNorm3d, InstanceNorm3dConfig, LeakyRelu};
 use crate::ops;
 
 /// The architecture keys of an nnU-Net plans file
@@ -175,73 +176,96 @@ fn arr3(v: &[usize]) -> [usize; 3] {
     [v[0], v[1], v[2]]
 }
 
-/// conv → InstanceNorm → optional LeakyReLU (nnU-Net's `ConvDropoutNormReLU`). Keys:
-/// `conv.weight`, `conv.bias`, `norm.weight`, `norm.bias`.
+impl BlockSettings {
+    /// The unit of this plan for a `kernel`/`stride` convolution: the plan's conv bias and norm,
+    /// followed by its LeakyReLU.
+    pub fn unit(&self, kernel: [usize; 3], stride: [usize; 3]) -> ConvNormActConfig {
+        ConvNormActConfig {
+            kernel,
+            conv: Conv3dConfig { stride },
+            bias: self.conv_bias,
+            norm: InstanceNorm3dConfig { eps: self.eps, affine: self.affine },
+            act: Some(LeakyRelu { negative_slope: self.slope }),
+        }
+    }
+}
+
+/// How a [`ConvNormAct`] is built (change single fields with struct update syntax:
+/// `ConvNormActConfig { act: None, ..cfg }`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvNormActConfig {
+    /// Kernel size per axis (odd).
+    pub kernel: [usize; 3],
+    /// Convolution options (the stride).
+    pub conv: Conv3dConfig,
+    /// Whether the convolution has a bias (1×1 skip projections never have one).
+    pub bias: bool,
+    /// Norm options.
+    pub norm: InstanceNorm3dConfig,
+    /// The activation after the norm, if any.
+    pub act: Option<LeakyRelu>,
+}
+
+/// nnU-Net's `ConvDropoutNormReLU`: `nn.Conv3d` → `nn.InstanceNorm3d` → optional
+/// `nn.LeakyReLU` (keys `conv.weight`, `conv.bias`, `norm.weight`, `norm.bias`).
 #[derive(Debug, Clone)]
 pub struct ConvNormAct {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    norm: Option<(Tensor, Tensor)>,
-    stride: [usize; 3],
-    eps: f64,
-    slope: Option<f64>,
+    conv: Conv3d,
+    norm: InstanceNorm3d,
+    act: Option<LeakyRelu>,
 }
 
 impl ConvNormAct {
-    /// Load a unit with `c_in → c_out` channels, the given kernel and stride; `bias` overrides
-    /// the plan's conv bias (1×1 skip projections never have one); `act` adds the LeakyReLU.
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        kernel: [usize; 3],
-        stride: [usize; 3],
-        bias: bool,
-        act: bool,
-        s: &BlockSettings,
-    ) -> Result<Self> {
-        let conv = vb.pp("conv");
-        let weight = conv.get((c_out, c_in, kernel[0], kernel[1], kernel[2]), "weight")?;
-        let bias = if bias { Some(conv.get(c_out, "bias")?) } else { None };
-        let norm = if s.affine {
-            let n = vb.pp("norm");
-            Some((n.get(c_out, "weight")?, n.get(c_out, "bias")?))
-        } else {
-            None
-        };
-        Ok(ConvNormAct { weight, bias, norm, stride, eps: s.eps, slope: act.then_some(s.slope) })
+    /// Load a unit with `c_in → c_out` channels as `cfg` says.
+    pub fn load(vb: VarBuilder, c_in: usize, c_out: usize, cfg: ConvNormActConfig) -> Result<Self> {
+        let load_conv = if cfg.bias { nn::conv3d } else { nn::conv3d_no_bias };
+        let conv = load_conv(c_in, c_out, cfg.kernel, cfg.conv, vb.pp("conv"))?;
+        let norm = nn::instance_norm3d(c_out, cfg.norm, vb.pp("norm"))?;
+        Ok(ConvNormAct { conv, norm, act: cfg.act })
     }
 
-    /// Apply the unit.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The conv output is dropped as soon as the fused norm + activation has read it.
-        let y = ops::conv3d(x, &self.weight, self.bias.as_ref(), self.stride)?;
-        self.norm_act(y)
-    }
-
-    /// [`ConvNormAct::forward`] taking the input by value: it is released (unless other handles
-    /// to it exist, as in training) once the convolution has read it, before the norm allocates
-    /// its output — one activation fewer at the peak.
-    pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
-        let y = ops::conv3d(&x, &self.weight, self.bias.as_ref(), self.stride)?;
+    /// Apply the unit to `x`, taken by value: it is released (unless other handles to it exist,
+    /// as in training or where the caller keeps a clone) once the convolution has read it,
+    /// before the norm runs; the norm and activation then run in the convolution's output
+    /// storage — one activation fewer at the peak.
+    pub fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv.forward(&x)?;
         drop(x);
         self.norm_act(y)
     }
 
-    fn norm_act(&self, y: Tensor) -> Result<Tensor> {
-        let (w, b) = match &self.norm {
-            Some((w, b)) => (Some(w), Some(b)),
-            None => (None, None),
-        };
-        // `y` is a fresh convolution output: normalised in its own storage when no gradient is
-        // tracked.
-        Ok(ops::instance_norm3d_act_in_place(y, w, b, self.eps, self.slope)?)
+    /// The norm and activation applied to `y`, a fresh output of this unit's convolution (or of
+    /// an equivalent computation, as the fusion decoder's split first convolution), normalised
+    /// in its own storage when no gradient is tracked.
+    pub fn norm_act(&self, y: Tensor) -> candle_core::Result<Tensor> {
+        self.norm.forward_act(y, self.act)
+    }
+
+    /// The convolution (`conv`).
+    pub fn conv(&self) -> &Conv3d {
+        &self.conv
+    }
+
+    /// The norm (`norm`).
+    pub fn norm(&self) -> &InstanceNorm3d {
+        &self.norm
+    }
+
+    /// The activation after the norm, if any.
+    pub fn act(&self) -> Option<LeakyRelu> {
+        self.act
     }
 
     /// Output channels.
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.conv.out_channels()
+    }
+}
+
+impl Module for ConvNormAct {
+    /// [`ConvNormAct::forward`] on a handle to `xs` (which therefore stays alive).
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        ConvNormAct::forward(self, xs.clone())
     }
 }
 
@@ -252,111 +276,94 @@ pub struct StackedConvBlocks {
 }
 
 impl StackedConvBlocks {
-    /// Load `n` units `c_in → c_out` (then `c_out → c_out`), the first with `stride`.
-    pub fn load(
-        vb: VarBuilder,
-        n: usize,
-        c_in: usize,
-        c_out: usize,
-        kernel: [usize; 3],
-        stride: [usize; 3],
-        s: &BlockSettings,
-    ) -> Result<Self> {
+    /// Load `n` units `c_in → c_out` (then `c_out → c_out`), the first as `cfg` says, the others
+    /// with stride 1.
+    pub fn load(vb: VarBuilder, n: usize, c_in: usize, c_out: usize, cfg: ConvNormActConfig) -> Result<Self> {
         let vb = vb.pp("convs");
         let convs = (0..n)
             .map(|i| {
-                let (ci, st) = if i == 0 { (c_in, stride) } else { (c_out, [1, 1, 1]) };
-                ConvNormAct::load(vb.pp(i), ci, c_out, kernel, st, s.conv_bias, true, s)
+                let (ci, cfg) = if i == 0 {
+                    (c_in, cfg)
+                } else {
+                    (c_out, ConvNormActConfig { conv: Conv3dConfig::default(), ..cfg })
+                };
+                ConvNormAct::load(vb.pp(i), ci, c_out, cfg)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(StackedConvBlocks { convs })
     }
 
-    /// Build from already loaded units (applied in order). Empty stacks are refused.
-    pub fn from_units(convs: Vec<ConvNormAct>) -> Result<Self> {
-        if convs.is_empty() {
-            return Err(VisionError::Plan("a conv stack needs at least one unit".into()));
-        }
-        Ok(StackedConvBlocks { convs })
+    /// The units (`convs.{i}`), in order.
+    pub fn units(&self) -> &[ConvNormAct] {
+        &self.convs
     }
 
-    /// Apply the blocks in order.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.convs[0].forward(x)?;
-        for c in &self.convs[1..] {
-            y = c.forward_owned(y)?;
-        }
-        Ok(y)
-    }
-
-    /// [`StackedConvBlocks::forward`] taking the input by value (released once read; see
-    /// [`ConvNormAct::forward_owned`]).
-    pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+    /// Apply the blocks in order to `x`, taken by value (released once read; see
+    /// [`ConvNormAct::forward`]).
+    pub fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
         let mut y = x;
         for c in &self.convs {
-            y = c.forward_owned(y)?;
+            y = c.forward(y)?;
         }
         Ok(y)
     }
 }
 
+impl Module for StackedConvBlocks {
+    /// [`StackedConvBlocks::forward`] on a handle to `xs` (which therefore stays alive).
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        StackedConvBlocks::forward(self, xs.clone())
+    }
+}
+
 /// nnU-Net's `BasicBlockD` (ResNet-D): `LReLU(conv2(conv1(x)) + skip(x))`, where the skip is
 /// identity, or an average pool over the stride followed (when the channels change) by a 1×1
-/// convolution without bias and an InstanceNorm.
+/// convolution without bias and an InstanceNorm (keys `conv1.*`, `conv2.*`, `skip.*`).
 #[derive(Debug, Clone)]
 pub struct BasicBlockD {
     conv1: ConvNormAct,
     conv2: ConvNormAct,
     pool: Option<[usize; 3]>,
     projection: Option<ConvNormAct>,
-    slope: f64,
+    act: Option<LeakyRelu>,
 }
 
 impl BasicBlockD {
-    /// Load a block `c_in → c_out` with `kernel` and `stride` (keys `conv1.*`, `conv2.*`,
-    /// `skip.*`).
-    pub fn load(
-        vb: VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        kernel: [usize; 3],
-        stride: [usize; 3],
-        s: &BlockSettings,
-    ) -> Result<Self> {
-        let conv1 = ConvNormAct::load(vb.pp("conv1"), c_in, c_out, kernel, stride, s.conv_bias, true, s)?;
-        let conv2 =
-            ConvNormAct::load(vb.pp("conv2"), c_out, c_out, kernel, [1, 1, 1], s.conv_bias, false, s)?;
+    /// Load a block `c_in → c_out`. `cfg` is `conv1`'s unit (kernel, stride, bias, norm and the
+    /// activation, which also follows the sum); `conv2` is the same at stride 1 without
+    /// activation.
+    pub fn load(vb: VarBuilder, c_in: usize, c_out: usize, cfg: ConvNormActConfig) -> Result<Self> {
+        let stride = cfg.conv.stride;
+        let conv1 = ConvNormAct::load(vb.pp("conv1"), c_in, c_out, cfg)?;
+        let plain = ConvNormActConfig { conv: Conv3dConfig::default(), act: None, ..cfg };
+        let conv2 = ConvNormAct::load(vb.pp("conv2"), c_out, c_out, plain)?;
         let pool = (stride != [1, 1, 1]).then_some(stride);
         let projection = if c_in != c_out {
             let index = usize::from(pool.is_some());
-            Some(ConvNormAct::load(
-                vb.pp("skip").pp(index),
-                c_in,
-                c_out,
-                [1, 1, 1],
-                [1, 1, 1],
-                false,
-                false,
-                s,
-            )?)
+            let one = ConvNormActConfig { kernel: [1, 1, 1], bias: false, ..plain };
+            Some(ConvNormAct::load(vb.pp("skip").pp(index), c_in, c_out, one)?)
         } else {
             None
         };
-        Ok(BasicBlockD { conv1, conv2, pool, projection, slope: s.slope })
+        Ok(BasicBlockD { conv1, conv2, pool, projection, act: cfg.act })
     }
+}
 
-    /// Apply the block.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Module for BasicBlockD {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // conv1's output is released once conv2 has read it.
-        let residual = self.conv2.forward_owned(self.conv1.forward(x)?)?;
+        let residual = self.conv2.forward(self.conv1.forward(x.clone())?)?;
         let mut skip = match self.pool {
             Some(k) => ops::avg_pool3d(x, k)?,
             None => x.clone(),
         };
         if let Some(p) = &self.projection {
-            skip = p.forward(&skip)?;
+            skip = p.forward(skip)?;
         }
-        Ok(ops::add_leaky_relu(&residual, &skip, self.slope)?)
+        match self.act {
+            Some(act) => ops::add_leaky_relu(&residual, &skip, act.negative_slope),
+            None => residual + skip,
+        }
     }
 }
 
@@ -376,15 +383,8 @@ impl ResidualEncoder {
     pub fn load(vb: VarBuilder, kw: &ArchKwargs, input_channels: usize) -> Result<Self> {
         let s = kw.settings()?;
         let f = &kw.features_per_stage;
-        let stem = StackedConvBlocks::load(
-            vb.pp("stem"),
-            1,
-            input_channels,
-            f[0],
-            arr3(&kw.kernel_sizes[0]),
-            [1, 1, 1],
-            &s,
-        )?;
+        let stem_unit = s.unit(arr3(&kw.kernel_sizes[0]), [1, 1, 1]);
+        let stem = StackedConvBlocks::load(vb.pp("stem"), 1, input_channels, f[0], stem_unit)?;
         let mut stages = Vec::with_capacity(kw.n_stages);
         let mut c_in = f[0];
         for (st, &c_out) in f.iter().enumerate() {
@@ -393,7 +393,7 @@ impl ResidualEncoder {
             let mut blocks = Vec::with_capacity(kw.n_blocks_per_stage[st]);
             for b in 0..kw.n_blocks_per_stage[st] {
                 let (ci, stride) = if b == 0 { (c_in, arr3(&kw.strides[st])) } else { (c_out, [1, 1, 1]) };
-                blocks.push(BasicBlockD::load(vbs.pp(b), ci, c_out, kernel, stride, &s)?);
+                blocks.push(BasicBlockD::load(vbs.pp(b), ci, c_out, s.unit(kernel, stride))?);
             }
             stages.push(blocks);
             c_in = c_out;
@@ -408,11 +408,11 @@ impl ResidualEncoder {
 
     /// Run the encoder on `x` (N, C, D, H, W) and return the output of every stage.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let mut y = self.stem.forward(x)?;
+        let mut y = self.stem.forward(x.clone())?;
         let mut skips = Vec::with_capacity(self.stages.len());
         for blocks in &self.stages {
             for b in blocks {
-                y = b.forward(&y)?;
+                y = y.apply(b)?;
             }
             skips.push(y.clone());
         }

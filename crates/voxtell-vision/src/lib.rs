@@ -8,8 +8,10 @@
 //! - `reference` (cargo feature `reference`, on for this crate's tests): plain scalar
 //!   implementations of every op and its backward pass, generic over f32 and f64, that the fast
 //!   kernels are tested against.
+//! - [`nn`]: candle-nn-style layers over those ops — `Conv3d`, `ConvTranspose3d`,
+//!   `InstanceNorm3d`, `LeakyRelu` — each a config, a loader and `impl candle_nn::Module`.
 //! - [`encoder`]: the residual encoder (ResEncL) and the decoder's conv blocks, built from a
-//!   plans file and loaded by the official state-dict keys.
+//!   plans file on those layers and loaded by the official state-dict keys.
 //!
 //! It knows nothing about text.
 
@@ -19,12 +21,14 @@ pub mod composed;
 pub mod encoder;
 mod error;
 mod kernels;
+pub mod nn;
 pub mod ops;
 #[cfg(feature = "reference")]
 pub mod reference;
 
 pub use encoder::{
-    ArchKwargs, BasicBlockD, BlockSettings, ConvNormAct, NormKwargs, ResidualEncoder, StackedConvBlocks,
+    ArchKwargs, BasicBlockD, BlockSettings, ConvNormAct, ConvNormActConfig, NormKwargs, ResidualEncoder,
+    StackedConvBlocks,
 };
 pub use error::{Result, VisionError};
 pub use ops::{

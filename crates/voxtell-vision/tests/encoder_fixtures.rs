@@ -72,8 +72,9 @@ fn stacked_conv_blocks_match_the_official_module() {
     let stride = kw["initial_stride"].as_u64().unwrap() as usize;
     for (dtype, out, tol) in [(DType::F32, "output", 1e-4), (DType::F64, "output_f64", 1e-6)] {
         let vb = VarBuilder::from_tensors(tensors.clone(), dtype, &Device::Cpu);
-        let block = StackedConvBlocks::load(vb.pp("block"), n, ci, co, [3, 3, 3], [stride; 3], &s).unwrap();
-        let y = block.forward(&tensors["input"].to_dtype(dtype).unwrap()).unwrap();
+        let block =
+            StackedConvBlocks::load(vb.pp("block"), n, ci, co, s.unit([3, 3, 3], [stride; 3])).unwrap();
+        let y = block.forward(tensors["input"].to_dtype(dtype).unwrap()).unwrap();
         let err = rel_err(&y, &tensors[out]);
         assert!(err <= tol, "{dtype:?}: relative error {err:e}");
     }
