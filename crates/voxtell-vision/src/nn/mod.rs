@@ -3,9 +3,10 @@
 //! key, and `impl candle_nn::Module` so that layers compose with `Tensor::apply`. They run this
 //! crate's [`crate::ops`] (CPU kernels with autograd), not candle's 1-D/2-D ones.
 //!
-//! - [`conv`]: [`Conv3d`] and [`ConvTranspose3d`] with their configs and loaders.
-//! - [`norm`]: [`InstanceNorm3d`], normalising in the input's own storage when taken by value.
-//! - [`activation`]: [`LeakyRelu`].
+//! - [`conv`] holds [`Conv3d`] and [`ConvTranspose3d`] with their configs and loaders.
+//! - [`norm`] holds [`InstanceNorm3d`], normalising in the input's own storage when taken by
+//!   value.
+//! - [`activation`] holds [`LeakyRelu`].
 //!
 //! Weights are requested without an initialisation hint, so that a backend handing out fresh
 //! weights (`voxtell_fusion::FreshWeights`) follows the official initialisation, not candle's.
