@@ -51,7 +51,8 @@ pub trait Elem:
     fn from_f64(v: f64) -> Self;
     /// Converts to `f64` (exact).
     fn to_f64(self) -> f64;
-    /// Square root.
+    /// Square root (used by the `reference` implementations only).
+    #[cfg_attr(not(feature = "reference"), allow(dead_code))]
     fn sqrt(self) -> Self;
 }
 
