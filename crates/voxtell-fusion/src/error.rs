@@ -49,9 +49,9 @@ pub enum FusionError {
     /// No model folder was given and the published one is not at hand.
     #[error(
         "no model folder given (option `model`) and ${env} is unset, and the published weights ({repo}, folder {folder}) are not in the Hugging Face cache; {reason}",
-        env = crate::folder::VOXTELL_MODEL,
-        repo = crate::folder::PUBLISHED_REPO,
-        folder = crate::folder::PUBLISHED_FOLDER
+        env = crate::published::VOXTELL_MODEL,
+        repo = crate::published::PUBLISHED_REPO,
+        folder = crate::published::PUBLISHED_FOLDER
     )]
     NoModel {
         /// Why the published weights could not be had (download failed, or disabled).

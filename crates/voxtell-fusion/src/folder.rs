@@ -18,19 +18,16 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use voxtell_vision::ArchKwargs;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{FusionError, Result};
-use crate::meta::ModelMeta;
+use crate::meta::{ModelMeta, TextEncoderSpec};
 use crate::model::{VoxTellConfig, VoxTellModel};
+use crate::plans::PlansNetwork;
 
 mod lookup;
 
-pub use lookup::{
-    PUBLISHED_BANK, PUBLISHED_FOLDER, PUBLISHED_REPO, VOXTELL_EMBEDDINGS, VOXTELL_MODEL, resolve_bank,
-    resolve_model_dir,
-};
+pub use lookup::{resolve_bank, resolve_model_dir};
 
 /// The plans file.
 const PLANS_FILE: &str = "plans.json";
@@ -42,9 +39,6 @@ const PTH_FILE: &str = "checkpoint_final.pth";
 const PTH_FOLDER: &str = "fold_0";
 /// The metadata file.
 const META_FILE: &str = "voxtell.json";
-/// The nnU-Net configuration VoxTell builds.
-const CONFIGURATION: &str = "3d_fullres";
-
 /// The weights of a model folder: `model.safetensors` when present, else the official
 /// `fold_0/checkpoint_final.pth` (which may be missing too; opening it then says so).
 fn weights_file(dir: &Path) -> PathBuf {
@@ -55,41 +49,6 @@ fn weights_file(dir: &Path) -> PathBuf {
 /// Whether `dir` looks like a model folder (it holds a `plans.json`), as opposed to a scan.
 pub fn is_model_dir(dir: &Path) -> bool {
     dir.join(PLANS_FILE).is_file()
-}
-
-/// The network a plans file describes: the encoder/decoder plan and the patch size of its
-/// `3d_fullres` configuration, the one VoxTell builds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlansNetwork {
-    /// `configurations.3d_fullres.architecture.arch_kwargs`.
-    pub arch: ArchKwargs,
-    /// `configurations.3d_fullres.patch_size`.
-    pub patch_size: [usize; 3],
-}
-
-impl PlansNetwork {
-    /// Read the `3d_fullres` configuration of a parsed plans file. Errors say which entry is
-    /// missing or unusable.
-    pub fn from_plans(plans: &serde_json::Value) -> Result<Self> {
-        let conf = plans.get("configurations").and_then(|c| c.get(CONFIGURATION)).ok_or_else(|| {
-            FusionError::Config(format!("plans.json has no configurations.{CONFIGURATION}"))
-        })?;
-        let arch = ArchKwargs::from_plans(plans, CONFIGURATION)?;
-        if arch.n_stages < 2 {
-            return Err(FusionError::Config(format!(
-                "plans.json: configurations.{CONFIGURATION} has {} stage(s); VoxTell needs at least two",
-                arch.n_stages
-            )));
-        }
-        let patch: Vec<usize> = conf
-            .get("patch_size")
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-            .filter(|p: &Vec<usize>| p.len() == 3 && !p.contains(&0))
-            .ok_or_else(|| {
-                FusionError::Config("plans.json: patch_size must be three positive sizes".into())
-            })?;
-        Ok(PlansNetwork { arch, patch_size: [patch[0], patch[1], patch[2]] })
-    }
 }
 
 /// An opened, checked model folder: its plans, weights, optional metadata and the sizes of the
@@ -261,4 +220,36 @@ fn apply_meta(config: &mut VoxTellConfig, meta: &ModelMeta, meta_path: &Path, we
     config.decoder_layer = meta.decoder_layer;
     config.attention_heads = meta.attention_heads;
     Ok(())
+}
+
+impl VoxTellModel {
+    /// Load a model folder: `plans.json` and `fold_0/checkpoint_final.pth` (or a
+    /// `model.safetensors` beside `plans.json`, preferred when present), with `voxtell.json`
+    /// when the folder has one. The same as `ModelDir::open(dir)?.load(dtype, device)`.
+    pub fn from_dir(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
+        ModelDir::open(dir)?.load(dtype, device)
+    }
+}
+
+/// Convert a model folder (`plans.json` + `fold_0/checkpoint_final.pth`, or an already
+/// converted one) into one that loads without the pickle reader: `plans.json`,
+/// `model.safetensors` (canonical keys, no aliases) and `voxtell.json` (the folder's own, else
+/// VoxTell's defaults with the text width the weights take). The source is opened and checked
+/// as [`ModelDir::open`] does before anything is written; an output folder that holds any of the
+/// three files is refused unless `overwrite`.
+pub fn convert(model_dir: &Path, out_dir: &Path, overwrite: bool) -> Result<()> {
+    let source = ModelDir::open(model_dir)?;
+    let meta = match source.meta() {
+        Some(m) => m.clone(),
+        None => {
+            let config = source.config();
+            ModelMeta {
+                decoder_layer: config.decoder_layer,
+                attention_heads: config.attention_heads,
+                text_encoder: TextEncoderSpec::default_for_width(config.text_dim),
+                training_spacing: None,
+            }
+        }
+    };
+    ModelDir::write(out_dir, source.plans(), source.checkpoint(), &meta, overwrite)
 }

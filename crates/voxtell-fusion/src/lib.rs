@@ -27,15 +27,16 @@ pub mod init;
 pub mod meta;
 pub mod model;
 mod pickle_guard;
+mod plans;
 pub mod posenc;
+mod published;
 pub mod transformer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{FusionError, Result};
-pub use folder::{
-    ModelDir, PUBLISHED_BANK, PUBLISHED_FOLDER, PUBLISHED_REPO, PlansNetwork, VOXTELL_EMBEDDINGS,
-    VOXTELL_MODEL, is_model_dir, resolve_bank, resolve_model_dir,
-};
+pub use folder::{ModelDir, convert, is_model_dir, resolve_bank, resolve_model_dir};
 pub use init::FreshWeights;
-pub use meta::{ModelMeta, SpacingAxis, SpacingRange, TextEncoderSpec, convert};
+pub use meta::{ModelMeta, SpacingAxis, SpacingRange, TextEncoderSpec};
 pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};
+pub use plans::PlansNetwork;
+pub use published::{PUBLISHED_BANK, PUBLISHED_FOLDER, PUBLISHED_REPO, VOXTELL_EMBEDDINGS, VOXTELL_MODEL};

@@ -3,12 +3,9 @@
 //! prompt vectors must come from, and optionally the voxel spacings of its training data. The
 //! published folder has none; its defaults are those of VoxTell v1.1 (Qwen3-Embedding-4B).
 
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::folder::ModelDir;
 
 /// The text encoder a model was trained with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,27 +157,4 @@ impl Default for ModelMeta {
             training_spacing: None,
         }
     }
-}
-
-/// Convert a model folder (`plans.json` + `fold_0/checkpoint_final.pth`, or an already
-/// converted one) into one that loads without the pickle reader: `plans.json`,
-/// `model.safetensors` (canonical keys, no aliases) and `voxtell.json` (the folder's own, else
-/// VoxTell's defaults with the text width the weights take). The source is opened and checked
-/// as [`ModelDir::open`] does before anything is written; an output folder that holds any of the
-/// three files is refused unless `overwrite`.
-pub fn convert(model_dir: &Path, out_dir: &Path, overwrite: bool) -> Result<()> {
-    let source = ModelDir::open(model_dir)?;
-    let meta = match source.meta() {
-        Some(m) => m.clone(),
-        None => {
-            let config = source.config();
-            ModelMeta {
-                decoder_layer: config.decoder_layer,
-                attention_heads: config.attention_heads,
-                text_encoder: TextEncoderSpec::default_for_width(config.text_dim),
-                training_spacing: None,
-            }
-        }
-    };
-    ModelDir::write(out_dir, source.plans(), source.checkpoint(), &meta, overwrite)
 }

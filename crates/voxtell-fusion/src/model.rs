@@ -2,15 +2,13 @@
 //! encoding, prompt decoder, per-stage projections) and the fusion decoder, built from
 //! `plans.json` and the checkpoint's own tensor shapes.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use voxtell_vision::{ArchKwargs, ResidualEncoder};
 
 use crate::checkpoint::Checkpoint;
 use crate::decoder::{DecoderSpec, FusionDecoder};
 use crate::error::{FusionError, Result};
-use crate::folder::{ModelDir, PlansNetwork};
+use crate::plans::PlansNetwork;
 use crate::posenc::positional_encoding_3d;
 use crate::transformer::{Mlp, PromptDecoder};
 
@@ -149,13 +147,6 @@ pub struct VoxTellModel {
 }
 
 impl VoxTellModel {
-    /// Load a model folder: `plans.json` and `fold_0/checkpoint_final.pth` (or a
-    /// `model.safetensors` beside `plans.json`, preferred when present), with `voxtell.json`
-    /// when the folder has one. The same as `ModelDir::open(dir)?.load(dtype, device)`.
-    pub fn from_dir(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        ModelDir::open(dir)?.load(dtype, device)
-    }
-
     /// Build the network for `config` from `ckpt`.
     pub fn load(config: VoxTellConfig, ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
         let stored_pos_embed = ckpt.shape("pos_embed").is_some();

@@ -12,6 +12,7 @@ pub mod error;
 pub mod job;
 pub mod masks;
 pub mod naming;
+mod options;
 pub mod plan;
 pub mod predict;
 pub mod preprocess;
@@ -29,8 +30,9 @@ pub use batch::{
 };
 pub use error::{InferError, Result};
 pub use masks::Masks;
+pub use options::PredictOptions;
 pub use plan::{Plan, human_bytes};
-pub use predict::{PredictOptions, Predictor, segment, segment_prepared};
+pub use predict::{Predictor, segment, segment_prepared};
 pub use seg::{DicomSegFile, code_for, prompt_segment, seg_options};
 pub use shard::{Part, PartArg};
 pub use sliding::{Accumulate, Logits};

@@ -4,7 +4,7 @@
 use voxtell_fusion::VoxTellConfig;
 
 use crate::error::{InferError, Result};
-use crate::predict::PredictOptions;
+use crate::options::PredictOptions;
 
 /// How a prediction will run: how many prompts share one pass over the tiles, and the memory
 /// that needs.

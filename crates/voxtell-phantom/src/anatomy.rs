@@ -7,12 +7,12 @@
 
 use std::f64::consts::{PI, TAU};
 
-use crate::case::{
-    AORTA, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, LIVER_LESION, LUNG_LEFT, LUNG_RIGHT, PhantomOptions, SPLEEN,
-    URINARY_BLADDER, VERTEBRAE,
-};
 use crate::geometry::{
     Blob, LabelGrid, V3, Wobble, add, dot, norm, normalize, rotation, scale, smoothstep, sub,
+};
+use crate::options::{
+    AORTA, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, LIVER_LESION, LUNG_LEFT, LUNG_RIGHT, PhantomOptions, SPLEEN,
+    URINARY_BLADDER, VERTEBRAE,
 };
 use crate::rng::Rng;
 

@@ -8,8 +8,9 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 use voxtell_io::{WriteOptions, write_nifti};
 
-use crate::case::{GENERATOR_VERSION, LABELS, PhantomOptions, generate_case};
+use crate::case::generate_case;
 use crate::error::{PhantomError, Result};
+use crate::options::{GENERATOR_VERSION, LABELS, PhantomOptions};
 
 /// The identifier of case `index` of dataset `name`: `{name}_{index:03}`.
 pub fn case_id(name: &str, index: usize) -> String {

@@ -64,15 +64,16 @@ mod case;
 mod dataset;
 mod error;
 mod geometry;
+mod options;
 pub mod rng;
 mod vocabulary;
 
-pub use case::{
-    AORTA, BACKGROUND, GENERATOR_VERSION, HU_RANGE, KIDNEY_LEFT, KIDNEY_RIGHT, LABELS, LIVER, LIVER_LESION,
-    LUNG_LEFT, LUNG_RIGHT, PhantomCase, PhantomOptions, SPLEEN, URINARY_BLADDER, VERTEBRAE, generate_case,
-    world,
-};
+pub use case::{PhantomCase, generate_case, world};
 pub use dataset::{case_id, dataset_json, write_dataset};
 pub use error::{PhantomError, Result};
+pub use options::{
+    AORTA, BACKGROUND, GENERATOR_VERSION, HU_RANGE, KIDNEY_LEFT, KIDNEY_RIGHT, LABELS, LIVER, LIVER_LESION,
+    LUNG_LEFT, LUNG_RIGHT, PhantomOptions, SPLEEN, URINARY_BLADDER, VERTEBRAE,
+};
 pub use rng::Rng;
 pub use vocabulary::{NEGATIVES_KEY, label_values, paraphrases, vocabulary_entries, vocabulary_json};

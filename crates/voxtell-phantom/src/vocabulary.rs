@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::case::LABELS;
+use crate::options::LABELS;
 
 /// The reserved vocabulary key whose prompts name concepts absent from every case of a dataset
 /// (negative-only prompts). `voxtell-train`'s vocabulary reader uses the same constant.

@@ -7,17 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{PLANS_FILE, PTH_FILE, PTH_FOLDER};
 use crate::error::{FusionError, Result};
-
-/// The Hugging Face repository of the published VoxTell weights.
-pub const PUBLISHED_REPO: &str = "mrokuss/VoxTell";
-/// The model folder inside [`PUBLISHED_REPO`].
-pub const PUBLISHED_FOLDER: &str = "voxtell_v1.1";
-/// The official embedding bank inside [`PUBLISHED_REPO`].
-pub const PUBLISHED_BANK: &str = "embeddings/voxtell_v1.1/text_embeddings.npz";
-/// The environment variable naming a model folder.
-pub const VOXTELL_MODEL: &str = "VOXTELL_MODEL";
-/// The environment variable naming an embedding bank.
-pub const VOXTELL_EMBEDDINGS: &str = "VOXTELL_EMBEDDINGS";
+use crate::published::{PUBLISHED_BANK, PUBLISHED_FOLDER, PUBLISHED_REPO, VOXTELL_EMBEDDINGS, VOXTELL_MODEL};
 
 /// Find the model folder: `explicit` when given, else `$VOXTELL_MODEL` when set and not empty,
 /// else the published folder ([`PUBLISHED_REPO`], [`PUBLISHED_FOLDER`]) in the Hugging Face

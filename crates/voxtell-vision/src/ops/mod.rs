@@ -183,21 +183,9 @@ impl<O: OptionalParams> CustomOp3 for Optional<O> {
     }
 }
 
-/// The arithmetic of the forward pass of 3-D convolutions on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ConvPrecision {
-    /// f32 products and sums (the default; what the official code does on the CPU).
-    #[default]
-    F32,
-    /// Inputs and weights rounded to bf16 (nearest even), products summed in f32 by the CPU's
-    /// bf16 dot product (`vdpbf16ps`, AVX-512 BF16); the bias, outputs and everything outside
-    /// these convolutions stay f32. About twice the arithmetic rate of f32; ~3 significant
-    /// digits per product. Falls back to f32 where the CPU lacks the instruction, for other
-    /// element types and for layers it does not cover (1×1×1 kernels, fewer than 8 input
-    /// channels, strided layers with fewer than 32 input or output channels). Gradients are
-    /// always computed in f32.
-    Bf16,
-}
+/// The precision the convolutions of a thread run at (defined beside the path selection,
+/// which takes it as an input).
+pub use crate::kernels::select::ConvPrecision;
 
 thread_local! {
     static CONV_PRECISION: std::cell::Cell<ConvPrecision> = const { std::cell::Cell::new(ConvPrecision::F32) };
