@@ -94,13 +94,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         !stop.load(Ordering::SeqCst)
     })
-    .map_err(|e| match &e {
-        // The library names the bank; the command adds how to fill it.
-        TrainError::MissingVectors { path, .. } => {
-            anyhow::anyhow!("{e}; add them with `voxtell embed --append -o {}`", path.display())
-        }
-        _ => anyhow::Error::from(e),
-    })?;
+    .map_err(with_command_hint)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -243,4 +237,27 @@ pub fn phantom(args: PhantomArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A training error as the command reports it: the library names the bank that lacks vectors;
+/// the command adds how to fill it.
+fn with_command_hint(e: TrainError) -> anyhow::Error {
+    match &e {
+        TrainError::MissingVectors { path, .. } => {
+            anyhow::anyhow!("{e}; add them with `voxtell embed --append -o {}`", path.display())
+        }
+        _ => anyhow::Error::from(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_vectors_get_the_embed_command_that_fills_the_bank() {
+        let e = TrainError::MissingVectors { path: "run/bank.npz".into(), prompts: vec!["cube".into()] };
+        let text = with_command_hint(e).to_string();
+        assert!(text.contains("cube") && text.contains("voxtell embed --append -o run/bank.npz"), "{text}");
+    }
 }
