@@ -20,7 +20,7 @@ Phases (the whole run is bounded: about 3 minutes at most, see --deadline):
    background job has ended and at least --warmup-min s (default 60) have passed (at most
    --warmup-limit s): a job's end allocates its masks and result payload, a peak the load rounds
    would otherwise meet first, and the server's malloc arenas (one per thread that allocates,
-   up to 8 per core; voxtell::tune_allocator turns glibc's automatic trimming off, and the
+   up to 8 per core; voxtell_alloc::tune_allocator turns glibc's automatic trimming off, and the
    server gives memory back only after each job) take about a minute of this load to reach
    their steady size (measured 2026-12-07: with a warm-up that
    ended at the first job's end, ~25 s, RSS rose 13-17 % within the next minute, then crept by

@@ -140,7 +140,7 @@ impl FusionDecoder {
         Ok(decoder)
     }
 
-    // Benchmark-only switch (`examples/bench_model.rs`, the equivalence test in
+    // Benchmark-only switch (the `model` bench of the `voxtell` crate, the equivalence test in
     // `tests/official_models.rs`): hidden from the docs because a user has no reason to turn
     // the sharing off — both ways give the same result up to rounding.
     /// Whether the skip half of each stage's first convolution is computed once and shared by

@@ -102,16 +102,10 @@ impl CrossAttention {
         let k = split(self.wk.forward(key)?, t)?;
         let v = split(self.wv.forward(value)?, t)?;
         let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
-        let weights = softmax_last(&scores)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let o = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, n, e))?;
         Ok(self.out.forward(&o)?)
     }
-}
-
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// One pre-norm decoder layer: `x += attn(LN2(x), mem + pos, mem)`; `x += FFN(LN3(x))` with a

@@ -324,8 +324,7 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let config = VoxTellConfig::from_plans_and_checkpoint(&plans, ckpt)?;
-        Self::new(plans, config, WeightSource::Checkpoint(ckpt), options, dtype, device)
+        Self::sized_by(plans, ckpt, WeightSource::Checkpoint, options, dtype, device)
     }
 
     /// The encoder from a checkpoint, the rest fresh, for fine-tuning (`plans` and the
@@ -337,8 +336,21 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::sized_by(plans, ckpt, WeightSource::EncoderOnly, options, dtype, device)
+    }
+
+    /// [`Trainable::new`] with the sizes read from `plans` and `ckpt`, and the weights from
+    /// `source(ckpt)`.
+    fn sized_by<'a>(
+        plans: serde_json::Value,
+        ckpt: &'a Checkpoint,
+        source: fn(&'a Checkpoint) -> WeightSource<'a>,
+        options: StepOptions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let config = VoxTellConfig::from_plans_and_checkpoint(&plans, ckpt)?;
-        Self::new(plans, config, WeightSource::EncoderOnly(ckpt), options, dtype, device)
+        Self::new(plans, config, source(ckpt), options, dtype, device)
     }
 
     /// Fresh weights for `config`.
