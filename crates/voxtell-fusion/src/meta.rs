@@ -3,9 +3,7 @@
 //! prompt vectors must come from, and optionally the voxel spacings of its training data. The
 //! published folder has none; its defaults are those of VoxTell v1.1 (Qwen3-Embedding-4B).
 
-
 use serde::{Deserialize, Serialize};
-
 
 /// The text encoder a model was trained with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
