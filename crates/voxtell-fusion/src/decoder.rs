@@ -10,7 +10,7 @@
 
 use candle_core::Tensor;
 use candle_nn::{Module, VarBuilder};
-use voxtell_vision::nn::{self, Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use voxtell_vision::nn::{self, Conv3d, Conv3dConfig, ConvTranspose3d};
 use voxtell_vision::{BlockSettings, ConvNormAct, StackedConvBlocks, ops};
 
 use crate::error::{FusionError, Result};
@@ -121,9 +121,8 @@ impl FusionDecoder {
             let below = spec.features[n - 1 - i] + if i == 0 { 0 } else { spec.heads };
             let c = spec.features[n - 2 - i];
             let st = spec.strides[n - 1 - i];
-            let load_up = if s.conv_bias { nn::conv_transpose3d } else { nn::conv_transpose3d_no_bias };
-            let up_cfg = ConvTranspose3dConfig { stride: st };
-            decoder.transpconvs.push(load_up(below, c, st, up_cfg, vb.pp("transpconvs").pp(i))?);
+            let up_cfg = Conv3dConfig { stride: st, bias: s.conv_bias };
+            decoder.transpconvs.push(nn::conv_transpose3d(below, c, up_cfg, vb.pp("transpconvs").pp(i))?);
             let k = spec.kernels[n - 2 - i];
             decoder.stages.push(DecoderStage::load(vb.pp("stages").pp(i), spec.n_conv[i], c, k, s)?);
             if i + 1 < n - 1 {

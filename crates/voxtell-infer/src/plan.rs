@@ -127,13 +127,9 @@ pub(crate) fn budget(options: &PredictOptions) -> u64 {
     }
 }
 
-/// Memory the system can still give (`MemAvailable` of `/proc/meminfo`), when known: what a
-/// budget is taken from when none is given.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
+/// Memory the system can still give, when known: what a budget is taken from when none is
+/// given (defined beside the text encoder's load guard, which reads it too).
+pub use voxtell_text::available_memory;
 
 /// Bytes of a case's input while it waits for or runs through the network: the (S, A, R)
 /// volume (f32) and its prepared copy, cropped and padded to at least `patch` (at most the

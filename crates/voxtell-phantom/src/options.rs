@@ -125,6 +125,22 @@ impl Default for PhantomOptions {
 }
 
 impl PhantomOptions {
+    /// A harder distribution than the default, the generator's defaults before they became the
+    /// demo model's training settings: finer voxels, more noise, and smaller, fainter lesions in
+    /// more cases. The other fields are the defaults; `seed` as given.
+    pub fn challenging(seed: u64) -> Self {
+        PhantomOptions {
+            seed,
+            inplane_spacing_mm: [2.2, 3.2],
+            slice_spacing_mm: [2.5, 4.0],
+            noise_sd_hu: [10.0, 25.0],
+            lesion_case_fraction: 0.8,
+            lesion_radius_mm: [9.0, 20.0],
+            lesion_contrast_hu: [35.0, 55.0],
+            ..PhantomOptions::default()
+        }
+    }
+
     /// Check that the options describe something sensible.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(PhantomError::Options(what));

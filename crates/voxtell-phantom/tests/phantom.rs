@@ -14,26 +14,15 @@ use voxtell_phantom::{
     PhantomCase, PhantomOptions, SPLEEN, URINARY_BLADDER, VERTEBRAE, generate_case, world,
 };
 
-/// The generator's defaults before they became the demo model's training settings: finer
-/// voxels, more noise, smaller and fainter lesions in more cases (the tests below were written
-/// for these; they keep testing them).
-fn fine(seed: u64) -> PhantomOptions {
-    PhantomOptions {
-        seed,
-        inplane_spacing_mm: [2.2, 3.2],
-        slice_spacing_mm: [2.5, 4.0],
-        noise_sd_hu: [10.0, 25.0],
-        lesion_case_fraction: 0.8,
-        lesion_radius_mm: [9.0, 20.0],
-        lesion_contrast_hu: [35.0, 55.0],
-        ..PhantomOptions::default()
-    }
-}
-
 /// Coarse grids keep the tests fast (about 60 × 45 × 70 voxels); lesions, noise and contrast of
-/// [`fine`].
+/// [`PhantomOptions::challenging`] (the tests were written for it; they keep testing it).
 fn small(seed: u64) -> PhantomOptions {
-    PhantomOptions { cases: 3, inplane_spacing_mm: [4.0, 5.0], slice_spacing_mm: [4.5, 5.5], ..fine(seed) }
+    PhantomOptions {
+        cases: 3,
+        inplane_spacing_mm: [4.0, 5.0],
+        slice_spacing_mm: [4.5, 5.5],
+        ..PhantomOptions::challenging(seed)
+    }
 }
 
 /// World-coordinate extremes (min, max) of a label along world axis `axis`.
@@ -158,7 +147,7 @@ fn anatomy_is_plausible_and_left_right_correct() {
 #[ignore = "checks many fine-grid and default phantoms (slow)"]
 fn many_cases_are_plausible() {
     let n: usize = std::env::var("PHANTOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    for o in [fine(1234), PhantomOptions { seed: 1234, ..PhantomOptions::default() }] {
+    for o in [PhantomOptions::challenging(1234), PhantomOptions { seed: 1234, ..PhantomOptions::default() }] {
         let failures: Vec<String> =
             (0..n).filter_map(|i| check_anatomy(&generate_case(&o, i)).err()).collect();
         for f in &failures {

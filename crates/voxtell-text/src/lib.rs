@@ -46,5 +46,6 @@ pub use error::{Result, TextError};
 pub use qwen::QwenEmbedder;
 pub use spec::{EncoderKind, EncoderSpec, Pooling};
 pub use vectors::{
-    DEFAULT_TEXT_MODEL, PromptVectors, TextModelOrigin, locate_text_model, resolve_text_model,
+    DEFAULT_TEXT_MODEL, PromptVectors, TextModelOrigin, available_memory, locate_text_model,
+    resolve_text_model,
 };

@@ -70,10 +70,10 @@ pub fn weights_bytes(dir: &Path, dtype: DType) -> u64 {
     if dtype == DType::F32 { stored * 2 } else { stored }
 }
 
-/// Memory the system can still give (`MemAvailable`), when known: the guard before an encoder
-/// is loaded. (The prediction's memory plan reads the same figure through
-/// `voxtell_infer::plan::available_memory`; this crate does not depend on it.)
-fn available_memory() -> Option<u64> {
+/// Memory the system can still give (`MemAvailable` of `/proc/meminfo`), when known: the guard
+/// before an encoder is loaded reads it, and so does the prediction's memory plan
+/// (`voxtell_infer::plan::available_memory` is this function).
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)

@@ -17,13 +17,11 @@ use voxtell_text::{
 
 use common::{fixtures, norm};
 
-type Expected = common::Expected<Item>;
+type Expected = common::Expected<common::Item<Extra>>;
 
+/// What the BERT generator writes besides the tokens.
 #[derive(Deserialize)]
-struct Item {
-    prompt: String,
-    lowercased: String,
-    token_ids: Vec<u32>,
+struct Extra {
     untruncated_tokens: usize,
     vector: Vec<f32>,
     same_without_lowercasing: bool,
@@ -33,12 +31,8 @@ fn expected() -> Expected {
     common::expected(fixtures().join("bert-tiny/expected.json"))
 }
 
-fn prompts(exp: &Expected) -> Vec<&str> {
-    exp.items.iter().map(|i| i.prompt.as_str()).collect()
-}
-
 fn reference(exp: &Expected) -> Vec<Vec<f32>> {
-    exp.items.iter().map(|i| i.vector.clone()).collect()
+    exp.items.iter().map(|i| i.extra.vector.clone()).collect()
 }
 
 fn copy_tree(src: &Path, dst: &Path, skip: &[&str]) {
@@ -91,12 +85,12 @@ fn token_ids_and_vectors_match_sentence_transformers() {
         assert_eq!(voxtell_text::prompt::normalize(&item.prompt), item.lowercased);
         assert_eq!(enc.token_ids(&item.prompt).unwrap(), item.token_ids, "{:?}", item.prompt);
     }
-    let ours = enc.embed(&prompts(&exp)).unwrap();
+    let ours = enc.embed(&exp.prompts()).unwrap();
     check_close(&ours, &reference(&exp), 1e-5, "batched vs sentence-transformers");
     for (i, v) in ours.iter().enumerate() {
         assert!((norm(v) - 1.0).abs() <= 1e-5, "#{i}: norm {}", norm(v));
     }
-    let one = enc.embed_with(&prompts(&exp), EmbedMode::OnePerPrompt).unwrap();
+    let one = enc.embed_with(&exp.prompts(), EmbedMode::OnePerPrompt).unwrap();
     check_close(&one, &reference(&exp), 1e-5, "one per prompt vs sentence-transformers");
 }
 
@@ -114,7 +108,7 @@ fn the_spec_is_minilm_s_recipe() {
     assert_eq!(enc.spec(), &spec);
     assert_eq!(enc.dim(), 16);
     let exp = expected();
-    check_close(&enc.embed(&prompts(&exp)).unwrap(), &reference(&exp), 1e-5, "through TextEncoder");
+    check_close(&enc.embed(&exp.prompts()).unwrap(), &reference(&exp), 1e-5, "through TextEncoder");
 }
 
 #[test]
@@ -122,7 +116,7 @@ fn long_prompts_are_truncated_to_max_seq_length_keeping_sep() {
     let (_tmp, dir) = model_dir();
     let enc = load(&dir);
     let exp = expected();
-    let long = exp.items.iter().find(|i| i.untruncated_tokens > 256).unwrap();
+    let long = exp.items.iter().find(|i| i.extra.untruncated_tokens > 256).unwrap();
     assert_eq!(long.token_ids.len(), 256);
     let ids = enc.token_ids(&"liver ".repeat(10_000)).unwrap();
     assert_eq!(ids.len(), 256);
@@ -139,7 +133,7 @@ fn prompts_are_lowercased_before_the_tokenizer() {
     assert_eq!(v[0], v[2]);
     // The tokenizer alone lowercases per character (Σ → σ); Unicode lowercase gives a final ς.
     let exp = expected();
-    let sigma = exp.items.iter().find(|i| !i.same_without_lowercasing).unwrap();
+    let sigma = exp.items.iter().find(|i| !i.extra.same_without_lowercasing).unwrap();
     assert_eq!(sigma.lowercased, "οδος");
     assert_eq!(enc.token_ids(&sigma.prompt).unwrap(), sigma.token_ids);
     let raw = enc.embed_token_ids(&[enc.token_ids("οδοσ").unwrap()], EmbedMode::Batched).unwrap();
@@ -188,7 +182,7 @@ fn the_newer_sentence_transformers_layout_loads_the_same() {
     for item in &exp.items {
         assert_eq!(enc.token_ids(&item.prompt).unwrap(), item.token_ids, "{:?}", item.prompt);
     }
-    check_close(&enc.embed(&prompts(&exp)).unwrap(), &reference(&exp), 1e-5, "st6 layout");
+    check_close(&enc.embed(&exp.prompts()).unwrap(), &reference(&exp), 1e-5, "st6 layout");
 }
 
 /// A Hugging Face BERT folder without sentence-transformers files: mean pooling, no
@@ -204,9 +198,13 @@ fn a_plain_bert_folder_is_mean_pooled_without_normalisation() {
     assert_eq!((spec.pooling, spec.normalize, spec.max_tokens), (Pooling::Mean, false, 512));
     let exp = expected();
     let short: Vec<&str> =
-        exp.items.iter().filter(|i| i.untruncated_tokens <= 256).map(|i| i.prompt.as_str()).collect();
-    let want: Vec<Vec<f32>> =
-        exp.items.iter().filter(|i| i.untruncated_tokens <= 256).map(|i| i.vector.clone()).collect();
+        exp.items.iter().filter(|i| i.extra.untruncated_tokens <= 256).map(|i| i.prompt.as_str()).collect();
+    let want: Vec<Vec<f32>> = exp
+        .items
+        .iter()
+        .filter(|i| i.extra.untruncated_tokens <= 256)
+        .map(|i| i.extra.vector.clone())
+        .collect();
     let ours = load(&dir).embed(&short).unwrap();
     assert!(ours.iter().any(|v| (norm(v) - 1.0).abs() > 1e-3), "not normalised");
     let normalised: Vec<Vec<f32>> = ours.iter().map(|v| v.iter().map(|x| x / norm(v)).collect()).collect();
@@ -226,7 +224,7 @@ fn rename_weights(dir: &Path, f: impl Fn(&str) -> String) {
 fn weights_with_prefixes_or_gamma_beta_load_too() {
     let exp = expected();
     let want = &reference(&exp)[..3];
-    let three = &prompts(&exp)[..3];
+    let three = &exp.prompts()[..3];
     for prefix in ["bert.", "model."] {
         let (_tmp, dir) = model_dir();
         rename_weights(&dir, |k| format!("{prefix}{k}"));
@@ -245,7 +243,7 @@ fn half_precision_requests_run_in_f32() {
     let (_tmp, dir) = model_dir();
     let exp = expected();
     for dtype in [DType::F16, DType::BF16] {
-        let ours = BertEmbedder::load(&dir, dtype, &Device::Cpu).unwrap().embed(&prompts(&exp)).unwrap();
+        let ours = BertEmbedder::load(&dir, dtype, &Device::Cpu).unwrap().embed(&exp.prompts()).unwrap();
         check_close(&ours, &reference(&exp), 1e-5, &format!("{dtype:?}"));
     }
 }
@@ -415,7 +413,7 @@ fn prompt_vectors_use_the_bert_folder_and_refuse_a_bank_of_another_width() {
     let mut source =
         PromptVectors::new(EmbeddingBank::default(), Some(dir.clone()), DType::BF16, &Device::Cpu);
     assert_eq!(source.model_dir(), Some(dir.as_path()));
-    let got = source.vectors(&prompts(&exp)).unwrap();
+    let got = source.vectors(&exp.prompts()).unwrap();
     // Through the bank: stored as f16.
     for (a, b) in got.iter().zip(reference(&exp)) {
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-3), "{a:?} vs {b:?}");

@@ -7,19 +7,11 @@
 mod common;
 
 use candle_core::{DType, Device};
-use serde::Deserialize;
 use voxtell_text::{EmbedMode, EmbeddingBank, QwenEmbedder, TextError};
 
 use common::{check_close, check_cosine, fixtures};
 
-type Expected = common::Expected<Item>;
-
-#[derive(Deserialize)]
-struct Item {
-    prompt: String,
-    lowercased: String,
-    token_ids: Vec<u32>,
-}
+type Expected = common::Expected<common::Item<common::NoExtra>>;
 
 fn expected() -> Expected {
     common::expected(fixtures().join("expected.json"))
@@ -59,7 +51,7 @@ fn token_ids_and_vectors_match_the_official_path() {
         assert_eq!(voxtell_text::prompt::normalize(&item.prompt), item.lowercased);
         assert_eq!(enc.token_ids(&item.prompt).unwrap(), item.token_ids, "{:?}", item.prompt);
     }
-    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let prompts = exp.prompts();
     let ours = enc.embed(&prompts).unwrap();
     check_vectors(&ours, &reference_vectors(), "f32");
     let batched = enc.embed_with(&prompts, EmbedMode::Batched).unwrap();
@@ -71,7 +63,7 @@ fn one_per_prompt_matches_the_official_vectors_too() {
     let dir = model_dir();
     let enc = QwenEmbedder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let exp = expected();
-    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let prompts = exp.prompts();
     let ours = enc.embed_with(&prompts, EmbedMode::OnePerPrompt).unwrap();
     check_vectors(&ours, &official("embeddings_single"), "one per prompt vs official single");
     check_vectors(&ours, &official("embeddings"), "one per prompt vs official batch");
@@ -98,7 +90,7 @@ fn own_forward_matches_candle_transformers_qwen3() {
     .rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
     let model = candle_transformers::models::qwen3::Model::new(&cfg, vb).unwrap();
     let exp = expected();
-    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let prompts = exp.prompts();
     let theirs: Vec<Vec<f32>> = prompts
         .iter()
         .map(|p| {
@@ -297,7 +289,7 @@ fn broken_model_folders_are_clear_errors() {
 fn half_precision_batches_stay_close() {
     let dir = model_dir();
     let exp = expected();
-    let prompts: Vec<&str> = exp.items.iter().map(|i| i.prompt.as_str()).collect();
+    let prompts = exp.prompts();
     let cosine = |a: &[f32], b: &[f32]| {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         dot / (a.iter().map(|v| v * v).sum::<f32>().sqrt() * b.iter().map(|v| v * v).sum::<f32>().sqrt())

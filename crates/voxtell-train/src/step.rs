@@ -41,6 +41,13 @@ pub enum WeightSource<'a> {
     Fresh,
 }
 
+impl<'a> WeightSource<'a> {
+    /// All of `ckpt`, or only its encoder when `encoder_only`.
+    pub fn of(ckpt: &'a Checkpoint, encoder_only: bool) -> Self {
+        if encoder_only { WeightSource::EncoderOnly(ckpt) } else { WeightSource::Checkpoint(ckpt) }
+    }
+}
+
 /// Settings of the training step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -316,41 +323,19 @@ impl Trainable {
         })
     }
 
-    /// All weights from a checkpoint (`plans` and the checkpoint's shapes give the sizes).
+    /// From a checkpoint (`plans` and the checkpoint's shapes give the sizes): all its weights,
+    /// or, for fine-tuning, only the encoder when `encoder_only` (the rest fresh; the patch size
+    /// may then differ from the checkpoint's).
     pub fn from_checkpoint(
         plans: serde_json::Value,
         ckpt: &Checkpoint,
-        options: StepOptions,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::sized_by(plans, ckpt, WeightSource::Checkpoint, options, dtype, device)
-    }
-
-    /// The encoder from a checkpoint, the rest fresh, for fine-tuning (`plans` and the
-    /// checkpoint's shapes give the sizes; the patch size may differ from the checkpoint's).
-    pub fn from_encoder(
-        plans: serde_json::Value,
-        ckpt: &Checkpoint,
-        options: StepOptions,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::sized_by(plans, ckpt, WeightSource::EncoderOnly, options, dtype, device)
-    }
-
-    /// [`Trainable::new`] with the sizes read from `plans` and `ckpt`, and the weights from
-    /// `source(ckpt)`.
-    fn sized_by<'a>(
-        plans: serde_json::Value,
-        ckpt: &'a Checkpoint,
-        source: fn(&'a Checkpoint) -> WeightSource<'a>,
+        encoder_only: bool,
         options: StepOptions,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         let config = VoxTellConfig::from_plans_and_checkpoint(&plans, ckpt)?;
-        Self::new(plans, config, source(ckpt), options, dtype, device)
+        Self::new(plans, config, WeightSource::of(ckpt, encoder_only), options, dtype, device)
     }
 
     /// Fresh weights for `config`.
@@ -386,9 +371,7 @@ impl Trainable {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let ckpt = folder.checkpoint();
-        let source =
-            if encoder_only { WeightSource::EncoderOnly(ckpt) } else { WeightSource::Checkpoint(ckpt) };
+        let source = WeightSource::of(folder.checkpoint(), encoder_only);
         Self::new(folder.plans().clone(), folder.config().clone(), source, options, dtype, device)
     }
 

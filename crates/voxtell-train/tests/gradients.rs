@@ -99,7 +99,8 @@ impl Fixture {
 
     fn trainable(&self, dtype: DType) -> Trainable {
         let ckpt = Checkpoint::from_tensors(self.init.clone());
-        Trainable::from_checkpoint(self.plans.clone(), &ckpt, self.options(), dtype, &Device::Cpu).unwrap()
+        Trainable::from_checkpoint(self.plans.clone(), &ckpt, false, self.options(), dtype, &Device::Cpu)
+            .unwrap()
     }
 
     fn ds_targets(&self) -> Vec<Tensor> {
@@ -457,7 +458,7 @@ fn overfits_one_batch() {
     options.clip_norm = Some(12.0);
     let ckpt = Checkpoint::from_tensors(f.init.clone());
     let mut t =
-        Trainable::from_checkpoint(f.plans.clone(), &ckpt, options, DType::F32, &Device::Cpu).unwrap();
+        Trainable::from_checkpoint(f.plans.clone(), &ckpt, false, options, DType::F32, &Device::Cpu).unwrap();
     let image = f.batch["image"].to_dtype(DType::F32).unwrap();
     let text = f.batch["text"].to_dtype(DType::F32).unwrap();
     let target = [f.batch["target"].clone()];

@@ -182,8 +182,7 @@ impl BlockSettings {
     pub fn unit(&self, kernel: [usize; 3], stride: [usize; 3]) -> ConvNormActConfig {
         ConvNormActConfig {
             kernel,
-            conv: Conv3dConfig { stride },
-            bias: self.conv_bias,
+            conv: Conv3dConfig { stride, bias: self.conv_bias },
             norm: InstanceNorm3dConfig { eps: self.eps, affine: self.affine },
             act: Some(LeakyRelu { negative_slope: self.slope }),
         }
@@ -196,10 +195,9 @@ impl BlockSettings {
 pub struct ConvNormActConfig {
     /// Kernel size per axis (odd).
     pub kernel: [usize; 3],
-    /// Convolution options (the stride).
+    /// Convolution options: the stride, and whether it has a bias (1×1 skip projections never
+    /// have one).
     pub conv: Conv3dConfig,
-    /// Whether the convolution has a bias (1×1 skip projections never have one).
-    pub bias: bool,
     /// Norm options.
     pub norm: InstanceNorm3dConfig,
     /// The activation after the norm, if any.
@@ -218,8 +216,7 @@ pub struct ConvNormAct {
 impl ConvNormAct {
     /// Load a unit with `c_in → c_out` channels as `cfg` says.
     pub fn load(vb: VarBuilder, c_in: usize, c_out: usize, cfg: ConvNormActConfig) -> Result<Self> {
-        let load_conv = if cfg.bias { nn::conv3d } else { nn::conv3d_no_bias };
-        let conv = load_conv(c_in, c_out, cfg.kernel, cfg.conv, vb.pp("conv"))?;
+        let conv = nn::conv3d(c_in, c_out, cfg.kernel, cfg.conv, vb.pp("conv"))?;
         let norm = nn::instance_norm3d(c_out, cfg.norm, vb.pp("norm"))?;
         Ok(ConvNormAct { conv, norm, act: cfg.act })
     }
@@ -285,7 +282,7 @@ impl StackedConvBlocks {
                 let (ci, cfg) = if i == 0 {
                     (c_in, cfg)
                 } else {
-                    (c_out, ConvNormActConfig { conv: Conv3dConfig::default(), ..cfg })
+                    (c_out, ConvNormActConfig { conv: Conv3dConfig { stride: [1, 1, 1], ..cfg.conv }, ..cfg })
                 };
                 ConvNormAct::load(vb.pp(i), ci, c_out, cfg)
             })
@@ -335,12 +332,17 @@ impl BasicBlockD {
     pub fn load(vb: VarBuilder, c_in: usize, c_out: usize, cfg: ConvNormActConfig) -> Result<Self> {
         let stride = cfg.conv.stride;
         let conv1 = ConvNormAct::load(vb.pp("conv1"), c_in, c_out, cfg)?;
-        let plain = ConvNormActConfig { conv: Conv3dConfig::default(), act: None, ..cfg };
+        let plain =
+            ConvNormActConfig { conv: Conv3dConfig { stride: [1, 1, 1], ..cfg.conv }, act: None, ..cfg };
         let conv2 = ConvNormAct::load(vb.pp("conv2"), c_out, c_out, plain)?;
         let pool = (stride != [1, 1, 1]).then_some(stride);
         let projection = if c_in != c_out {
             let index = usize::from(pool.is_some());
-            let one = ConvNormActConfig { kernel: [1, 1, 1], bias: false, ..plain };
+            let one = ConvNormActConfig {
+                kernel: [1, 1, 1],
+                conv: Conv3dConfig { bias: false, ..plain.conv },
+                ..plain
+            };
             Some(ConvNormAct::load(vb.pp("skip").pp(index), c_in, c_out, one)?)
         } else {
             None

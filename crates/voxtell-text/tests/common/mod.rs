@@ -20,6 +20,32 @@ pub struct Expected<I> {
     pub items: Vec<I>,
 }
 
+/// What both generators write for every prompt, with the rest of the generator's item in
+/// `extra`.
+#[derive(Deserialize)]
+pub struct Item<E> {
+    /// The prompt as given.
+    pub prompt: String,
+    /// The prompt as the reference lowercased it.
+    pub lowercased: String,
+    /// The reference tokenizer's ids.
+    pub token_ids: Vec<u32>,
+    /// The generator's other fields.
+    #[serde(flatten)]
+    pub extra: E,
+}
+
+/// An item with no other fields.
+#[derive(Deserialize)]
+pub struct NoExtra {}
+
+impl<E> Expected<Item<E>> {
+    /// The prompts, in order.
+    pub fn prompts(&self) -> Vec<&str> {
+        self.items.iter().map(|i| i.prompt.as_str()).collect()
+    }
+}
+
 /// Read an `expected.json`.
 pub fn expected<I: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Expected<I> {
     voxtell_testutil::read_json(path)

@@ -40,6 +40,28 @@ fn is_pointwise(g: &ConvGeom) -> bool {
     g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0]
 }
 
+/// Run `f(r0, n, tile)` on each tile of output rows of one batch item `x` (`c_in × D × H × W`):
+/// `tile` is the `k × n` column matrix (row-major) of the `n = rows · ow` output voxels from
+/// output row `r0`, filled by [`im2col`] into `buffer` — or, for a pointwise convolution, the
+/// input itself as one tile of every voxel, with no copy.
+fn for_each_column_tile<T: Elem>(
+    x: &[T],
+    g: &ConvGeom,
+    buffer: &mut [T],
+    mut f: impl FnMut(usize, usize, &[T]),
+) {
+    if is_pointwise(g) {
+        return f(0, g.out_voxels(), x);
+    }
+    let [_, _, ow] = g.output();
+    for (r0, r1) in row_tiles(g) {
+        let n = (r1 - r0) * ow;
+        let cols = &mut buffer[..g.k() * n];
+        im2col(x, g, r0, r1, cols);
+        f(r0, n, cols);
+    }
+}
+
 /// Fill `cols` (`k × n`, row-major, `n = (r1 − r0) · ow`) with the input patches of output rows
 /// `r0..r1` of one batch item `x` (`c_in × D × H × W`).
 fn im2col<T: Elem>(x: &[T], g: &ConvGeom, r0: usize, r1: usize, cols: &mut [T]) {
@@ -133,30 +155,9 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
     for bi in 0..g.batch {
         let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
         let ob = &mut out[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
-        if is_pointwise(g) {
-            // SAFETY: all pointers address live slices of the sizes described by m, n, k and the
-            // strides; dst does not overlap lhs or rhs.
-            unsafe {
-                matmul(
-                    g.c_out,
-                    out_vox,
-                    k,
-                    ob.as_mut_ptr(),
-                    out_vox,
-                    true,
-                    Mat { ptr: w.as_ptr(), cs: 1, rs: k as isize },
-                    Mat { ptr: xb.as_ptr(), cs: 1, rs: in_vox as isize },
-                    parallelism(g.c_out, out_vox, k),
-                );
-            }
-            continue;
-        }
-        for (r0, r1) in row_tiles(g) {
-            let n = (r1 - r0) * ow;
-            let cols = &mut cols[..k * n];
-            im2col(xb, g, r0, r1, cols);
-            // SAFETY: dst addresses c_out rows of n elements at stride out_vox inside `ob`;
-            // lhs is the c_out × k weight matrix, rhs the k × n column tile.
+        for_each_column_tile(xb, g, &mut cols, |r0, n, tile| {
+            // SAFETY: dst addresses c_out rows of n elements at stride out_vox inside `ob`, from
+            // output row r0; lhs is the c_out × k weight matrix, rhs the k × n column tile.
             unsafe {
                 matmul(
                     g.c_out,
@@ -166,11 +167,11 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
                     out_vox,
                     true,
                     Mat { ptr: w.as_ptr(), cs: 1, rs: k as isize },
-                    Mat { ptr: cols.as_ptr(), cs: 1, rs: n as isize },
+                    Mat { ptr: tile.as_ptr(), cs: 1, rs: n as isize },
                     parallelism(g.c_out, n, k),
                 );
             }
-        }
+        });
     }
     out
 }
@@ -323,30 +324,10 @@ pub(crate) fn backward_weight<T: Elem>(
     for bi in 0..g.batch {
         let xb = &x[bi * g.c_in * in_vox..(bi + 1) * g.c_in * in_vox];
         let gb = &gout[bi * g.c_out * out_vox..(bi + 1) * g.c_out * out_vox];
-        if is_pointwise(g) {
-            // SAFETY: dst is the c_out × c_in weight gradient; lhs the output gradient
-            // (c_out × out_vox); rhs the input read transposed (in_vox × c_in).
-            unsafe {
-                matmul(
-                    g.c_out,
-                    k,
-                    out_vox,
-                    gw.as_mut_ptr(),
-                    k,
-                    true,
-                    Mat { ptr: gb.as_ptr(), cs: 1, rs: out_vox as isize },
-                    Mat { ptr: xb.as_ptr(), cs: in_vox as isize, rs: 1 },
-                    parallelism(g.c_out, k, out_vox),
-                );
-            }
-            continue;
-        }
-        for (r0, r1) in row_tiles(g) {
-            let n = (r1 - r0) * ow;
-            let cols = &mut cols[..k * n];
-            im2col(xb, g, r0, r1, cols);
+        for_each_column_tile(xb, g, &mut cols, |r0, n, tile| {
             // SAFETY: dst is the c_out × k weight gradient; lhs the c_out × n output-gradient
-            // tile at stride out_vox; rhs the column tile read transposed (n × k).
+            // tile at stride out_vox from output row r0; rhs the column tile read transposed
+            // (n × k).
             unsafe {
                 matmul(
                     g.c_out,
@@ -356,11 +337,11 @@ pub(crate) fn backward_weight<T: Elem>(
                     k,
                     true,
                     Mat { ptr: gb.as_ptr().add(r0 * ow), cs: 1, rs: out_vox as isize },
-                    Mat { ptr: cols.as_ptr(), cs: n as isize, rs: 1 },
+                    Mat { ptr: tile.as_ptr(), cs: n as isize, rs: 1 },
                     parallelism(g.c_out, k, n),
                 );
             }
-        }
+        });
     }
     let gbias = with_bias.then(|| {
         (0..g.c_out)

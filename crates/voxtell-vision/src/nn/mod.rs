@@ -3,7 +3,7 @@
 //! key, and `impl candle_nn::Module` so that layers compose with `Tensor::apply`. They run this
 //! crate's [`crate::ops`] (CPU kernels with autograd), not candle's 1-D/2-D ones.
 //!
-//! - [`conv`] holds [`Conv3d`] and [`ConvTranspose3d`] with their configs and loaders.
+//! - [`conv`] holds [`Conv3d`] and [`ConvTranspose3d`] with their config and loaders.
 //! - [`norm`] holds [`InstanceNorm3d`], normalising in the input's own storage when taken by
 //!   value.
 //! - [`activation`] holds [`LeakyRelu`].
@@ -16,8 +16,5 @@ pub mod conv;
 pub mod norm;
 
 pub use activation::LeakyRelu;
-pub use conv::{
-    Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_no_bias,
-    conv3d, conv3d_no_bias,
-};
+pub use conv::{Conv3d, Conv3dConfig, ConvTranspose3d, conv_transpose3d, conv3d};
 pub use norm::{InstanceNorm3d, InstanceNorm3dConfig, instance_norm3d};

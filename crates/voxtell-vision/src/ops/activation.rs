@@ -1,10 +1,9 @@
 //! Leaky ReLU (`nn.LeakyReLU(0.01)` of the official blocks), alone and fused with the residual
 //! sum before it, and its gradient (which the fused norm's backward uses too).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, Layout, Shape, Tensor, bail};
 
-use super::{Result, dispatch, slice};
+use super::{CpuOp, Op, Result, arity, dispatch, slice};
 use crate::composed;
 use crate::kernels::pointwise;
 
@@ -21,26 +20,19 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
     if !a.device().is_cpu() {
         return composed::leaky_relu(&(a + b)?, slope);
     }
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu { slope })
+    a.contiguous()?.apply_op2(&b.contiguous()?, Op(AddLeakyRelu { slope }))
 }
 
 struct AddLeakyRelu {
     slope: f64,
 }
 
-impl CustomOp2 for AddLeakyRelu {
-    fn name(&self) -> &'static str {
-        "voxtell-add-leaky-relu"
-    }
+impl CpuOp for AddLeakyRelu {
+    const NAMES: [&'static str; 2] = ["voxtell-add-leaky-relu"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(s1, self.name(), |T| pointwise::add_leaky_relu::<T>(
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2)] = arity(inputs, Self::NAMES[0])?;
+        let out = dispatch!(s1, Self::NAMES[0], |T| pointwise::add_leaky_relu::<T>(
             slice(s1, l1, "a")?,
             slice(s2, l2, "b")?,
             self.slope
@@ -48,17 +40,11 @@ impl CustomOp2 for AddLeakyRelu {
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn grads(&self, _inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         // With slope ≥ 0 the output is positive exactly where the sum is, so the output tells
         // where the activation passed the gradient through.
-        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &LeakyReluGrad { slope: self.slope })?;
-        Ok((Some(g.clone()), Some(g)))
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &Op(LeakyReluGrad { slope: self.slope }))?;
+        Ok(vec![Some(g.clone()), Some(g)])
     }
 }
 
@@ -67,26 +53,26 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return composed::leaky_relu(x, slope);
     }
-    x.contiguous()?.apply_op1(LeakyRelu { slope })
+    x.contiguous()?.apply_op1(Op(LeakyRelu { slope }))
 }
 
 struct LeakyRelu {
     slope: f64,
 }
 
-impl CustomOp1 for LeakyRelu {
-    fn name(&self) -> &'static str {
-        "voxtell-leaky-relu"
-    }
+impl CpuOp for LeakyRelu {
+    const NAMES: [&'static str; 2] = ["voxtell-leaky-relu"; 2];
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s, l)] = arity(inputs, Self::NAMES[0])?;
         let out =
-            dispatch!(s, self.name(), |T| pointwise::leaky_relu::<T>(slice(s, l, "input")?, self.slope));
+            dispatch!(s, Self::NAMES[0], |T| pointwise::leaky_relu::<T>(slice(s, l, "input")?, self.slope));
         Ok((out, l.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &LeakyReluGrad { slope: self.slope })?))
+    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let g = inputs[0].apply_op2_no_bwd(&grad.contiguous()?, &Op(LeakyReluGrad { slope: self.slope }))?;
+        Ok(vec![Some(g)])
     }
 }
 
@@ -95,19 +81,12 @@ pub(super) struct LeakyReluGrad {
     pub(super) slope: f64,
 }
 
-impl CustomOp2 for LeakyReluGrad {
-    fn name(&self) -> &'static str {
-        "voxtell-leaky-relu-grad"
-    }
+impl CpuOp for LeakyReluGrad {
+    const NAMES: [&'static str; 2] = ["voxtell-leaky-relu-grad"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(s1, self.name(), |T| pointwise::leaky_relu_backward::<T>(
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2)] = arity(inputs, Self::NAMES[0])?;
+        let out = dispatch!(s1, Self::NAMES[0], |T| pointwise::leaky_relu_backward::<T>(
             slice(s1, l1, "input")?,
             self.slope,
             slice(s2, l2, "grad")?

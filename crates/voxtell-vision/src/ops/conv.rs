@@ -3,11 +3,11 @@
 //! into the output ([`conv3d_add`]) and the upsampling computed inside the convolution
 //! ([`upsample_conv3d_add`]). Which kernel runs is decided by [`crate::kernels::select`].
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, bail};
 
 use super::{
-    ConvPrecision, Optional, OptionalParams, Result, conv_precision, conv_transpose3d, dims5, dispatch, slice,
+    ConvPrecision, CpuOp, Op, Result, Weighted, WeightedOp, arity, conv_precision, conv_transpose3d, dims5,
+    dispatch, slice,
 };
 use crate::composed;
 use crate::kernels::cpu::{Avx512, Avx512Bf16, CpuFeatures};
@@ -22,7 +22,7 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: [usize
     if !x.device().is_cpu() {
         return composed::conv3d(x, weight, bias, stride);
     }
-    let op = Optional(Conv3d { geom, precision: conv_precision() });
+    let op = Op(Weighted(Conv3d { geom, precision: conv_precision() }));
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
@@ -48,7 +48,7 @@ pub fn conv3d_add(x: &Tensor, weight: &Tensor, addend: &Tensor, stride: [usize; 
             .broadcast_add(&addend.unsqueeze(1)?)?
             .reshape(dims);
     }
-    let op = Conv3dAdd { conv: Conv3d { geom, precision: conv_precision() }, repeat };
+    let op = Op(Conv3dAdd { conv: Conv3d { geom, precision: conv_precision() }, repeat });
     x.contiguous()?.apply_op3(&weight.contiguous()?, &addend.contiguous()?, op)
 }
 
@@ -155,23 +155,14 @@ struct Conv3dAdd {
     repeat: usize,
 }
 
-impl CustomOp3 for Conv3dAdd {
-    fn name(&self) -> &'static str {
-        "voxtell-conv3d-add"
-    }
+impl CpuOp for Conv3dAdd {
+    const NAMES: [&'static str; 2] = ["voxtell-conv3d-add"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = arity(inputs, Self::NAMES[0])?;
         let g = &self.conv.geom;
         let sample = g.c_out * g.out_voxels();
-        let out = dispatch!(s1, CustomOp3::name(self), |T| {
+        let out = dispatch!(s1, Self::NAMES[0], |T| {
             let mut out = conv_forward::<T>(
                 slice(s1, l1, "conv3d input")?,
                 slice(s2, l2, "conv3d weight")?,
@@ -185,19 +176,13 @@ impl CustomOp3 for Conv3dAdd {
         Ok((out, out_shape(g)))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        addend: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.conv.grads(x, w, grad)?;
+    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let &[x, w, addend] = inputs else { bail!("conv3d_add: expected input, weight and addend") };
+        let (gx, gw) = self.conv.input_weight_grads(x, w, grad)?;
         let mut dims = addend.dims().to_vec();
         dims.insert(1, self.repeat);
         let ga = grad.reshape(dims)?.sum(1)?;
-        Ok((Some(gx), Some(gw), Some(ga)))
+        Ok(vec![Some(gx), Some(gw), Some(ga)])
     }
 }
 
@@ -294,39 +279,22 @@ struct Conv3d {
     precision: ConvPrecision,
 }
 
-impl Conv3d {
-    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-        let grad = grad.contiguous()?;
-        let gx = w.apply_op2_no_bwd(&grad, &Conv3dGradInput { geom: self.geom })?;
-        let gw = x.apply_op2_no_bwd(&grad, &Conv3dGradWeight { geom: self.geom })?;
-        Ok((gx, gw))
-    }
-}
-
-/// Input and weight, then the bias when given.
-impl OptionalParams for Conv3d {
+impl WeightedOp for Conv3d {
     const NAMES: [&'static str; 2] = ["voxtell-conv3d", "voxtell-conv3d-bias"];
 
-    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
-        let &[(s1, l1), (s2, l2), ref bias @ ..] = inputs else { bail!("conv3d: expected input and weight") };
-        let g = &self.geom;
-        let out = dispatch!(s1, Self::name_of(inputs.len()), |T| conv_forward::<T>(
-            slice(s1, l1, "conv3d input")?,
-            slice(s2, l2, "conv3d weight")?,
-            bias.first().map(|&(s3, l3)| slice(s3, l3, "conv3d bias")).transpose()?,
-            g,
-            self.precision
-        ));
-        Ok((out, out_shape(g)))
+    fn run<T: Elem>(&self, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+        conv_forward(x, w, bias, &self.geom, self.precision)
     }
 
-    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (gx, gw) = Conv3d::grads(self, inputs[0], inputs[1], grad)?;
-        let mut all = vec![Some(gx), Some(gw)];
-        if inputs.len() == 3 {
-            all.push(Some(bias_grad(grad)?));
-        }
-        Ok(all)
+    fn shape(&self) -> Shape {
+        out_shape(&self.geom)
+    }
+
+    fn input_weight_grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let grad = grad.contiguous()?;
+        let gx = w.apply_op2_no_bwd(&grad, &Op(Conv3dGradInput { geom: self.geom }))?;
+        let gw = x.apply_op2_no_bwd(&grad, &Op(Conv3dGradWeight { geom: self.geom }))?;
+        Ok((gx, gw))
     }
 }
 
@@ -334,20 +302,13 @@ struct Conv3dGradInput {
     geom: ConvGeom,
 }
 
-impl CustomOp2 for Conv3dGradInput {
-    fn name(&self) -> &'static str {
-        "voxtell-conv3d-grad-input"
-    }
+impl CpuOp for Conv3dGradInput {
+    const NAMES: [&'static str; 2] = ["voxtell-conv3d-grad-input"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2)] = arity(inputs, Self::NAMES[0])?;
         let g = &self.geom;
-        let out = dispatch!(s1, self.name(), |T| {
+        let out = dispatch!(s1, Self::NAMES[0], |T| {
             let (w, gout) = (slice::<T>(s1, l1, "weight")?, slice::<T>(s2, l2, "grad")?);
             conv_backward_input(w, gout, g)
         });
@@ -360,20 +321,13 @@ struct Conv3dGradWeight {
     geom: ConvGeom,
 }
 
-impl CustomOp2 for Conv3dGradWeight {
-    fn name(&self) -> &'static str {
-        "voxtell-conv3d-grad-weight"
-    }
+impl CpuOp for Conv3dGradWeight {
+    const NAMES: [&'static str; 2] = ["voxtell-conv3d-grad-weight"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2)] = arity(inputs, Self::NAMES[0])?;
         let g = &self.geom;
-        let out = dispatch!(s1, self.name(), |T| {
+        let out = dispatch!(s1, Self::NAMES[0], |T| {
             let (x, gout) = (slice(s1, l1, "input")?, slice(s2, l2, "grad")?);
             if conv_gemm::shifted_applies(g) {
                 conv_gemm::backward_weight_shifted::<T>(x, gout, g)
@@ -395,20 +349,19 @@ pub fn bias_grad(grad: &Tensor) -> Result<Tensor> {
     if !grad.device().is_cpu() {
         return grad.sum((0, 2, 3, 4));
     }
-    grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)
+    grad.contiguous()?.apply_op1_no_bwd(&Op(ChannelSum))
 }
 
 struct ChannelSum;
 
-impl CustomOp1 for ChannelSum {
-    fn name(&self) -> &'static str {
-        "voxtell-channel-sum"
-    }
+impl CpuOp for ChannelSum {
+    const NAMES: [&'static str; 2] = ["voxtell-channel-sum"; 2];
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s, l)] = arity(inputs, Self::NAMES[0])?;
         let [_, c, d, h, w] = dims5(l.dims(), "bias gradient")?;
         let out =
-            dispatch!(s, self.name(), |T| norm::channel_sums::<T>(slice(s, l, "gradient")?, c, d * h * w));
+            dispatch!(s, Self::NAMES[0], |T| norm::channel_sums::<T>(slice(s, l, "gradient")?, c, d * h * w));
         Ok((out, Shape::from(c)))
     }
 }

@@ -1,11 +1,9 @@
 //! Transposed 3-D convolution with kernel == stride (`nn.ConvTranspose3d` of the official
 //! decoder's `transpconvs`, which upsample by the encoder's stride) and its gradients.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, Layout, Shape, Tensor, bail};
 
-use super::conv::bias_grad;
-use super::{Optional, OptionalParams, Result, concat, dims5, dispatch, out_len, slice};
+use super::{CpuOp, Op, Result, Weighted, WeightedOp, arity, concat, dims5, dispatch, out_len, slice};
 use crate::composed;
 use crate::kernels::Elem;
 use crate::kernels::conv_transpose::{self, TransposeGeom};
@@ -37,8 +35,13 @@ pub fn conv_transpose3d(
     if !x.device().is_cpu() {
         return composed::conv_transpose3d(x, weight, bias, stride);
     }
-    let op =
-        Optional(ConvTranspose(TransposeGeom { batch: n, c_in: ci, c_out: co, input: [d, h, w], stride }));
+    let op = Op(Weighted(ConvTranspose(TransposeGeom {
+        batch: n,
+        c_in: ci,
+        c_out: co,
+        input: [d, h, w],
+        stride,
+    })));
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
@@ -49,49 +52,25 @@ pub fn conv_transpose3d(
 #[derive(Clone, Copy)]
 struct ConvTranspose(TransposeGeom);
 
-impl ConvTranspose {
+impl WeightedOp for ConvTranspose {
+    const NAMES: [&'static str; 2] = ["voxtell-conv-transpose3d", "voxtell-conv-transpose3d-bias"];
+
+    fn run<T: Elem>(&self, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+        conv_transpose::conv_transpose(x, w, bias, &self.0)
+    }
+
     fn shape(&self) -> Shape {
         let g = &self.0;
         let ([d, h, w], s) = (g.input, g.stride);
         Shape::from((g.batch, g.c_out, d * s[0], h * s[1], w * s[2]))
     }
 
-    fn run<T: Elem>(&self, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
-        conv_transpose::conv_transpose(x, w, b, &self.0)
-    }
-
-    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn input_weight_grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let grad = grad.contiguous()?;
-        let both = x.apply_op3_no_bwd(w, &grad, &ConvTransposeGrad { op: *self })?;
+        let both = x.apply_op3_no_bwd(w, &grad, &Op(ConvTransposeGrad { op: *self }))?;
         let gx = both.narrow(0, 0, x.elem_count())?.reshape(x.shape())?;
         let gw = both.narrow(0, x.elem_count(), w.elem_count())?.reshape(w.shape())?;
         Ok((gx, gw))
-    }
-}
-
-/// Input and weight, then the bias when given.
-impl OptionalParams for ConvTranspose {
-    const NAMES: [&'static str; 2] = ["voxtell-conv-transpose3d", "voxtell-conv-transpose3d-bias"];
-
-    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
-        let &[(s1, l1), (s2, l2), ref bias @ ..] = inputs else {
-            bail!("conv_transpose3d: expected input and weight")
-        };
-        let out = dispatch!(s1, Self::name_of(inputs.len()), |T| self.run::<T>(
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "weight")?,
-            bias.first().map(|&(s3, l3)| slice(s3, l3, "bias")).transpose()?
-        ));
-        Ok((out, self.shape()))
-    }
-
-    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (gx, gw) = ConvTranspose::grads(self, inputs[0], inputs[1], grad)?;
-        let mut all = vec![Some(gx), Some(gw)];
-        if inputs.len() == 3 {
-            all.push(Some(bias_grad(grad)?));
-        }
-        Ok(all)
     }
 }
 
@@ -101,22 +80,13 @@ struct ConvTransposeGrad {
     op: ConvTranspose,
 }
 
-impl CustomOp3 for ConvTransposeGrad {
-    fn name(&self) -> &'static str {
-        "voxtell-conv-transpose3d-grad"
-    }
+impl CpuOp for ConvTransposeGrad {
+    const NAMES: [&'static str; 2] = ["voxtell-conv-transpose3d-grad"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = arity(inputs, Self::NAMES[0])?;
         let o = self.op.0;
-        let out = dispatch!(s1, self.name(), |T| {
+        let out = dispatch!(s1, Self::NAMES[0], |T| {
             let (gx, gw) = conv_transpose::conv_transpose_backward::<T>(
                 slice(s1, l1, "input")?,
                 slice(s2, l2, "weight")?,

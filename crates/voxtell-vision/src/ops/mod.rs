@@ -9,11 +9,12 @@
 //! `conv` (`nn.Conv3d`, with the decoder's fused forms), `conv_transpose`
 //! (`nn.ConvTranspose3d`), `norm` (`nn.InstanceNorm3d`), `activation` (`nn.LeakyReLU`) and
 //! `pool` (`nn.AvgPool3d`). This file holds what they share: the storage helpers, the f32/f64
-//! dispatch, the driver that runs an op with or without its optional parameters, and the
+//! dispatch, the driver that runs an op of any arity as a candle custom op, and the
 //! convolution precision.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
+use crate::kernels::Elem;
 use crate::kernels::cpu::CpuFeatures;
 
 mod activation;
@@ -54,7 +55,7 @@ pub(crate) fn dims5(shape: &[usize], what: &str) -> Result<[usize; 5]> {
 /// Run `f` on f32 or f64 data and wrap the result.
 macro_rules! dispatch {
     ($storage:expr, $name:expr, |$t:ident| $body:expr) => {
-        match $storage.dtype() {
+        match candle_core::backend::BackendStorage::dtype($storage) {
             candle_core::DType::F32 => {
                 type $t = f32;
                 candle_core::CpuStorage::F32($body)
@@ -83,35 +84,51 @@ pub(crate) fn out_len(s: &CpuStorage) -> usize {
 }
 pub(crate) use dispatch;
 
-/// A CPU op whose last tensors are optional parameters (a convolution's bias; a norm's weight
-/// and bias), written once for both forms: [`Optional`] runs it as candle's [`CustomOp1`],
-/// [`CustomOp2`] or [`CustomOp3`] by the number of tensors it is applied to.
-pub(crate) trait OptionalParams {
-    /// The op's name without and with the optional tensors.
+/// A CPU op on one, two or three tensors, written once whatever its arity: [`Op`] runs it as
+/// candle's [`CustomOp1`], [`CustomOp2`] or [`CustomOp3`] by the number of tensors it is
+/// applied to. An op whose last tensors are optional (a convolution's bias; a norm's weight and
+/// bias) is so one type for both forms, and the ops that only run inside another op's backward
+/// need no gradient.
+pub(crate) trait CpuOp {
+    /// The op's name, then its name with the optional tensors (the same twice where it has
+    /// none).
     const NAMES: [&'static str; 2];
 
-    /// The forward pass on the storages of the tensors, in order (the optional ones last,
-    /// present or not).
+    /// The forward pass on the storages of the tensors, in order (optional ones last).
     fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)>;
 
-    /// The gradients of the tensors, in the order of `inputs`.
-    fn grads(&self, inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>>;
+    /// The gradients of the tensors, in the order of `inputs`. By default none: such an op is
+    /// only applied with `apply_op*_no_bwd`.
+    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, _grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::name_of(inputs.len()) })
+    }
 
-    /// The name for `n` tensors: `n = 3` is the form with the parameters.
+    /// The name for `n` tensors: `n = 3` is the form with the optional tensors.
     fn name_of(n: usize) -> &'static str {
         Self::NAMES[usize::from(n == 3)]
     }
 }
 
-/// An [`OptionalParams`] op as a candle custom op.
-pub(crate) struct Optional<O>(pub O);
+/// The storages of an op of exactly `N` tensors, or an error naming the op.
+pub(crate) fn arity<'a, const N: usize>(
+    inputs: &[(&'a CpuStorage, &'a Layout)],
+    op: &str,
+) -> Result<[(&'a CpuStorage, &'a Layout); N]> {
+    match inputs.try_into() {
+        Ok(all) => Ok(all),
+        Err(_) => bail!("{op}: expected {N} tensors, got {}", inputs.len()),
+    }
+}
+
+/// A [`CpuOp`] as a candle custom op.
+pub(crate) struct Op<O>(pub O);
 
 /// The `n`-th gradient of a list (`None` past its end).
 fn take(grads: &mut [Option<Tensor>], n: usize) -> Option<Tensor> {
     grads.get_mut(n).and_then(Option::take)
 }
 
-impl<O: OptionalParams> CustomOp1 for Optional<O> {
+impl<O: CpuOp> CustomOp1 for Op<O> {
     fn name(&self) -> &'static str {
         O::name_of(1)
     }
@@ -126,7 +143,7 @@ impl<O: OptionalParams> CustomOp1 for Optional<O> {
     }
 }
 
-impl<O: OptionalParams> CustomOp2 for Optional<O> {
+impl<O: CpuOp> CustomOp2 for Op<O> {
     fn name(&self) -> &'static str {
         O::name_of(2)
     }
@@ -153,7 +170,7 @@ impl<O: OptionalParams> CustomOp2 for Optional<O> {
     }
 }
 
-impl<O: OptionalParams> CustomOp3 for Optional<O> {
+impl<O: CpuOp> CustomOp3 for Op<O> {
     fn name(&self) -> &'static str {
         O::name_of(3)
     }
@@ -180,6 +197,49 @@ impl<O: OptionalParams> CustomOp3 for Optional<O> {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let mut g = self.0.grads(&[a, b, c], res, grad)?;
         Ok((take(&mut g, 0), take(&mut g, 1), take(&mut g, 2)))
+    }
+}
+
+/// An op of an input, a weight and an optional bias (a convolution, a transposed convolution),
+/// run as one [`CpuOp`] for both forms by [`Weighted`]; the bias gradient is [`bias_grad`].
+pub(crate) trait WeightedOp {
+    /// The op's name without and with the bias.
+    const NAMES: [&'static str; 2];
+
+    /// The forward pass on contiguous data.
+    fn run<T: Elem>(&self, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T>;
+
+    /// The output's shape.
+    fn shape(&self) -> Shape;
+
+    /// The gradients of the input and of the weight.
+    fn input_weight_grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// A [`WeightedOp`] as a [`CpuOp`]: input and weight, then the bias when given.
+pub(crate) struct Weighted<W>(pub W);
+
+impl<W: WeightedOp> CpuOp for Weighted<W> {
+    const NAMES: [&'static str; 2] = W::NAMES;
+
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let name = Self::name_of(inputs.len());
+        let &[(s1, l1), (s2, l2), ref bias @ ..] = inputs else { bail!("{name}: expected input and weight") };
+        let out = dispatch!(s1, name, |T| self.0.run::<T>(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "weight")?,
+            bias.first().map(|&(s3, l3)| slice(s3, l3, "bias")).transpose()?
+        ));
+        Ok((out, self.0.shape()))
+    }
+
+    fn grads(&self, inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (gx, gw) = self.0.input_weight_grads(inputs[0], inputs[1], grad)?;
+        let mut all = vec![Some(gx), Some(gw)];
+        if inputs.len() == 3 {
+            all.push(Some(bias_grad(grad)?));
+        }
+        Ok(all)
     }
 }
 

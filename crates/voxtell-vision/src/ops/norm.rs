@@ -2,11 +2,10 @@
 //! official network), alone or fused with the leaky ReLU that follows it, out of place with
 //! gradients or in place for inference.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, bail};
 
 use super::activation::LeakyReluGrad;
-use super::{Optional, OptionalParams, Result, concat, dims5, dispatch, out_len, slice};
+use super::{CpuOp, Op, Result, arity, concat, dims5, dispatch, out_len, slice};
 use crate::composed;
 use crate::kernels::Elem;
 use crate::kernels::norm::{self, NormParams};
@@ -36,7 +35,7 @@ pub fn instance_norm3d_act(
         return composed::instance_norm3d_act(x, weight, bias, eps, slope);
     }
     let x = x.contiguous()?;
-    let op = Optional(InstanceNorm { eps, slope });
+    let op = Op(InstanceNorm { eps, slope });
     match (weight, bias) {
         (Some(w), Some(b)) => x.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
         (None, None) => x.apply_op1(op),
@@ -124,7 +123,10 @@ impl candle_core::InplaceOp1 for InstanceNormInPlace {
         match s {
             CpuStorage::F32(v) => run(&mut v[a..b], c, vox, self),
             CpuStorage::F64(v) => run(&mut v[a..b], c, vox, self),
-            other => bail!("instance_norm3d: unsupported dtype {:?}", other.dtype()),
+            other => bail!(
+                "instance_norm3d: unsupported dtype {:?}",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
         }
         Ok(())
     }
@@ -142,7 +144,7 @@ impl InstanceNorm {
     fn norm_grad(&self, res: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let grad = grad.contiguous()?;
         match self.slope {
-            Some(slope) => res.apply_op2_no_bwd(&grad, &LeakyReluGrad { slope }),
+            Some(slope) => res.apply_op2_no_bwd(&grad, &Op(LeakyReluGrad { slope })),
             None => Ok(grad),
         }
     }
@@ -154,7 +156,7 @@ fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
 }
 
 /// The input, then weight and bias when affine.
-impl OptionalParams for InstanceNorm {
+impl CpuOp for InstanceNorm {
     const NAMES: [&'static str; 2] = ["voxtell-instance-norm3d", "voxtell-instance-norm3d-affine"];
 
     fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
@@ -178,9 +180,9 @@ impl OptionalParams for InstanceNorm {
     fn grads(&self, inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let grad = self.norm_grad(res, grad)?;
         match *inputs {
-            [x] => Ok(vec![Some(x.apply_op2_no_bwd(&grad, &InstanceNormGrad { eps: self.eps })?)]),
+            [x] => Ok(vec![Some(x.apply_op2_no_bwd(&grad, &Op(InstanceNormGrad { eps: self.eps }))?)]),
             [x, w, _] => {
-                let all = x.apply_op3_no_bwd(w, &grad, &InstanceNormAffineGrad { eps: self.eps })?;
+                let all = x.apply_op3_no_bwd(w, &grad, &Op(InstanceNormAffineGrad { eps: self.eps }))?;
                 let (n, c) = (x.elem_count(), w.elem_count());
                 let gx = all.narrow(0, 0, n)?.reshape(x.shape())?;
                 Ok(vec![Some(gx), Some(all.narrow(0, n, c)?), Some(all.narrow(0, n + c, c)?)])
@@ -195,20 +197,13 @@ struct InstanceNormGrad {
     eps: f64,
 }
 
-impl CustomOp2 for InstanceNormGrad {
-    fn name(&self) -> &'static str {
-        "voxtell-instance-norm3d-grad"
-    }
+impl CpuOp for InstanceNormGrad {
+    const NAMES: [&'static str; 2] = ["voxtell-instance-norm3d-grad"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2)] = arity(inputs, Self::NAMES[0])?;
         let (c, vox) = plane_dims(l1)?;
-        let out = dispatch!(s1, self.name(), |T| norm::instance_norm_backward::<T>(
+        let out = dispatch!(s1, Self::NAMES[0], |T| norm::instance_norm_backward::<T>(
             slice(s1, l1, "input")?,
             c,
             vox,
@@ -227,22 +222,13 @@ struct InstanceNormAffineGrad {
     eps: f64,
 }
 
-impl CustomOp3 for InstanceNormAffineGrad {
-    fn name(&self) -> &'static str {
-        "voxtell-instance-norm3d-affine-grad"
-    }
+impl CpuOp for InstanceNormAffineGrad {
+    const NAMES: [&'static str; 2] = ["voxtell-instance-norm3d-affine-grad"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = arity(inputs, Self::NAMES[0])?;
         let (c, vox) = plane_dims(l1)?;
-        let out = dispatch!(s1, self.name(), |T| {
+        let out = dispatch!(s1, Self::NAMES[0], |T| {
             let (gx, affine) = norm::instance_norm_backward::<T>(
                 slice(s1, l1, "input")?,
                 c,

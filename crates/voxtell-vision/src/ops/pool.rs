@@ -1,10 +1,9 @@
 //! Average pooling with kernel == stride (`nn.AvgPool3d` on the strided skip path of the
 //! official residual blocks) and its gradient.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, Layout, Shape, Tensor, bail};
 
-use super::{Result, dims5, dispatch, slice};
+use super::{CpuOp, Op, Result, arity, dims5, dispatch, slice};
 use crate::composed;
 use crate::kernels::pool;
 
@@ -20,7 +19,7 @@ pub fn avg_pool3d(x: &Tensor, kernel: [usize; 3]) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return composed::avg_pool3d(x, kernel);
     }
-    x.contiguous()?.apply_op1(AvgPool { planes: n * c, input: [d, h, w], kernel })
+    x.contiguous()?.apply_op1(Op(AvgPool { planes: n * c, input: [d, h, w], kernel }))
 }
 
 #[derive(Clone, Copy)]
@@ -30,13 +29,12 @@ struct AvgPool {
     kernel: [usize; 3],
 }
 
-impl CustomOp1 for AvgPool {
-    fn name(&self) -> &'static str {
-        "voxtell-avg-pool3d"
-    }
+impl CpuOp for AvgPool {
+    const NAMES: [&'static str; 2] = ["voxtell-avg-pool3d"; 2];
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(s, self.name(), |T| pool::avg_pool::<T>(
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s, l)] = arity(inputs, Self::NAMES[0])?;
+        let out = dispatch!(s, Self::NAMES[0], |T| pool::avg_pool::<T>(
             slice(s, l, "input")?,
             self.planes,
             self.input,
@@ -47,8 +45,8 @@ impl CustomOp1 for AvgPool {
         Ok((out, Shape::from((dims[0], dims[1], od, oh, ow))))
     }
 
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&AvgPoolGrad { pool: *self })?))
+    fn grads(&self, _inputs: &[&Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(grad.contiguous()?.apply_op1_no_bwd(&Op(AvgPoolGrad { pool: *self }))?)])
     }
 }
 
@@ -56,14 +54,13 @@ struct AvgPoolGrad {
     pool: AvgPool,
 }
 
-impl CustomOp1 for AvgPoolGrad {
-    fn name(&self) -> &'static str {
-        "voxtell-avg-pool3d-grad"
-    }
+impl CpuOp for AvgPoolGrad {
+    const NAMES: [&'static str; 2] = ["voxtell-avg-pool3d-grad"; 2];
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(s, l)] = arity(inputs, Self::NAMES[0])?;
         let p = self.pool;
-        let out = dispatch!(s, self.name(), |T| pool::avg_pool_backward::<T>(
+        let out = dispatch!(s, Self::NAMES[0], |T| pool::avg_pool_backward::<T>(
             slice(s, l, "grad")?,
             p.planes,
             p.input,
