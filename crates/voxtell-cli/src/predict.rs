@@ -22,7 +22,7 @@ use voxtell::io::DicomOptions;
 
 use crate::cohort;
 use crate::report::{CaseNotes, Log, Progress};
-use crate::setup::{load_bank, locate, parse_size, pick_device};
+use crate::setup::{DeviceArg, load_bank, locate, parse_size, pick_device};
 
 /// An output format of `--output-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -105,13 +105,13 @@ pub struct PredictArgs {
     /// Run again the cases whose latest line in these reports says `failed` (instead of -i/--jobs).
     #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["jobs", "input", "prompts"])]
     pub retry_failed: Vec<PathBuf>,
-    /// Device: cpu, cuda or metal (default: a GPU when the binary was built with one and one is
-    /// present, else cpu).
-    #[arg(long, value_parser = ["cpu", "cuda", "metal"])]
-    pub device: Option<String>,
-    /// GPU index.
-    #[arg(long, default_value_t = 0)]
-    pub gpu: usize,
+    /// Device: cpu, cuda, cuda:N, metal or metal:N (default: a GPU when the binary was built
+    /// with one and one is present, else cpu).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceArg>,
+    /// GPU index (default 0; or give it in --device, as cuda:N).
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<usize>,
     /// CPU threads (default: SLURM_CPUS_PER_TASK when set, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -172,6 +172,15 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     }
     let bank = load_bank(args.no_precomputed, args.embeddings.as_deref(), &log)?;
     if args.list_embeddings {
+        ensure!(
+            !args.no_precomputed,
+            "--list-embeddings lists the precomputed bank, which --no-precomputed turns off"
+        );
+        ensure!(
+            !bank.is_empty(),
+            "no embedding bank to list: looked at {}",
+            voxtell::fusion::bank_search_places(args.embeddings.as_deref())
+        );
         println!("{} prompts, {}-wide vectors", bank.len(), bank.dim());
         for label in bank.labels() {
             println!("{label}");
@@ -234,7 +243,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
 
     // Prompts first: an unknown prompt fails before any image work, and a text model needed for
     // them is dropped before the segmentation model is loaded.
-    let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
+    let device = pick_device(args.device, args.gpu, &log)?;
     let t0 = Instant::now();
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;

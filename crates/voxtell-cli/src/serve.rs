@@ -13,7 +13,7 @@ use voxtell::infer::{Accumulate, ConvPrecision, PredictOptions, Predictor, human
 use voxtell_serve::{ServeConfig, Server};
 
 use crate::report::Log;
-use crate::setup::{load_bank, locate, parse_size, pick_device};
+use crate::setup::{DeviceArg, load_bank, locate, parse_size, pick_device};
 
 /// Arguments of `voxtell serve`.
 #[derive(Debug, Args)]
@@ -28,13 +28,13 @@ pub struct ServeArgs {
     /// mrokuss/VoxTell voxtell_v1.1 in the Hugging Face cache.
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// Device: cpu, cuda or metal (default: a GPU when the binary was built with one and one is
-    /// present, else cpu).
-    #[arg(long, value_parser = ["cpu", "cuda", "metal"])]
-    pub device: Option<String>,
-    /// GPU index.
-    #[arg(long, default_value_t = 0)]
-    pub gpu: usize,
+    /// Device: cpu, cuda, cuda:N, metal or metal:N (default: a GPU when the binary was built
+    /// with one and one is present, else cpu).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceArg>,
+    /// GPU index (default 0; or give it in --device, as cuda:N).
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<usize>,
     /// Embedding bank (.npz, official format); else $VOXTELL_EMBEDDINGS, else the official bank
     /// in the Hugging Face cache.
     #[arg(long, value_name = "BANK")]
@@ -103,7 +103,7 @@ pub fn run(args: ServeArgs, after_job: fn()) -> anyhow::Result<()> {
         .with_context(|| format!("--host {}: no address", args.host))?;
 
     let bank = load_bank(args.no_precomputed, args.embeddings.as_deref(), &log)?;
-    let device = pick_device(args.device.as_deref(), args.gpu, &log)?;
+    let device = pick_device(args.device, args.gpu, &log)?;
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());

@@ -80,22 +80,85 @@ pub(crate) fn load_bank(
     }
 }
 
+/// A device as `--device` names it: `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N` (`N` the GPU
+/// index, which `--gpu N` can give instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU, with the index given in the name, if any.
+    Cuda(Option<usize>),
+    /// A Metal GPU, with the index given in the name, if any.
+    Metal(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, index) = match s.split_once(':') {
+            Some((kind, index)) => (kind, Some(index)),
+            None => (s, None),
+        };
+        let index = index
+            .map(|i| {
+                i.parse::<usize>().map_err(|_| {
+                    format!("{s:?}: the GPU index after ':' must be a whole number, as in cuda:1")
+                })
+            })
+            .transpose()?;
+        match (kind, index) {
+            ("cpu", None) => Ok(DeviceArg::Cpu),
+            ("cpu", Some(_)) => Err(format!("{s:?}: the CPU takes no index")),
+            ("cuda", i) => Ok(DeviceArg::Cuda(i)),
+            ("metal", i) => Ok(DeviceArg::Metal(i)),
+            _ => Err(format!("unknown device {s:?}: cpu, cuda, cuda:N, metal or metal:N")),
+        }
+    }
+}
+
+/// The GPU index of `--device` and `--gpu`: either may give it (0 when neither does); both
+/// giving different ones, or `--gpu` with the CPU, is an error.
+fn gpu_index(choice: Option<DeviceArg>, gpu: Option<usize>) -> anyhow::Result<usize> {
+    let named = match choice {
+        Some(DeviceArg::Cpu) => {
+            if let Some(g) = gpu {
+                anyhow::bail!("--gpu {g} conflicts with --device cpu: give one of them");
+            }
+            None
+        }
+        Some(DeviceArg::Cuda(i) | DeviceArg::Metal(i)) => i,
+        None => None,
+    };
+    match (named, gpu) {
+        (Some(n), Some(g)) if n != g => {
+            anyhow::bail!("--device names GPU {n} and --gpu names GPU {g}: give the index once")
+        }
+        (n, g) => Ok(n.or(g).unwrap_or(0)),
+    }
+}
+
 /// The device asked for; a GPU that is not there falls back to the CPU with a warning, as the
-/// official tool does.
-pub(crate) fn pick_device(choice: Option<&str>, gpu: usize, log: &Log) -> anyhow::Result<Device> {
-    let cuda = || Device::new_cuda(gpu);
-    let metal = || Device::new_metal(gpu);
+/// official tool does. Without `--device`, a GPU when the binary was built with one and one is
+/// present, else the CPU.
+pub(crate) fn pick_device(
+    choice: Option<DeviceArg>,
+    gpu: Option<usize>,
+    log: &Log,
+) -> anyhow::Result<Device> {
+    let index = gpu_index(choice, gpu)?;
+    let cuda = || Device::new_cuda(index);
+    let metal = || Device::new_metal(index);
     Ok(match choice {
-        Some("cpu") => Device::Cpu,
-        Some("cuda") => cuda().unwrap_or_else(|e| {
-            log.info(format!("warning: CUDA device {gpu} unavailable ({e}); using the CPU"));
+        Some(DeviceArg::Cpu) => Device::Cpu,
+        Some(DeviceArg::Cuda(_)) => cuda().unwrap_or_else(|e| {
+            log.info(format!("warning: CUDA device {index} unavailable ({e}); using the CPU"));
             Device::Cpu
         }),
-        Some("metal") => metal().unwrap_or_else(|e| {
-            log.info(format!("warning: Metal device {gpu} unavailable ({e}); using the CPU"));
+        Some(DeviceArg::Metal(_)) => metal().unwrap_or_else(|e| {
+            log.info(format!("warning: Metal device {index} unavailable ({e}); using the CPU"));
             Device::Cpu
         }),
-        Some(other) => anyhow::bail!("unknown device {other:?}"),
         None if voxtell::candle::utils::cuda_is_available() => cuda().unwrap_or(Device::Cpu),
         None if voxtell::candle::utils::metal_is_available() => metal().unwrap_or(Device::Cpu),
         None => Device::Cpu,
@@ -115,5 +178,31 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("3X").is_err());
+    }
+
+    #[test]
+    fn devices_parse_with_an_optional_index() {
+        let parse = |s: &str| s.parse::<DeviceArg>();
+        assert_eq!(parse("cpu"), Ok(DeviceArg::Cpu));
+        assert_eq!(parse("cuda"), Ok(DeviceArg::Cuda(None)));
+        assert_eq!(parse("cuda:1"), Ok(DeviceArg::Cuda(Some(1))));
+        assert_eq!(parse("metal:0"), Ok(DeviceArg::Metal(Some(0))));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "CUDA", ""] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse("cuda:x").unwrap_err().contains("cuda:1"));
+    }
+
+    #[test]
+    fn the_gpu_index_is_given_once() {
+        let cuda = |i| Some(DeviceArg::Cuda(i));
+        assert_eq!(gpu_index(None, None).unwrap(), 0);
+        assert_eq!(gpu_index(cuda(None), Some(2)).unwrap(), 2);
+        assert_eq!(gpu_index(cuda(Some(1)), None).unwrap(), 1);
+        assert_eq!(gpu_index(cuda(Some(1)), Some(1)).unwrap(), 1);
+        let err = gpu_index(cuda(Some(1)), Some(2)).unwrap_err().to_string();
+        assert!(err.contains("GPU 1") && err.contains("GPU 2"), "{err}");
+        assert!(gpu_index(Some(DeviceArg::Cpu), Some(1)).is_err());
+        assert_eq!(gpu_index(Some(DeviceArg::Cpu), None).unwrap(), 0);
     }
 }

@@ -486,6 +486,27 @@ fn statistics_preview_and_probabilities_agree_with_the_masks() {
             let n = nonzero(&mask);
             assert!(n > 0, "{case} {prompt}: empty mask");
             assert_eq!(entry["voxels"].as_u64().unwrap() as usize, n, "{case} {prompt}: voxel count");
+            // Intensity: the scan's values where the written mask is set (same grid).
+            let scan = read(&predict_dir().join("images").join(format!("{case}.nii.gz")));
+            let inside: Vec<f64> = scan
+                .data
+                .iter()
+                .zip(mask.data.iter())
+                .filter(|&(&v, &m)| m != 0.0 && v.is_finite())
+                .map(|(&v, _)| f64::from(v))
+                .collect();
+            let it = &entry["intensity"];
+            let get =
+                |k: &str| it[k].as_f64().unwrap_or_else(|| panic!("{case} {prompt}: intensity.{k}: {it}"));
+            let mean = inside.iter().sum::<f64>() / inside.len() as f64;
+            let std = (inside.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / inside.len() as f64).sqrt();
+            let tol = 1e-9 * (1.0 + mean.abs() + std);
+            assert!((get("mean") - mean).abs() <= tol, "{case} {prompt}: mean {} vs {mean}", get("mean"));
+            assert!((get("std") - std).abs() <= tol, "{case} {prompt}: std {} vs {std}", get("std"));
+            assert_eq!(get("min"), inside.iter().copied().fold(f64::INFINITY, f64::min));
+            assert_eq!(get("max"), inside.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+            assert!(get("min") <= get("p5") && get("p5") <= get("p50"), "{it}");
+            assert!(get("p50") <= get("p95") && get("p95") <= get("max"), "{it}");
 
             // Probabilities: f32 in [0, 1], > 0.5 where the mask is set.
             let prob_path = out.join(format!("{case}_{safe}_prob.nii.gz"));
@@ -757,6 +778,17 @@ fn dicom_seg_output_alone_or_beside_nifti_and_empty_prompts_named() {
     for e in &empty {
         assert!(r.stderr.contains(&format!("{e:?}")) && r.stderr.contains("empty mask"), "{e}: {}", r.stderr);
     }
+    // Intensity in the series' own units for found structures, null for empty ones.
+    for entry in stats["prompts"].as_array().unwrap() {
+        let it = &entry["intensity"];
+        if entry["voxels"] == 0 {
+            assert!(it.is_null(), "{entry}");
+        } else {
+            let (lo, mean, hi) =
+                (it["min"].as_f64().unwrap(), it["mean"].as_f64().unwrap(), it["max"].as_f64().unwrap());
+            assert!(lo <= mean && mean <= hi, "{entry}");
+        }
+    }
     if empty.is_empty() {
         assert!(!r.stderr.contains("empty mask"), "{}", r.stderr);
     }
@@ -841,6 +873,44 @@ fn list_embeddings_prints_the_bank_prompts() {
     let printed: Vec<&str> = r.stdout.lines().skip(1).collect();
     assert_eq!(printed, labels, "{}", r.stdout);
     assert!(r.stdout.starts_with("4 prompts, 24-wide"), "{}", r.stdout);
+}
+
+#[test]
+fn list_embeddings_without_a_bank_names_where_it_looked() {
+    // No --embeddings, $VOXTELL_EMBEDDINGS empty, $HF_HOME an empty folder.
+    let r = voxtell(&args!["predict", "--list-embeddings"]);
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(r.stderr.contains("no embedding bank to list"), "{}", r.stderr);
+    assert!(r.stderr.contains("VOXTELL_EMBEDDINGS"), "{}", r.stderr);
+    assert!(r.stderr.contains("voxtell-predict-tests-no-hf-home"), "{}", r.stderr);
+    assert!(r.stderr.contains("--embeddings"), "{}", r.stderr);
+    // Turned off, there is nothing to list either.
+    let r = voxtell(&args!["predict", "--list-embeddings", "--no-precomputed"]);
+    assert!(!r.ok && r.stderr.contains("--no-precomputed"), "{}", r.stderr);
+}
+
+#[test]
+fn devices_are_named_with_an_index_and_conflicts_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = args!["-i", image("mr_small"), "-p", "Liver"];
+        a.extend(extra.iter().map(OsString::from));
+        predict(tmp.path(), &a)
+    };
+    let r = run(&["--device", "cuda:1", "--gpu", "2"]);
+    assert!(!r.ok && r.stderr.contains("GPU 1") && r.stderr.contains("GPU 2"), "{}", r.stderr);
+    let r = run(&["--device", "cpu", "--gpu", "1"]);
+    assert!(!r.ok && r.stderr.contains("--device cpu"), "{}", r.stderr);
+    let r = run(&["--device", "tpu"]);
+    assert!(!r.ok && r.stderr.contains("unknown device \"tpu\""), "{}", r.stderr);
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "a refused run wrote files");
+    // Without CUDA in the build, a CUDA device falls back to the CPU with a warning.
+    if !cfg!(feature = "cuda") {
+        let r = run(&["--device", "cuda:0"]);
+        assert!(r.ok, "{}", r.stderr);
+        assert!(r.stderr.contains("CUDA device 0 unavailable"), "{}", r.stderr);
+    }
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::plans::PlansNetwork;
 
 mod lookup;
 
-pub use lookup::{resolve_bank, resolve_model_dir};
+pub use lookup::{bank_search_places, resolve_bank, resolve_model_dir};
 
 /// The plans file.
 const PLANS_FILE: &str = "plans.json";

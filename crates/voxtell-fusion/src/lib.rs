@@ -34,7 +34,7 @@ pub mod transformer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{FusionError, Result};
-pub use folder::{ModelDir, convert, is_model_dir, resolve_bank, resolve_model_dir};
+pub use folder::{ModelDir, bank_search_places, convert, is_model_dir, resolve_bank, resolve_model_dir};
 pub use init::FreshWeights;
 pub use meta::{ModelMeta, SpacingAxis, SpacingRange, TextEncoderSpec};
 pub use model::{VoxTellConfig, VoxTellModel, VoxTellOutput};

@@ -1,4 +1,5 @@
-//! Per-mask statistics (size, volume, bounding box, centroid) and their JSON file.
+//! Per-mask statistics (size, volume, bounding box, centroid, and the scan's intensity inside
+//! the mask) and their JSON file.
 //!
 //! Statistics are computed in the original voxel grid of the scan, the grid the mask files are
 //! written in, with the scan's affine (voxel index → RAS+ world millimetres) for the world
@@ -30,6 +31,83 @@ pub struct MaskStatistics {
     pub centroid_voxel: Option<[f64; 3]>,
     /// [`Self::centroid_voxel`] mapped by the affine to RAS+ world mm; `None` when empty.
     pub centroid_world_mm: Option<[f64; 3]>,
+    /// The scan's values inside the mask; `None` when the mask is empty, when the scan is not
+    /// given ([`compute`] alone) or when none of its values there is finite.
+    pub intensity: Option<Intensity>,
+}
+
+/// The scan's values inside one mask, in the scan's own units (Hounsfield units for CT, the
+/// DICOM values after RescaleSlope and RescaleIntercept). Non-finite values are left out.
+/// Computed as numpy computes them from the same values: the mean, the population standard
+/// deviation (`np.std`, `ddof=0`) and the percentiles with numpy's default linear
+/// interpolation (`np.percentile(v, q)`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Intensity {
+    /// Mean.
+    pub mean: f64,
+    /// Population standard deviation.
+    pub std: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// 5th percentile.
+    pub p5: f64,
+    /// Median (50th percentile).
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+}
+
+impl Intensity {
+    /// The figures of `values` (reordered in place: sorted); `None` when none is finite.
+    pub fn of_values(values: &mut Vec<f32>) -> Option<Intensity> {
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(f32::total_cmp);
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        Some(Intensity {
+            mean,
+            std: var.sqrt(),
+            min: f64::from(values[0]),
+            max: f64::from(values[values.len() - 1]),
+            p5: percentile(values, 5.0),
+            p50: percentile(values, 50.0),
+            p95: percentile(values, 95.0),
+        })
+    }
+}
+
+/// numpy's linear percentile `q` (0 to 100) of `sorted` (ascending, not empty): the value at
+/// position `(n − 1)·q/100`, interpolated between its two neighbours as numpy's `_lerp` does
+/// (from the upper neighbour when the fraction is at least one half).
+fn percentile(sorted: &[f32], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q / 100.0;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    let t = h - lo as f64;
+    let (a, b) = (f64::from(sorted[lo]), f64::from(sorted[hi]));
+    let diff = b - a;
+    if t >= 0.5 { b - diff * (1.0 - t) } else { a + diff * t }
+}
+
+/// The scan's values where prompt `i`'s mask is set: read through the crop box the mask is
+/// held in, so nothing but these values is copied.
+fn mask_values(image: ArrayView3<f32>, masks: &crate::Masks, i: usize) -> Vec<f32> {
+    let Some(cropped) = masks.cropped_mask(i) else { return Vec::new() };
+    let b = masks.bbox();
+    let region = image.slice(ndarray::s![b[0][0]..b[0][1], b[1][0]..b[1][1], b[2][0]..b[2][1]]);
+    let mut values = Vec::new();
+    ndarray::Zip::from(cropped).and(&region).for_each(|&m, &v| {
+        if m != 0 {
+            values.push(v);
+        }
+    });
+    values
 }
 
 /// Statistics of every prompt of one case, the content of `{case}_statistics.json`.
@@ -107,6 +185,7 @@ pub fn compute(prompt: &str, mask: ArrayView3<u8>, affine: &voxtell_io::Affine) 
             bbox_world_mm: None,
             centroid_voxel: None,
             centroid_world_mm: None,
+            intensity: None,
         };
     }
     let centroid = sums.map(|s| s as f64 / count as f64);
@@ -129,17 +208,35 @@ pub fn compute(prompt: &str, mask: ArrayView3<u8>, affine: &voxtell_io::Affine) 
         bbox_world_mm: Some([wmin, wmax]),
         centroid_voxel: Some(centroid),
         centroid_world_mm: Some(apply(affine, centroid)),
+        intensity: None,
     }
 }
 
-/// Statistics of every mask of a prediction, measured in the scan's own grid: `case` names the
-/// case and `source` the image it came from.
-pub fn of_masks(case: &str, source: &str, masks: &crate::Masks) -> Result<CaseStatistics> {
+/// Statistics of every mask of a prediction, measured in the scan's own grid, with the scan's
+/// intensity inside each mask: `case` names the case, `source` the image it came from, and
+/// `image` is that image as the predictor read it (its (S, A, R) grid is the masks'; another
+/// shape is an [`InferError::Invalid`]).
+pub fn of_masks(
+    case: &str,
+    source: &str,
+    image: &voxtell_io::RasVolume,
+    masks: &crate::Masks,
+) -> Result<CaseStatistics> {
+    if image.data.shape() != masks.ras_shape() {
+        return Err(InferError::Invalid(format!(
+            "statistics of {case}: the image's shape {:?} is not the masks' {:?}",
+            image.data.shape(),
+            masks.ras_shape()
+        )));
+    }
     let geometry = masks.geometry();
     let mut prompts = Vec::with_capacity(masks.len());
     for (i, p) in masks.prompts().iter().enumerate() {
         let (original, affine) = geometry.restore(masks.mask(i)?.view())?;
-        prompts.push(compute(p, original.view(), &affine));
+        let mut s = compute(p, original.view(), &affine);
+        drop(original);
+        s.intensity = Intensity::of_values(&mut mask_values(image.data.view(), masks, i));
+        prompts.push(s);
     }
     Ok(CaseStatistics {
         case: case.to_string(),

@@ -144,7 +144,7 @@ impl OutputWriter for ProbabilityMaps {
     }
 }
 
-/// `{case}_statistics.json`: voxels, volume, bounding box and centroid of each mask
+/// `{case}_statistics.json`: voxels, volume, bounding box, centroid and intensity of each mask
 /// ([`stats::of_masks`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatisticsFile;
@@ -156,7 +156,7 @@ impl OutputWriter for StatisticsFile {
 
     fn write(&self, case: &PredictedCase<'_>, dir: &Path) -> Result<Vec<PathBuf>> {
         let path = dir.join(naming::statistics_file(case.name));
-        let s = stats::of_masks(case.name, &case.input.describe(), case.masks)?;
+        let s = stats::of_masks(case.name, &case.input.describe(), case.image, case.masks)?;
         stats::write_statistics(&path, &s, true)?;
         Ok(vec![path])
     }

@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let image = Volume::to_ras(&volume)?;
     let png = out.join(naming::preview_file("phantom"));
     preview::of_masks(&image, &masks)?.write_png(&png, true)?;
-    let statistics = stats::of_masks("phantom", &scan.display().to_string(), &masks)?;
+    let statistics = stats::of_masks("phantom", &scan.display().to_string(), &image, &masks)?;
     stats::write_statistics(&out.join(naming::statistics_file("phantom")), &statistics, true)?;
 
     // Dice against the generator's truth.

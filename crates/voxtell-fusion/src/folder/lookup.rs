@@ -25,6 +25,24 @@ pub fn resolve_bank(explicit: Option<&Path>) -> Option<PathBuf> {
     resolve_bank_in(explicit, std::env::var_os(VOXTELL_EMBEDDINGS), &hf_hub::Cache::from_env())
 }
 
+/// Where [`resolve_bank`] looked for `explicit`, as words for a message when it gave no bank or
+/// an empty one: the path given or `$VOXTELL_EMBEDDINGS` (then that bank is empty), else the
+/// published bank's place in the Hugging Face cache.
+pub fn bank_search_places(explicit: Option<&Path>) -> String {
+    if let Some(p) = explicit {
+        return format!("{}, which holds no prompts", p.display());
+    }
+    if let Some(v) = std::env::var_os(VOXTELL_EMBEDDINGS).filter(|v| !v.is_empty()) {
+        return format!("${VOXTELL_EMBEDDINGS}, {}, which holds no prompts", Path::new(&v).display());
+    }
+    let cache = hf_hub::Cache::from_env();
+    format!(
+        "${VOXTELL_EMBEDDINGS} (not set), then {PUBLISHED_BANK} of {PUBLISHED_REPO} in the Hugging Face cache {} \
+         (give one with --embeddings)",
+        cache.path().display()
+    )
+}
+
 /// [`resolve_model_dir`] with the environment variable's value and the cache given.
 fn resolve_model_dir_in(
     explicit: Option<&Path>,
