@@ -22,7 +22,7 @@ use voxtell::io::DicomOptions;
 
 use crate::cohort;
 use crate::report::{CaseNotes, Log, Progress};
-use crate::setup::{DeviceArg, load_bank, locate, parse_size, pick_device};
+use crate::setup::{DeviceArg, gpu_index, load_bank, locate, parse_size, pick_device};
 
 /// An output format of `--output-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -157,6 +157,8 @@ pub struct PredictArgs {
 /// Run `voxtell predict`; returns whether every case succeeded.
 pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let log = Log { quiet: args.quiet, verbose: args.verbose };
+    // Conflicting device flags are refused before any input is read.
+    gpu_index(args.device, args.gpu)?;
     let threads = args.threads.or_else(|| {
         std::env::var("SLURM_CPUS_PER_TASK")
             .ok()

@@ -119,7 +119,7 @@ impl std::str::FromStr for DeviceArg {
 
 /// The GPU index of `--device` and `--gpu`: either may give it (0 when neither does); both
 /// giving different ones, or `--gpu` with the CPU, is an error.
-fn gpu_index(choice: Option<DeviceArg>, gpu: Option<usize>) -> anyhow::Result<usize> {
+pub(crate) fn gpu_index(choice: Option<DeviceArg>, gpu: Option<usize>) -> anyhow::Result<usize> {
     let named = match choice {
         Some(DeviceArg::Cpu) => {
             if let Some(g) = gpu {

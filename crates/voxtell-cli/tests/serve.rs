@@ -112,6 +112,11 @@ fn bad_start_up_is_an_error_naming_the_culprit() {
     assert!(err.contains("--api-key-file"), "{err}");
     let err = run(&["--host", "not a host!"]);
     assert!(err.contains("--host"), "{err}");
+    // The device flags parse as predict's do.
+    let err = run(&["--device", "cuda:1", "--gpu", "2"]);
+    assert!(err.contains("GPU 1") && err.contains("GPU 2"), "{err}");
+    let err = run(&["--device", "cuda:one"]);
+    assert!(err.contains("cuda:1"), "{err}");
     // A bank of another width than the model's text vectors (24).
     let dir = tempfile::tempdir().unwrap();
     let bank = dir.path().join("bank.npz");
