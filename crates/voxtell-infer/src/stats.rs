@@ -86,7 +86,7 @@ impl Intensity {
 /// position `(n − 1)·q/100`, interpolated between its two neighbours as numpy's `_lerp` does
 /// (from the upper neighbour when the fraction is at least one half).
 fn percentile(sorted: &[f32], q: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * q / 100.0;
+    let h = (sorted.len() - 1) as f64 * (q / 100.0);
     let lo = h.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
     let t = h - lo as f64;
