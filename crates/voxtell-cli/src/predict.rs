@@ -158,7 +158,7 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
     let log = Log { quiet: args.quiet, verbose: args.verbose };
     // Conflicting device flags are refused before any input is read.
-    gpu_index(args.device, args.gpu)?;
+    let gpu = gpu_index(args.device, args.gpu)?;
     let threads = args.threads.or_else(|| {
         std::env::var("SLURM_CPUS_PER_TASK")
             .ok()
@@ -245,7 +245,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<bool> {
 
     // Prompts first: an unknown prompt fails before any image work, and a text model needed for
     // them is dropped before the segmentation model is loaded.
-    let device = pick_device(args.device, args.gpu, &log)?;
+    let device = pick_device(args.device, gpu, &log);
     let t0 = Instant::now();
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;

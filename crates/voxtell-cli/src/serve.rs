@@ -13,7 +13,7 @@ use voxtell::infer::{Accumulate, ConvPrecision, PredictOptions, Predictor, human
 use voxtell_serve::{ServeConfig, Server};
 
 use crate::report::Log;
-use crate::setup::{DeviceArg, load_bank, locate, parse_size, pick_device};
+use crate::setup::{DeviceArg, gpu_index, load_bank, locate, parse_size, pick_device};
 
 /// Arguments of `voxtell serve`.
 #[derive(Debug, Args)]
@@ -86,6 +86,8 @@ pub struct ServeArgs {
 /// Run `voxtell serve` until Ctrl-C or SIGTERM; `after_job` gives memory back between jobs.
 pub fn run(args: ServeArgs, after_job: fn()) -> anyhow::Result<()> {
     let log = Log { quiet: args.quiet, verbose: !args.quiet };
+    // Conflicting device flags are refused before anything is read.
+    let gpu = gpu_index(args.device, args.gpu)?;
     if let Some(n) = args.threads {
         ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
@@ -103,7 +105,7 @@ pub fn run(args: ServeArgs, after_job: fn()) -> anyhow::Result<()> {
         .with_context(|| format!("--host {}: no address", args.host))?;
 
     let bank = load_bank(args.no_precomputed, args.embeddings.as_deref(), &log)?;
-    let device = pick_device(args.device, args.gpu, &log)?;
+    let device = pick_device(args.device, gpu, &log);
     let (vectors, model_dir, folder) =
         locate(bank, args.text_model.as_deref(), &args.text_dtype, &device, args.model.as_deref())?;
     let loading = || format!("loading the model from {}", model_dir.display());

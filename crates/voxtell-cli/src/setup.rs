@@ -138,18 +138,13 @@ pub(crate) fn gpu_index(choice: Option<DeviceArg>, gpu: Option<usize>) -> anyhow
     }
 }
 
-/// The device asked for; a GPU that is not there falls back to the CPU with a warning, as the
-/// official tool does. Without `--device`, a GPU when the binary was built with one and one is
-/// present, else the CPU.
-pub(crate) fn pick_device(
-    choice: Option<DeviceArg>,
-    gpu: Option<usize>,
-    log: &Log,
-) -> anyhow::Result<Device> {
-    let index = gpu_index(choice, gpu)?;
+/// The device asked for, with the GPU `index` that [`gpu_index`] settled; a GPU that is not
+/// there falls back to the CPU with a warning, as the official tool does. Without `--device`, a
+/// GPU when the binary was built with one and one is present, else the CPU.
+pub(crate) fn pick_device(choice: Option<DeviceArg>, index: usize, log: &Log) -> Device {
     let cuda = || Device::new_cuda(index);
     let metal = || Device::new_metal(index);
-    Ok(match choice {
+    match choice {
         Some(DeviceArg::Cpu) => Device::Cpu,
         Some(DeviceArg::Cuda(_)) => cuda().unwrap_or_else(|e| {
             log.info(format!("warning: CUDA device {index} unavailable ({e}); using the CPU"));
@@ -162,7 +157,7 @@ pub(crate) fn pick_device(
         None if voxtell::candle::utils::cuda_is_available() => cuda().unwrap_or(Device::Cpu),
         None if voxtell::candle::utils::metal_is_available() => metal().unwrap_or(Device::Cpu),
         None => Device::Cpu,
-    })
+    }
 }
 
 #[cfg(test)]
