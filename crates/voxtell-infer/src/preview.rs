@@ -367,8 +367,8 @@ fn grey_window(image: ArrayView3<f32>) -> (f32, f32) {
         return (0.0, 1.0);
     }
     values.sort_unstable_by(f32::total_cmp);
-    let lo = percentile(&values, 0.005);
-    let hi = percentile(&values, 0.995);
+    let lo = crate::stats::quantile(&values, 0.005) as f32;
+    let hi = crate::stats::quantile(&values, 0.995) as f32;
     if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
 }
 
@@ -378,16 +378,6 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
         (a, b) = (b, a % b);
     }
     a
-}
-
-/// The `q` quantile of sorted, non-empty `values`, interpolated linearly (numpy's default).
-fn percentile(values: &[f32], q: f64) -> f32 {
-    let pos = q * (values.len() - 1) as f64;
-    let i = pos.floor() as usize;
-    let frac = pos - i as f64;
-    let lo = f64::from(values[i]);
-    let hi = f64::from(values[(i + 1).min(values.len() - 1)]);
-    (lo + (hi - lo) * frac) as f32
 }
 
 /// Pixel sizes `(width, height)` of the axial, coronal and sagittal panels: one common square

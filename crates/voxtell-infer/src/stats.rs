@@ -75,18 +75,19 @@ impl Intensity {
             std: var.sqrt(),
             min: f64::from(values[0]),
             max: f64::from(values[values.len() - 1]),
-            p5: percentile(values, 5.0),
-            p50: percentile(values, 50.0),
-            p95: percentile(values, 95.0),
+            p5: quantile(values, 0.05),
+            p50: quantile(values, 0.5),
+            p95: quantile(values, 0.95),
         })
     }
 }
 
-/// numpy's linear percentile `q` (0 to 100) of `sorted` (ascending, not empty): the value at
-/// position `(n − 1)·q/100`, interpolated between its two neighbours as numpy's `_lerp` does
-/// (from the upper neighbour when the fraction is at least one half).
-fn percentile(sorted: &[f32], q: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * (q / 100.0);
+/// numpy's linear quantile `q` (0 to 1) of `sorted` (ascending, not empty): the value at
+/// position `(n − 1)·q`, interpolated between its two neighbours as numpy's `_lerp` does (from
+/// the upper neighbour when the fraction is at least one half). The preview's grey window uses
+/// it too.
+pub(crate) fn quantile(sorted: &[f32], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
     let lo = h.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
     let t = h - lo as f64;
